@@ -1,0 +1,61 @@
+"""Typed errors raised where bad data or bad settings enter leukspark.
+
+Every error carries a message that names the file, sample, line or key at fault, so
+the CLI can print it without a traceback.
+"""
+
+
+class LeukSparkError(Exception):
+    """Base class: an error the user can act on; the CLI prints it without a traceback."""
+
+
+class ConfigError(LeukSparkError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class GeoFormatError(LeukSparkError):
+    """A GEO file (SOFT, series matrix, annotation) is malformed; names file and sample or line."""
+
+
+class GeoDownloadError(LeukSparkError):
+    """A GEO accession could not be fetched (offline, unknown accession, bad accession format)."""
+
+
+class InputError(LeukSparkError):
+    """A user-supplied path or matrix file is missing or unreadable."""
+
+
+class DuplicateSampleError(LeukSparkError):
+    """A sample already stored in the lake arrives again with different values."""
+
+
+class LabelError(LeukSparkError):
+    """Labels could not be assigned or a label file is malformed."""
+
+
+class FeatureError(LeukSparkError):
+    """Gene features cannot be built (no usable probes, unknown strategy, missing genes)."""
+
+
+class SplitError(LeukSparkError):
+    """A train/test split cannot be built or a user-supplied split is inconsistent."""
+
+
+class TableError(LeukSparkError):
+    """A Delta table is missing, has the wrong schema, or a commit failed."""
+
+
+class SchemaMismatchError(TableError):
+    """A DataFrame written to a table does not have the table's schema."""
+
+
+class ModelError(LeukSparkError):
+    """A model is unknown, misconfigured, or failed to train."""
+
+
+class BundleError(LeukSparkError):
+    """A saved model bundle is missing, tampered with, or does not match its manifest."""
+
+
+class PredictionError(LeukSparkError):
+    """A sample cannot be scored (wrong platform, empty, too many genes missing)."""
