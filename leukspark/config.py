@@ -1,0 +1,180 @@
+"""Configuration: `conf/default.yaml` merged with a user file, validated at load.
+
+The default file is also the schema: a key that is not in it is unknown, and a value must
+have the type of its default. Enumerations and the label rules get their own checks, so a
+mistake fails at load with the dotted key that is wrong, not deep inside a Spark job.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+# conf/ lives at the repository root; leukspark/conf links to it so installs carry it too.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "conf" / "default.yaml"
+
+# Keys whose values are free-form mappings (their inner keys are not checked here).
+FREE_FORM_KEYS = {"spark.extra", "training.params"}
+
+CHOICES = {
+    "lake.engine": {"auto", "delta-spark", "delta-rs"},
+    "ingest.on_conflict": {"fail", "replace"},
+    "features.aggregate": {"mean", "median", "max"},
+    "features.multi_gene": {"drop", "first", "each"},
+    "training.scaler": {"standard", "minmax", "none"},
+}
+
+LABELS = {"ALL", "AML"}
+RULE_KEYS = {"field", "pattern", "label"}
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Return the validated configuration: defaults, then `path`, then dotted `overrides`."""
+    config = _read_yaml(DEFAULT_CONFIG_PATH)
+    source = str(DEFAULT_CONFIG_PATH)
+    if path is not None:
+        user = _read_yaml(Path(path))
+        source = str(path)
+        _check_keys(user, _read_yaml(DEFAULT_CONFIG_PATH), prefix="", source=source)
+        config = _deep_merge(config, user)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(config, dotted, value)
+    validate_config(config, source=source)
+    return config
+
+
+def validate_config(config: dict, source: str = "configuration") -> None:
+    """Raise ConfigError naming the first bad key of `config`."""
+    defaults = _read_yaml(DEFAULT_CONFIG_PATH)
+    _check_keys(config, defaults, prefix="", source=source)
+    for dotted, allowed in CHOICES.items():
+        value = get(config, dotted)
+        if value not in allowed:
+            raise ConfigError(
+                f"{source}: {dotted} must be one of {', '.join(sorted(allowed))}; got {value!r}"
+            )
+    fraction = get(config, "split.test_fraction")
+    if not 0 < fraction < 1:
+        raise ConfigError(f"{source}: split.test_fraction must be between 0 and 1; got {fraction}")
+    if get(config, "split.folds") < 2:
+        raise ConfigError(f"{source}: split.folds must be at least 2; got {get(config, 'split.folds')}")
+    missing_fraction = get(config, "predict.max_missing_gene_fraction")
+    if not 0 <= missing_fraction <= 1:
+        raise ConfigError(
+            f"{source}: predict.max_missing_gene_fraction must be between 0 and 1; got {missing_fraction}"
+        )
+    if not get(config, "training.models"):
+        raise ConfigError(f"{source}: training.models must name at least one model")
+    _check_label_rules(config["labels"]["rules"], source)
+
+
+def get(config: Mapping, dotted: str) -> Any:
+    """Value at a dotted key such as 'features.aggregate'."""
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def config_hash(config: Mapping) -> str:
+    """A short stable hash of the settings that change results (not where Spark runs)."""
+    import hashlib
+    import json
+
+    relevant = {k: v for k, v in config.items() if k not in {"spark", "lake", "tables", "report"}}
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _check_keys(user: Mapping, defaults: Mapping, prefix: str, source: str) -> None:
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if key not in defaults:
+            known = ", ".join(sorted(str(k) for k in defaults))
+            raise ConfigError(f"{source}: unknown key '{dotted}' (known here: {known})")
+        default = defaults[key]
+        if dotted in FREE_FORM_KEYS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted} must be a mapping; got {type(value).__name__}")
+            continue
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted} must be a mapping; got {value!r}")
+            _check_keys(value, default, prefix=f"{dotted}.", source=source)
+        elif not _same_kind(value, default):
+            raise ConfigError(
+                f"{source}: {dotted} must be {type(default).__name__}; got {value!r} ({type(value).__name__})"
+            )
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, list):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
+
+
+def _check_label_rules(rules: list, source: str) -> None:
+    for index, rule in enumerate(rules):
+        where = f"{source}: labels.rules[{index}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where} must be a mapping with keys field, pattern, label")
+        unknown = set(rule) - RULE_KEYS
+        missing = RULE_KEYS - set(rule)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+        if rule["label"] not in LABELS:
+            raise ConfigError(f"{where}.label must be ALL or AML; got {rule['label']!r}")
+        try:
+            re.compile(rule["pattern"])
+        except re.error as exc:
+            raise ConfigError(f"{where}.pattern is not a valid regular expression: {exc}") from None
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _set_dotted(config: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = config
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"override: unknown key '{dotted}'")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"override: unknown key '{dotted}'")
+    node[parts[-1]] = value

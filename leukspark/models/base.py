@@ -1,0 +1,370 @@
+"""The model interface shared by every classifier, and the preprocessing in front of it.
+
+Every model sees the same pipeline: raw gene-ordered expression -> :class:`Preprocessor`
+(impute NaN with training means, then scale) -> ``ModelSpec.fit`` / ``predict_proba``.
+Labels are 1 = AML (the positive class) and 0 = ALL everywhere.
+
+Models are saved in formats that cannot execute code when loaded (``.npz`` read with
+``allow_pickle=False``, XGBoost JSON, a torch ``state_dict`` read with
+``weights_only=True``), because bundles are files users pass around.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping
+
+import numpy as np
+from scipy.special import expit
+
+from leukspark.errors import ModelError, PredictionError
+
+SCALERS = ("standard", "minmax", "none")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def as_feature_matrix(
+    X: Any, *, n_features: int | None = None, error: type[Exception] = ModelError, what: str = "X"
+) -> np.ndarray:
+    """Return ``X`` as a 2-D float array (float32/float64 kept as they are, anything else
+    becomes float64), checking its shape; NaN is allowed, infinities are not.
+
+    ``error`` picks the exception class so the same check serves training (ModelError)
+    and scoring (PredictionError).
+    """
+    try:
+        matrix = np.asarray(X)
+        if not np.issubdtype(matrix.dtype, np.floating):
+            matrix = matrix.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} is not a numeric matrix: {exc}") from exc
+    if matrix.ndim != 2:
+        raise error(f"{what} must be a 2-D matrix (samples x genes), got {matrix.ndim} dimension(s)")
+    if n_features is not None and matrix.shape[1] != n_features:
+        raise error(f"{what} has {matrix.shape[1]} gene columns, expected {n_features}")
+    if np.isinf(matrix).any():
+        column = int(np.argwhere(np.isinf(matrix))[0][1])
+        raise error(f"{what} contains infinite values (first in column {column})")
+    return matrix
+
+
+def check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a preprocessed training set; return (float32 finite X, int8 y in {0, 1})."""
+    features = as_feature_matrix(X, what="training matrix").astype(np.float32, copy=False)
+    if features.shape[0] == 0:
+        raise ModelError("training matrix has no samples")
+    if np.isnan(features).any():
+        raise ModelError("training matrix contains NaN; preprocess it (Preprocessor) before fitting")
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise ModelError(
+            f"labels must be a vector with one entry per sample: got shape {labels.shape} "
+            f"for {features.shape[0]} samples"
+        )
+    unknown = sorted(set(np.unique(labels).tolist()) - {0, 1})
+    if unknown:
+        raise ModelError(f"labels must be 0 (ALL) or 1 (AML), found {unknown[:5]}")
+    if np.unique(labels).size < 2:
+        raise ModelError("training labels contain a single class; both ALL and AML are needed")
+    return features, labels.astype(np.int8)
+
+
+def check_scoring_matrix(X: Any, n_features: int) -> np.ndarray:
+    """Validate a preprocessed matrix to score; return it as finite float32."""
+    features = as_feature_matrix(X, n_features=n_features, error=PredictionError)
+    if np.isnan(features).any():
+        raise PredictionError("matrix to score contains NaN; preprocess it (Preprocessor) first")
+    return features.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+class Preprocessor:
+    """Impute NaN with training column means, then scale; fit on training rows only.
+
+    ``scaler`` is ``"standard"`` (zero mean, unit variance, like sklearn's StandardScaler
+    fitted on the imputed training data), ``"minmax"`` (training range mapped to [0, 1])
+    or ``"none"`` (imputation only).
+
+    Edge cases:
+
+    * A constant (zero-variance / zero-range) column gets scale 1, so it maps to 0 instead
+      of dividing by zero.
+    * A column that is NaN in every training row has no mean to impute and no scale. It
+      becomes 0 after scaling, for training and scoring alike, whatever the incoming values:
+      0 is where an average training sample lies, and a column the model never saw varying
+      must not start driving predictions at scoring time.
+    """
+
+    _ARRAY_KEYS = ("impute_values", "center", "scale", "observed_in_training")
+
+    def __init__(self, scaler: str = "standard"):
+        if scaler not in SCALERS:
+            raise ModelError(f"unknown scaler {scaler!r}; known: {', '.join(SCALERS)}")
+        self.scaler = scaler
+        self.impute_values: np.ndarray | None = None  # training means (0 where never observed)
+        self.center: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+        self.observed_in_training: np.ndarray | None = None  # False for all-NaN columns
+
+    @property
+    def n_features(self) -> int:
+        """Number of gene columns the preprocessor was fitted on."""
+        self._require_fitted()
+        return int(self.center.shape[0])
+
+    def fit(self, X: np.ndarray) -> "Preprocessor":
+        """Learn imputation means and scaling from the training matrix ``X`` (NaN allowed)."""
+        training = as_feature_matrix(X, what="training matrix").astype(np.float64)
+        if training.shape[0] == 0:
+            raise ModelError("cannot fit the preprocessor on a training matrix with no samples")
+        missing = np.isnan(training)
+        observed = ~missing.all(axis=0)
+        # Column means over observed values; all-NaN columns get 0 (they are zeroed anyway).
+        counts = (~missing).sum(axis=0)
+        sums = np.where(missing, 0.0, training).sum(axis=0)
+        means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        imputed = np.where(missing, means, training)
+
+        if self.scaler == "standard":
+            center = imputed.mean(axis=0)
+            scale = imputed.std(axis=0)
+        elif self.scaler == "minmax":
+            center = imputed.min(axis=0)
+            scale = imputed.max(axis=0) - center
+        else:
+            center = np.zeros(training.shape[1])
+            scale = np.ones(training.shape[1])
+        # Exact constancy test: a rounding-noise std (1e-17) must not blow a constant up.
+        constant = imputed.max(axis=0) == imputed.min(axis=0)
+        scale = np.where(constant | ~observed, 1.0, scale)
+        center = np.where(observed, center, 0.0)
+
+        self.impute_values, self.center, self.scale = means, center, scale
+        self.observed_in_training = observed
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Impute and scale ``X`` with the training statistics; returns float32."""
+        self._require_fitted()
+        matrix = as_feature_matrix(X, n_features=self.n_features, error=PredictionError)
+        values = matrix.astype(np.float64)  # always a copy: the caller's array is untouched
+        missing = np.isnan(values)
+        if missing.any():
+            values = np.where(missing, self.impute_values, values)
+        values = (values - self.center) / self.scale
+        values[:, ~self.observed_in_training] = 0.0
+        return values.astype(np.float32)
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X).transform(X)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as plain numeric arrays (for ``np.savez``)."""
+        self._require_fitted()
+        return {key: np.array(getattr(self, key)) for key in self._ARRAY_KEYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str) -> "Preprocessor":
+        """Rebuild a fitted preprocessor from :meth:`to_arrays` output."""
+        missing_keys = [key for key in cls._ARRAY_KEYS if key not in arrays]
+        if missing_keys:
+            raise ModelError(f"preprocessor arrays lack {', '.join(missing_keys)}")
+        preprocessor = cls(scaler)
+        n_features = np.asarray(arrays["center"]).shape[0] if np.ndim(arrays["center"]) == 1 else None
+        for key in cls._ARRAY_KEYS:
+            array = np.asarray(arrays[key])
+            expected = bool if key == "observed_in_training" else np.float64
+            if n_features is None or array.shape != (n_features,) or array.dtype != expected:
+                raise ModelError(
+                    f"preprocessor array {key!r} has shape {array.shape} and dtype {array.dtype}, "
+                    f"expected ({n_features},) {np.dtype(expected)}"
+                )
+            if expected is np.float64 and not np.isfinite(array).all():
+                raise ModelError(f"preprocessor array {key!r} contains non-finite values")
+            setattr(preprocessor, key, array.copy())
+        if (preprocessor.scale == 0).any():
+            raise ModelError("preprocessor array 'scale' contains zeros")
+        return preprocessor
+
+    def _require_fitted(self) -> None:
+        if self.center is None:
+            raise ModelError("the preprocessor is not fitted; call fit() on the training matrix first")
+
+
+# --------------------------------------------------------------------------- model interface
+
+
+class ModelSpec(ABC):
+    """One classifier family: how to fit, score, save and load it.
+
+    Subclasses set ``name`` (the registry key) and ``default_params`` and implement
+    ``_fit``, ``_predict_proba``, ``save`` and ``load``. The public ``fit`` and
+    ``predict_proba`` validate inputs and parameters once for every model.
+    """
+
+    name: ClassVar[str]
+    default_params: ClassVar[dict[str, Any]]
+
+    def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overridden by ``params``; an unknown key is a ModelError naming it."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.default_params))
+        if unknown:
+            raise ModelError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))} for model {self.name!r}; "
+                f"known: {', '.join(sorted(self.default_params))}"
+            )
+        resolved = copy.deepcopy(self.default_params)
+        resolved.update(params)
+        return resolved
+
+    def fit(self, X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None, seed: int) -> Any:
+        """Train on preprocessed ``X`` (float32) and ``y`` (1 = AML, 0 = ALL); return the model.
+
+        ``params`` may be partial (defaults fill the rest). The same seed and data give
+        the same model. Library errors from bad parameter values become ModelError.
+        """
+        features, labels = check_training_data(X, y)
+        resolved = self.resolve_params(params)
+        try:
+            return self._fit(features, labels, resolved, int(seed))
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"model {self.name!r} failed to train: {exc}") from exc
+
+    def predict_proba(self, model: Any, X: np.ndarray) -> np.ndarray:
+        """P(AML) for each row of preprocessed ``X``, as a float64 vector of shape (n,)."""
+        features = check_scoring_matrix(X, self.n_features(model))
+        if features.shape[0] == 0:
+            return np.zeros(0)
+        probabilities = np.asarray(self._predict_proba(model, features), dtype=np.float64)
+        return probabilities.reshape(-1)
+
+    def feature_weights(self, model: Any) -> np.ndarray | None:
+        """Per-input-feature weight (linear models), or None when the model has none."""
+        return None
+
+    @abstractmethod
+    def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any:
+        """Train on validated data with fully resolved params."""
+
+    @abstractmethod
+    def _predict_proba(self, model: Any, X: np.ndarray) -> np.ndarray:
+        """P(AML) for validated, finite float32 ``X``."""
+
+    @abstractmethod
+    def n_features(self, model: Any) -> int:
+        """Number of input features the model was trained on."""
+
+    @abstractmethod
+    def save(self, model: Any, directory: Path) -> list[str]:
+        """Write the model into ``directory`` in a safe format; return the file names written."""
+
+    @abstractmethod
+    def load(self, directory: Path) -> Any:
+        """Read a model written by :meth:`save` (without executing code from the files)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# --------------------------------------------------------------------------- safe array files
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write numeric arrays to an uncompressed ``.npz`` (no object arrays, hence no pickle)."""
+    for key, array in arrays.items():
+        if np.asarray(array).dtype == object:
+            raise ModelError(f"refusing to save object array {key!r} to {Path(path).name}")
+    with open(path, "wb") as handle:
+        np.savez(handle, **{key: np.asarray(array) for key, array in arrays.items()})
+
+
+def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` with ``allow_pickle=False``; a missing key is a ModelError naming it."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ModelError(f"{path.name}: cannot read arrays: {exc}") from exc
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise ModelError(f"{path.name}: missing array(s) {', '.join(missing)}")
+    return arrays
+
+
+# --------------------------------------------------------------------------- linear models
+
+
+@dataclass(frozen=True)
+class LinearProbabilityModel:
+    """An average of sigmoid-calibrated linear scores, stored as plain arrays.
+
+    ``P(AML) = mean_k sigmoid(slopes[k] * (X @ weights[k] + intercepts[k]) + offsets[k])``.
+    Logistic regression is one member with slope 1 and offset 0; a Platt-calibrated
+    linear SVM is one member per calibration fold. Holding only arrays means the
+    fitted model and the one loaded from disk are the same object type and predict
+    bit-identically.
+    """
+
+    weights: np.ndarray  # (members, features)
+    intercepts: np.ndarray  # (members,)
+    slopes: np.ndarray  # (members,)
+    offsets: np.ndarray  # (members,)
+
+    FILE_NAME: ClassVar[str] = "linear_model.npz"
+
+    def __post_init__(self) -> None:
+        members = self.weights.shape[0] if self.weights.ndim == 2 else -1
+        for name in ("intercepts", "slopes", "offsets"):
+            if getattr(self, name).shape != (members,):
+                raise ModelError(f"linear model: {name} does not match weights of shape {self.weights.shape}")
+        if not all(np.isfinite(getattr(self, f.name)).all() for f in fields(self)):
+            raise ModelError("linear model contains non-finite coefficients")
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """P(AML) for each row of ``X``."""
+        scores = X @ self.weights.T + self.intercepts
+        return expit(scores * self.slopes + self.offsets).mean(axis=1)
+
+    def log_odds_weights(self) -> np.ndarray:
+        """Per-feature weight on the log-odds scale, averaged over members."""
+        return (self.slopes[:, None] * self.weights).mean(axis=0)
+
+    def save(self, directory: Path) -> list[str]:
+        save_arrays(Path(directory) / self.FILE_NAME, {f.name: getattr(self, f.name) for f in fields(self)})
+        return [self.FILE_NAME]
+
+    @classmethod
+    def load(cls, directory: Path) -> "LinearProbabilityModel":
+        names = [f.name for f in fields(cls)]
+        arrays = load_arrays(Path(directory) / cls.FILE_NAME, names)
+        return cls(**{name: arrays[name].astype(np.float64) for name in names})
+
+
+class LinearModelSpec(ModelSpec):
+    """Shared scoring, saving and weights for models fitted into a LinearProbabilityModel."""
+
+    def _predict_proba(self, model: LinearProbabilityModel, X: np.ndarray) -> np.ndarray:
+        return model.predict_proba(X)
+
+    def n_features(self, model: LinearProbabilityModel) -> int:
+        return int(model.weights.shape[1])
+
+    def save(self, model: LinearProbabilityModel, directory: Path) -> list[str]:
+        return model.save(directory)
+
+    def load(self, directory: Path) -> LinearProbabilityModel:
+        return LinearProbabilityModel.load(directory)
+
+    def feature_weights(self, model: LinearProbabilityModel) -> np.ndarray:
+        """Log-odds weight of each input (standardized) feature; positive favours AML."""
+        return model.log_odds_weights()

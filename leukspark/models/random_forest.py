@@ -1,0 +1,151 @@
+"""Random forest (scikit-learn), kept and saved as flat node arrays.
+
+A fitted sklearn forest can only be persisted by pickling it (or with skops). Instead
+the trees are flattened into numeric arrays right after training and scored with a
+small numpy traversal; the fitted model and the loaded model are then the same thing,
+and the file on disk is a plain ``.npz``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+
+from leukspark.errors import ModelError
+from leukspark.models.base import ModelSpec, load_arrays, save_arrays
+
+LEAF = -1  # sklearn's TREE_LEAF marker in children_left / children_right
+
+
+@dataclass(frozen=True)
+class TreeEnsemble:
+    """All trees of a forest in one flat node table.
+
+    Node ``i`` splits on ``feature[i] <= threshold[i]`` (left) or goes right; a leaf has
+    ``left[i] == right[i] == -1`` and predicts ``p_aml[i]``. Tree ``t`` starts at
+    ``roots[t]``. P(AML) is the mean of the trees' leaf values, as in sklearn.
+    """
+
+    left: np.ndarray  # int64 child indices into the flat table, -1 at leaves
+    right: np.ndarray
+    feature: np.ndarray  # int64, meaningless at leaves
+    threshold: np.ndarray  # float64
+    p_aml: np.ndarray  # float64 fraction of AML training samples in the node
+    roots: np.ndarray  # int64, one per tree
+    max_depth: int
+    n_features: int
+
+    FILE_NAME: ClassVar[str] = "random_forest.npz"
+
+    def __post_init__(self) -> None:
+        n_nodes = self.left.shape[0]
+        for name in ("right", "feature", "threshold", "p_aml"):
+            if getattr(self, name).shape != (n_nodes,):
+                raise ModelError(f"random forest: {name} does not have one entry per node")
+        internal = self.left != LEAF
+        for name in ("left", "right", "roots"):
+            indices = getattr(self, name)
+            valid = indices[internal] if name != "roots" else indices
+            if valid.size and (valid.min() < 0 or valid.max() >= n_nodes):
+                raise ModelError(f"random forest: {name} points outside the node table")
+        if not np.array_equal(internal, self.right != LEAF):
+            raise ModelError("random forest: a node has exactly one child")
+        if internal.any() and (self.feature[internal].min() < 0 or self.feature[internal].max() >= self.n_features):
+            raise ModelError("random forest: a split uses a feature outside the input")
+
+    @classmethod
+    def from_sklearn(cls, forest: RandomForestClassifier) -> "TreeEnsemble":
+        """Flatten a fitted binary sklearn forest (classes 0 = ALL, 1 = AML)."""
+        parts: dict[str, list[np.ndarray]] = {"left": [], "right": [], "feature": [], "threshold": [], "p_aml": []}
+        roots, offset = [], 0
+        aml_column = int(np.flatnonzero(forest.classes_ == 1)[0])
+        for estimator in forest.estimators_:
+            tree = estimator.tree_
+            internal = tree.children_left != LEAF
+            parts["left"].append(np.where(internal, tree.children_left + offset, LEAF))
+            parts["right"].append(np.where(internal, tree.children_right + offset, LEAF))
+            parts["feature"].append(tree.feature)
+            parts["threshold"].append(tree.threshold)
+            counts = tree.value[:, 0, :]  # per-class (weighted) fractions of the node's samples
+            parts["p_aml"].append(counts[:, aml_column] / counts.sum(axis=1))
+            roots.append(offset)
+            offset += tree.node_count
+        return cls(
+            left=np.concatenate(parts["left"]).astype(np.int64),
+            right=np.concatenate(parts["right"]).astype(np.int64),
+            feature=np.concatenate(parts["feature"]).astype(np.int64),
+            threshold=np.concatenate(parts["threshold"]).astype(np.float64),
+            p_aml=np.concatenate(parts["p_aml"]).astype(np.float64),
+            roots=np.asarray(roots, dtype=np.int64),
+            max_depth=max(estimator.tree_.max_depth for estimator in forest.estimators_),
+            n_features=int(forest.n_features_in_),
+        )
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Walk every (sample, tree) pair down to its leaf at once; average the leaf values."""
+        rows = np.arange(X.shape[0])[:, None]
+        nodes = np.broadcast_to(self.roots, (X.shape[0], self.roots.size)).copy()
+        # A tree of depth d needs d steps; the bound also stops a malformed (cyclic) table.
+        for _ in range(self.max_depth):
+            internal = self.left[nodes] != LEAF
+            if not internal.any():
+                break
+            # float32 X vs float64 threshold compares in float64, exactly as sklearn does.
+            go_left = X[rows, self.feature[nodes]] <= self.threshold[nodes]
+            nodes = np.where(internal, np.where(go_left, self.left[nodes], self.right[nodes]), nodes)
+        if (self.left[nodes] != LEAF).any():
+            raise ModelError("random forest: a tree is deeper than its recorded max_depth")
+        return self.p_aml[nodes].mean(axis=1)
+
+    def save(self, directory: Path) -> list[str]:
+        """Write the node table as ``random_forest.npz``; returns the file name."""
+        save_arrays(Path(directory) / self.FILE_NAME, {f.name: getattr(self, f.name) for f in fields(self)})
+        return [self.FILE_NAME]
+
+    @classmethod
+    def load(cls, directory: Path) -> "TreeEnsemble":
+        """Read a node table written by :meth:`save` (``allow_pickle=False``)."""
+        names = [f.name for f in fields(cls)]
+        arrays = load_arrays(Path(directory) / cls.FILE_NAME, names)
+        integer_fields = ("left", "right", "feature", "roots")
+        return cls(
+            **{name: arrays[name].astype(np.int64) for name in integer_fields},
+            threshold=arrays["threshold"].astype(np.float64),
+            p_aml=arrays["p_aml"].astype(np.float64),
+            max_depth=int(arrays["max_depth"]),
+            n_features=int(arrays["n_features"]),
+        )
+
+
+class RandomForestSpec(ModelSpec):
+    """RandomForestClassifier; ``n_jobs`` defaults to 1 because each Spark task owns one core."""
+
+    name = "random_forest"
+    default_params = {
+        "n_estimators": 300,
+        "max_features": "sqrt",
+        "max_depth": None,
+        "min_samples_leaf": 1,
+        "class_weight": None,
+        "n_jobs": 1,
+    }
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> TreeEnsemble:
+        forest = RandomForestClassifier(**params, random_state=seed).fit(X, y)
+        return TreeEnsemble.from_sklearn(forest)
+
+    def _predict_proba(self, model: TreeEnsemble, X: np.ndarray) -> np.ndarray:
+        return model.predict_proba(X)
+
+    def n_features(self, model: TreeEnsemble) -> int:
+        return model.n_features
+
+    def save(self, model: TreeEnsemble, directory: Path) -> list[str]:
+        return model.save(directory)
+
+    def load(self, directory: Path) -> TreeEnsemble:
+        return TreeEnsemble.load(directory)

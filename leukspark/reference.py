@@ -1,0 +1,109 @@
+"""Reference metadata of the MILE study (GEO series GSE13159, platform GPL570).
+
+Two small real files ship inside the package (see ``leukspark/data/PROVENANCE.md``):
+
+* ``GSE13159.info``: every sample of GSE13159 with its GSM id, title and MILE class;
+* ``GPL570_annot.csv``: the GPL570 probes that have a gene symbol, with that symbol.
+
+They are read from the installed package, never from outside it, so the project works
+offline and anywhere it is installed.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+# Package data sits next to this module; a path relative to the module works both from a
+# source checkout and from an installed copy (leukspark/data has no __init__.py, so
+# importlib.resources would need it to be a package).
+DATA_DIR = Path(__file__).resolve().parent / "data"
+MILE_SAMPLES_FILE = DATA_DIR / "GSE13159.info"
+GPL570_SYMBOLS_FILE = DATA_DIR / "GPL570_annot.csv"
+
+#: Number of probe sets on the GPL570 (HG-U133 Plus 2.0) array; only 45,782 of them have
+#: a gene symbol in ``GPL570_annot.csv``.
+GPL570_PROBE_COUNT = 54_675
+
+#: Separator between the symbols of a probe set that matches several genes.
+MULTI_GENE_SEPARATOR = " /// "
+
+#: Lineage names used in ``load_mile_samples()["lineage"]``.
+LINEAGE_ALL = "ALL"
+LINEAGE_AML = "AML"
+LINEAGE_OTHER = "other"
+
+#: B-lymphoid (precursor) marker genes, highly expressed in B-cell ALL. CD10 is MME.
+ALL_MARKERS: tuple[str, ...] = (
+    "CD19", "CD79A", "VPREB1", "DNTT", "PAX5", "CD22", "MME", "EBF1", "IGLL1", "CD79B",
+)
+
+#: Myeloid marker genes, highly expressed in AML.
+AML_MARKERS: tuple[str, ...] = (
+    "MPO", "CD33", "LYZ", "CST3", "CEBPA", "CSF3R", "ELANE", "AZU1", "PRTN3", "CTSG",
+)
+
+# Columns of GSE13159.info are separated by runs of two or more spaces (titles contain
+# single spaces, e.g. "MILES stage 1 data N1_1925").
+_COLUMN_SEPARATOR = re.compile(r"\s{2,}")
+
+
+def lineage_of_class(mile_class: str) -> str:
+    """Lineage of a MILE class name: "ALL" if it contains "ALL", "AML" if it starts with
+    "AML", otherwise "other" (CLL, CML, MDS, non-leukemia)."""
+    if "ALL" in mile_class:
+        return LINEAGE_ALL
+    if mile_class.startswith("AML"):
+        return LINEAGE_AML
+    return LINEAGE_OTHER
+
+
+@lru_cache(maxsize=1)
+def _read_mile_samples() -> pd.DataFrame:
+    text = MILE_SAMPLES_FILE.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for line_number, line in enumerate(lines[1:], start=2):  # line 1 is the header
+        if not line.strip():
+            continue
+        fields = _COLUMN_SEPARATOR.split(line.strip())
+        if len(fields) != 3:
+            raise ValueError(
+                f"{MILE_SAMPLES_FILE}:{line_number}: expected 3 columns separated by 2+ "
+                f"spaces, got {len(fields)}: {line!r}"
+            )
+        gsm, title, mile_class = fields
+        records.append((gsm, title, mile_class, lineage_of_class(mile_class)))
+    return pd.DataFrame.from_records(records, columns=["gsm", "title", "mile_class", "lineage"])
+
+
+def load_mile_samples() -> pd.DataFrame:
+    """All 2,096 samples of GSE13159, in the file's order.
+
+    Returns a DataFrame with string columns ``gsm`` (e.g. "GSM331561"), ``title`` (the GEO
+    sample title), ``mile_class`` (one of the 18 MILE classes) and ``lineage`` ("ALL",
+    "AML" or "other", see :func:`lineage_of_class`).
+    """
+    return _read_mile_samples().copy()
+
+
+@lru_cache(maxsize=1)
+def _read_gpl570_symbols() -> pd.DataFrame:
+    # keep_default_na=False: a symbol such as "NA" must stay a string, not become NaN.
+    table = pd.read_csv(GPL570_SYMBOLS_FILE, dtype=str, keep_default_na=False)
+    if list(table.columns) != ["probe_id", "gene"]:
+        raise ValueError(f"{GPL570_SYMBOLS_FILE}: unexpected columns {list(table.columns)}")
+    return table
+
+
+def load_gpl570_symbols() -> pd.DataFrame:
+    """GPL570 probe sets that have a gene symbol: 45,782 rows, columns ``probe_id, gene``.
+
+    Probe sets matching several genes carry all their symbols joined by " /// "
+    (e.g. "DDR1 /// MIR4640"). The other 8,893 probe sets of the array have no symbol and
+    are not listed.
+    """
+    return _read_gpl570_symbols().copy()

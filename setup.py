@@ -1,0 +1,49 @@
+"""leukspark: distributed ALL vs AML classification from microarray expression on Spark."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    for line in (HERE / "leukspark" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in leukspark/__init__.py")
+
+
+setup(
+    name="leukspark",
+    version=read_version(),
+    description="ALL vs AML classification from GEO microarray series on Apache Spark with Delta tables",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["leukspark", "leukspark.*"]),
+    include_package_data=True,
+    package_data={
+        "leukspark": ["conf/*.yaml", "data/*", "data/demo/*", "report_template.html"],
+    },
+    install_requires=[
+        "pyspark>=4.0,<4.1",
+        "delta-spark>=4.0,<4.1",
+        "deltalake>=1.2,<2",
+        "pyarrow>=15",
+        "pandas>=2.2,<3",
+        "numpy>=1.26",
+        "scikit-learn>=1.4",
+        "xgboost>=2.0",
+        "torch==2.13.0",
+        "GEOparse==2.0.4",
+        "six",  # GEOparse 2.0.4 imports six without declaring it
+        "PyYAML>=6",
+        "matplotlib>=3.8",
+        "skops>=0.10",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+    },
+    entry_points={"console_scripts": ["leukspark=leukspark.cli:main"]},
+)

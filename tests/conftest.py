@@ -1,0 +1,44 @@
+"""Shared fixtures: one SparkSession for the whole test session (starting one takes ~5 s)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+TESTS_DIR = Path(__file__).resolve().parent
+DATA_DIR = TESTS_DIR / "data"
+
+
+@pytest.fixture(scope="session")
+def config():
+    from leukspark.config import load_config
+
+    # Tests are small: few shuffle partitions keep the 2-core machine busy, not queued.
+    return load_config(overrides={"spark.shuffle_partitions": 4, "spark.driver_memory": "4g"})
+
+
+@pytest.fixture(scope="session")
+def spark(config):
+    from leukspark.spark import build_session
+
+    session = build_session(config, app_name="leukspark-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def lake(spark, config, tmp_path):
+    from leukspark.lake import Lake
+
+    return Lake.from_config(spark, tmp_path / "lake", config)
+
+
+@pytest.fixture(scope="session")
+def geo_data_dir() -> Path:
+    return DATA_DIR / "geo"
