@@ -1,0 +1,323 @@
+"""Model bundles: a trained model, its preprocessor and gene order in one verified directory.
+
+Layout::
+
+    manifest.json        format version, model name, params, label mapping, versions,
+                         and the sha256 + size of every other file
+    preprocessor.npz     imputation means and scaling (np.savez; read with allow_pickle=False)
+    genes.txt            the gene order of the model's input columns, one per line
+    <model files>        written by the model's ModelSpec.save, in a safe format
+
+Loading verifies every checksum and refuses missing or unlisted files, so a bundle is
+either exactly what was saved or a BundleError naming the file at fault. Nothing in a
+bundle can execute code when loaded. The checksums detect corruption and accidental
+edits; they are not a signature against someone who rewrites the manifest as well.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+import leukspark
+from leukspark.errors import BundleError, LeukSparkError
+from leukspark.models import get_model
+from leukspark.models.base import ModelSpec, Preprocessor
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+PREPROCESSOR_FILE = "preprocessor.npz"
+GENES_FILE = "genes.txt"
+RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE)
+DEFAULT_LABEL_MAPPING = MappingProxyType({"ALL": 0, "AML": 1})
+_MANIFEST_SELF_CHECKSUM = "manifest_sha256"
+_RECORDED_LIBRARIES = ("numpy", "scikit-learn", "xgboost", "torch")
+
+
+class Bundle:
+    """A loaded, verified bundle; ``predict_proba`` scores raw gene-ordered matrices."""
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        manifest: dict[str, Any],
+        spec: ModelSpec,
+        model: Any,
+        preprocessor: Preprocessor,
+        gene_order: list[str],
+    ):
+        self.directory = directory
+        self.manifest = manifest
+        self.spec = spec
+        self.model = model
+        self.preprocessor = preprocessor
+        self.gene_order = gene_order
+        self.model_name: str = manifest["model_name"]
+        self.run_id: str = manifest["run_id"]
+        self.params: dict[str, Any] = manifest["params"]
+        self.label_mapping: dict[str, int] = manifest["label_mapping"]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """P(AML) for each row of a raw matrix whose columns follow ``gene_order``.
+
+        NaN entries are imputed with the training means by the bundled preprocessor.
+        """
+        return self.spec.predict_proba(self.model, self.preprocessor.transform(X))
+
+    def __repr__(self) -> str:
+        return f"Bundle(model_name={self.model_name!r}, run_id={self.run_id!r}, genes={len(self.gene_order)})"
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_bundle(
+    directory: Path,
+    *,
+    model_name: str,
+    spec: ModelSpec,
+    model: Any,
+    preprocessor: Preprocessor,
+    gene_order: list[str],
+    params: Mapping[str, Any],
+    label_mapping: Mapping[str, int] = DEFAULT_LABEL_MAPPING,
+    run_id: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle to ``directory`` (which must not exist or be empty); return its path.
+
+    The bundle is assembled in a temporary sibling directory and renamed into place, so
+    an interrupted save never leaves a half-written bundle behind. ``params`` are stored
+    merged with the model's defaults, so the manifest records every setting used.
+    """
+    directory = Path(directory)
+    if model_name != spec.name:
+        raise BundleError(f"model_name {model_name!r} does not match the spec's name {spec.name!r}")
+    _check_label_mapping(label_mapping)
+    genes = _checked_gene_order(gene_order, preprocessor)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise BundleError(f"{directory}: refusing to overwrite an existing non-empty path")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        with open(staging / PREPROCESSOR_FILE, "wb") as handle:
+            np.savez(handle, **preprocessor.to_arrays())
+        (staging / GENES_FILE).write_text("".join(f"{gene}\n" for gene in genes), encoding="utf-8")
+        model_files = list(spec.save(model, staging))
+        clashes = sorted(set(model_files) & set(RESERVED_FILES))
+        if clashes:
+            raise BundleError(f"model {spec.name!r} wrote reserved file name(s) {', '.join(clashes)}")
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model_name": model_name,
+            "run_id": str(run_id),
+            "params": spec.resolve_params(params),
+            "scaler": preprocessor.scaler,
+            "gene_order_file": GENES_FILE,
+            "n_genes": len(genes),
+            "preprocessor_file": PREPROCESSOR_FILE,
+            "model_files": model_files,
+            "label_mapping": dict(label_mapping),
+            "positive_class": leukspark.POSITIVE_CLASS,
+            "leukspark_version": leukspark.__version__,
+            "library_versions": _library_versions(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "extra": dict(extra or {}),
+            "files": {name: _file_record(staging / name) for name in sorted(_files_in(staging))},
+        }
+        unlisted_model_files = sorted(set(manifest["files"]) - set(model_files) - set(RESERVED_FILES))
+        if unlisted_model_files:
+            raise BundleError(f"model {spec.name!r} wrote file(s) it did not report: {', '.join(unlisted_model_files)}")
+        try:
+            manifest[_MANIFEST_SELF_CHECKSUM] = _manifest_checksum(manifest)
+            text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{MANIFEST_FILE}: params or extra are not plain JSON values: {exc}") from exc
+        (staging / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
+
+        if directory.exists():
+            directory.rmdir()  # empty, checked above
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _check_label_mapping(label_mapping: Mapping[str, int]) -> None:
+    # Every model outputs P(label 1); a bundle claiming otherwise would mislabel predictions.
+    if dict(label_mapping) != dict(DEFAULT_LABEL_MAPPING):
+        raise BundleError(f"label_mapping must be {dict(DEFAULT_LABEL_MAPPING)} (AML is class 1), got {dict(label_mapping)}")
+
+
+def _checked_gene_order(gene_order: list[str], preprocessor: Preprocessor) -> list[str]:
+    genes = [str(gene) for gene in gene_order]
+    if len(genes) != preprocessor.n_features:
+        raise BundleError(f"gene_order has {len(genes)} genes but the preprocessor expects {preprocessor.n_features}")
+    bad = [gene for gene in genes if not gene or gene != gene.strip() or any(c in gene for c in "\r\n")]
+    if bad:
+        raise BundleError(f"gene names must be non-empty single-line text without surrounding spaces: {bad[0]!r}")
+    if len(set(genes)) != len(genes):
+        duplicate = next(gene for gene in genes if genes.count(gene) > 1)
+        raise BundleError(f"gene_order lists {duplicate!r} more than once")
+    return genes
+
+
+def _library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for library in _RECORDED_LIBRARIES:
+        try:
+            versions[library] = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            versions[library] = None
+    return versions
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_bundle(directory: Path) -> Bundle:
+    """Load and verify a bundle; any missing, extra or altered file is a BundleError naming it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: bundle directory not found")
+    manifest = _read_manifest(directory)
+    _verify_files(directory, manifest["files"])
+    _require(
+        {manifest["gene_order_file"], manifest["preprocessor_file"], *manifest["model_files"]} <= set(manifest["files"]),
+        "manifest names a file it does not checksum",
+    )
+
+    genes_path = directory / manifest["gene_order_file"]
+    try:
+        gene_order = genes_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{genes_path.name}: not UTF-8 text: {exc}") from exc
+    if len(gene_order) != manifest["n_genes"]:
+        raise BundleError(f"{genes_path.name}: {len(gene_order)} genes, manifest says {manifest['n_genes']}")
+
+    preprocessor_path = directory / manifest["preprocessor_file"]
+    try:
+        with np.load(preprocessor_path, allow_pickle=False) as archive:
+            preprocessor = Preprocessor.from_arrays({key: archive[key] for key in archive.files}, manifest["scaler"])
+    except (LeukSparkError, OSError, ValueError, EOFError) as exc:
+        raise BundleError(f"{preprocessor_path.name}: {exc}") from exc
+    if preprocessor.n_features != len(gene_order):
+        raise BundleError(f"{preprocessor_path.name}: {preprocessor.n_features} columns for {len(gene_order)} genes")
+
+    try:
+        spec = get_model(manifest["model_name"])
+        model = spec.load(directory)
+        n_model_features = spec.n_features(model)
+    except LeukSparkError as exc:
+        raise BundleError(f"{', '.join(manifest['model_files'])}: {exc}") from exc
+    if n_model_features != len(gene_order):
+        raise BundleError(f"{', '.join(manifest['model_files'])}: model expects {n_model_features} genes, bundle has {len(gene_order)}")
+    return Bundle(
+        directory=directory,
+        manifest=manifest,
+        spec=spec,
+        model=model,
+        preprocessor=preprocessor,
+        gene_order=gene_order,
+    )
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{MANIFEST_FILE}: missing from bundle {directory}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{MANIFEST_FILE}: not valid JSON: {exc}") from exc
+    _require(isinstance(manifest, dict), "not a JSON object")
+    # The version is checked before anything else so a newer format gets a clear message.
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{MANIFEST_FILE}: unknown format version {manifest.get('format_version')!r} "
+            f"(this leukspark reads version {FORMAT_VERSION})"
+        )
+    recorded = manifest.pop(_MANIFEST_SELF_CHECKSUM, None)
+    try:
+        intact = recorded == _manifest_checksum(manifest)
+    except ValueError:  # NaN or infinity: never written by save_bundle
+        intact = False
+    if not intact:
+        raise BundleError(f"{MANIFEST_FILE}: content does not match its own checksum (edited or corrupted)")
+    expected_types = {
+        "model_name": str, "run_id": str, "params": dict, "scaler": str, "gene_order_file": str,
+        "n_genes": int, "preprocessor_file": str, "model_files": list, "label_mapping": dict, "files": dict,
+    }  # fmt: skip
+    for key, expected in expected_types.items():
+        _require(isinstance(manifest.get(key), expected), f"key {key!r} is missing or not a {expected.__name__}")
+    for name, record in manifest["files"].items():
+        _require(_is_plain_file_name(name) and name != MANIFEST_FILE, f"file name {name!r} is not allowed")
+        _require(
+            isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("size"), int),
+            f"file record of {name!r} is malformed",
+        )
+    _require(dict(manifest["label_mapping"]) == dict(DEFAULT_LABEL_MAPPING), "unsupported label mapping")
+    return manifest
+
+
+def _verify_files(directory: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
+    present = _files_in(directory) - {MANIFEST_FILE}
+    unlisted = sorted(present - set(records))
+    if unlisted:
+        raise BundleError(f"{', '.join(unlisted)}: not listed in {MANIFEST_FILE} (unexpected file in the bundle)")
+    missing = sorted(set(records) - present)
+    if missing:
+        raise BundleError(f"{', '.join(missing)}: listed in {MANIFEST_FILE} but missing from the bundle")
+    for name in sorted(records):
+        actual = _file_record(directory / name)
+        if actual != {"sha256": records[name]["sha256"], "size": records[name]["size"]}:
+            raise BundleError(f"{name}: size or sha256 does not match {MANIFEST_FILE} (tampered or corrupted)")
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise BundleError(f"{MANIFEST_FILE}: {problem}")
+
+
+def _is_plain_file_name(name: Any) -> bool:
+    # Only names directly inside the bundle: no separators, no "..", nothing hidden.
+    return isinstance(name, str) and name == Path(name).name and not name.startswith(".") and "\\" not in name
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _files_in(directory: Path) -> set[str]:
+    """Every entry under ``directory`` as a relative path (subdirectories count as entries)."""
+    return {path.relative_to(directory).as_posix() for path in directory.rglob("*")}
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"{path.name}: not a regular file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "size": path.stat().st_size}
+
+
+def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the manifest without its own checksum."""
+    content = {key: value for key, value in manifest.items() if key != _MANIFEST_SELF_CHECKSUM}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

@@ -1,0 +1,195 @@
+"""`leukspark` command line: synth, ingest, run, predict, report, rerun.
+
+Every sub-command is a thin wrapper: parse arguments, load the configuration, build the
+session and the lake, call the pipeline. Errors the user can act on (LeukSparkError) are
+printed as one line, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import LeukSparkError
+
+DESCRIPTION = """\
+leukspark tells acute lymphoblastic leukemia (ALL) from acute myeloid leukemia (AML) in
+microarray gene expression, on Apache Spark with Delta tables.
+
+Typical use:
+  leukspark run --input GSE13159 --lake lake/ --report report/     # the whole pipeline
+  leukspark predict new_samples.soft.gz --lake lake/                 # score new samples
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leukspark", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"leukspark {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    synth = commands.add_parser(
+        "synth", help="write a GSE13159-shaped series (family SOFT + series matrix)",
+        description="Write a synthetic series shaped like GSE13159 (real GSM ids, MILE classes, GPL570 "
+                    "probes and symbols) with realistic lineage and subtype structure. Deterministic for a seed.")
+    synth.add_argument("--samples", type=int, default=2096, help="number of samples (max 2096; default 2096)")
+    synth.add_argument("--probes", type=int, default=54675, help="number of probes (max 54675; default 54675)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--no-matrix", action="store_true", help="write only the family SOFT")
+
+    ingest = commands.add_parser(
+        "ingest", help="ingest GEO series or matrix files into the lake's Delta tables",
+        description="Parse GEO files (family SOFT, sample SOFT, series matrix), GEO accessions "
+                    "(downloaded into the cache) or expression matrices (CSV/TSV/GCT) into the tables "
+                    "series, samples, expression and platform_probes. Re-ingesting adds nothing.")
+    ingest.add_argument("sources", nargs="+", metavar="SOURCE", help="GSE accession, GEO file or matrix file")
+    _add_lake_arguments(ingest)
+    _add_input_arguments(ingest)
+
+    run = commands.add_parser(
+        "run", help="run the whole pipeline: ingest, labels, features, split, train, report",
+        description="Run ingest -> labels -> features -> split -> train -> report on one input and print "
+                    "progress per stage, the label summary, the leaderboard and where the report is.")
+    run.add_argument("--input", required=True, action="append", metavar="SOURCE",
+                     help="GSE accession, GEO file or matrix file (repeatable)")
+    run.add_argument("--labels", help="label file: CSV (sample,label[,subtype]) or GSEA .cls")
+    run.add_argument("--split-file", help="CSV with columns sample,set (train/test) to use instead of a random split")
+    _add_lake_arguments(run)
+    _add_input_arguments(run)
+    run.add_argument("--until", choices=["ingest", "labels", "features", "split", "train"], default="train",
+                     help="stop after this stage (default: train, then report)")
+    reporting = run.add_mutually_exclusive_group()
+    reporting.add_argument("--report", metavar="DIR", help="report folder (default: <lake>/reports/<run>)")
+    reporting.add_argument("--no-report", action="store_true", help="do not write a report")
+    run.add_argument("--test-fraction", type=float, help="held-out test fraction (default from config: 0.2)")
+
+    predict = commands.add_parser(
+        "predict", help="score new samples with a trained model bundle",
+        description="Score samples from a GEO file, a matrix file, or a series already in the lake with a "
+                    "run's model (the best model of the latest run by default).")
+    predict.add_argument("source", metavar="SOURCE", help="GEO file, matrix file, or a series id in the lake")
+    _add_lake_arguments(predict)
+    predict.add_argument("--run", help="run id (default: latest successful run)")
+    predict.add_argument("--model", help="model name (default: the run's best model)")
+    predict.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+    predict.add_argument("--platform", help="platform of a probe x sample matrix (e.g. GPL570)")
+    predict.add_argument("--write", action="store_true", help="also append the scores to the scored_samples table")
+
+    report = commands.add_parser("report", help="write a run's HTML report with its plots",
+                                 description="Write one self-contained HTML file and the PNGs for a run.")
+    _add_lake_arguments(report)
+    report.add_argument("--run", help="run id (default: latest successful run)")
+    report.add_argument("--out", required=True, help="output folder")
+
+    rerun = commands.add_parser(
+        "rerun", help="ingest new series and retrain when the data changed (for schedulers)",
+        description="Ingest the series listed in the configuration (ingest.series) or on the command line "
+                    "that are new, re-derive labels and features, and retrain only when the data changed. "
+                    "Running it twice in a row changes nothing the second time.")
+    _add_lake_arguments(rerun)
+    rerun.add_argument("--series", nargs="*", default=None, metavar="SOURCE",
+                       help="GSE accessions or files (default: ingest.series from the config)")
+    rerun.add_argument("--report", metavar="DIR", help="write the report of a new run here")
+    return parser
+
+
+def _add_lake_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", required=True, help="lake root folder holding the Delta tables")
+    parser.add_argument("--config", help="YAML file merged over conf/default.yaml")
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--annotation", help="platform annotation: GPL SOFT, GEO .annot, or CSV probe_id,gene")
+    parser.add_argument("--platform", help="platform id for a matrix of probes, or for a CSV annotation")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LeukSparkError as error:
+        print(f"leukspark {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_synth(args) -> int:
+    from .synth import write_synthetic_series
+
+    began = time.perf_counter()
+    result = write_synthetic_series(Path(args.out), n_samples=args.samples, n_probes=args.probes,
+                                    seed=args.seed, write_matrix=not args.no_matrix)
+    print(f"wrote {len(result.sample_ids)} samples x {len(result.probe_ids)} probes in "
+          f"{time.perf_counter() - began:.1f} s:")
+    for path in (result.family_soft, result.series_matrix, result.annotation_csv):
+        if path is not None:
+            print(f"  {path}")
+    return 0
+
+
+def _pipeline(args):
+    from .config import load_config
+    from .lake import Lake
+    from .pipeline import Pipeline
+    from .spark import build_session
+
+    config = load_config(args.config)
+    spark = build_session(config)
+    lake = Lake.from_config(spark, args.lake, config)
+    return Pipeline(spark, lake, config)
+
+
+def cmd_ingest(args) -> int:
+    pipeline = _pipeline(args)
+    pipeline.ingest(args.sources, annotation=args.annotation, platform=args.platform)
+    return 0
+
+
+def cmd_run(args) -> int:
+    pipeline = _pipeline(args)
+    report_dir = None if args.no_report or args.until != "train" else args.report
+    if report_dir is None and not args.no_report and args.until == "train":
+        report_dir = "__default__"
+    outcome = pipeline.run(
+        args.input, label_file=args.labels, annotation=args.annotation, platform=args.platform,
+        until=args.until, report_dir=None if report_dir == "__default__" else report_dir,
+        test_fraction=args.test_fraction, split_file=args.split_file,
+    )
+    if report_dir == "__default__" and "train" in outcome:
+        pipeline.report(str(Path(pipeline.lake.path("reports")) / outcome["train"].run_id), outcome["train"].run_id)
+    if "train" in outcome:
+        print(f"\nrun {outcome['train'].run_id}: best model {outcome['train'].best_model}; "
+              f"bundles in {outcome['train'].bundle_dir}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_command
+
+    return predict_command(args)
+
+
+def cmd_report(args) -> int:
+    pipeline = _pipeline(args)
+    pipeline.report(args.out, args.run)
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from .rerun import rerun_command
+
+    return rerun_command(args)
+
+
+COMMANDS = {
+    "synth": cmd_synth, "ingest": cmd_ingest, "run": cmd_run, "predict": cmd_predict,
+    "report": cmd_report, "rerun": cmd_rerun,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The model registry and the one-call train-and-score used by the cross-validation fan-out.
+
+Adding a model: write a module with a :class:`~leukspark.models.base.ModelSpec` subclass
+and register an instance below (or call :func:`register` from your own code).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from leukspark.errors import ModelError
+from leukspark.models.base import LinearProbabilityModel, ModelSpec, Preprocessor
+from leukspark.models.dnn import DnnSpec
+from leukspark.models.linear_svm import LinearSvmSpec
+from leukspark.models.logistic_regression import LogisticRegressionSpec
+from leukspark.models.random_forest import RandomForestSpec, TreeEnsemble
+from leukspark.models.xgboost_model import XGBoostSpec
+
+__all__ = [
+    "REGISTRY",
+    "FitResult",
+    "LinearProbabilityModel",
+    "ModelSpec",
+    "Preprocessor",
+    "TreeEnsemble",
+    "fit_and_predict",
+    "get_model",
+    "register",
+]
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    """Add ``spec`` to the registry under ``spec.name``; a clashing name is a ModelError."""
+    if not isinstance(spec, ModelSpec):
+        raise ModelError(f"can only register ModelSpec instances, got {type(spec).__name__}")
+    existing = REGISTRY.get(spec.name)
+    if existing is not None and type(existing) is not type(spec):
+        raise ModelError(f"model name {spec.name!r} is already registered by {type(existing).__name__}")
+    REGISTRY[spec.name] = spec
+
+
+def get_model(name: str) -> ModelSpec:
+    """The registered spec called ``name``; an unknown name is a ModelError listing the known ones."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
+
+
+for _spec in (LogisticRegressionSpec(), LinearSvmSpec(), RandomForestSpec(), XGBoostSpec(), DnnSpec()):
+    register(_spec)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one (model, fold) task produces.
+
+    ``fit_seconds`` is wall-clock time for fitting the preprocessor and the model (not
+    for scoring ``X_eval``); ``params`` are the defaults merged with the overrides used.
+    """
+
+    probabilities: np.ndarray  # P(AML) for each row of X_eval
+    fit_seconds: float
+    preprocessor: Preprocessor
+    model: Any
+    params: dict[str, Any]
+
+
+def fit_and_predict(
+    model_name: str,
+    params: Mapping[str, Any] | None,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_eval: np.ndarray,
+    seed: int,
+    scaler: str = "standard",
+) -> FitResult:
+    """Fit the preprocessor and the model on the training rows, then score ``X_eval``.
+
+    The preprocessor sees ``X_train`` only: imputation means and scaling never include
+    evaluation rows, which would leak their distribution into the fold's score.
+    """
+    spec = get_model(model_name)
+    resolved = spec.resolve_params(params)  # fail on a bad key before any work is done
+    started = time.perf_counter()
+    preprocessor = Preprocessor(scaler).fit(X_train)
+    model = spec.fit(preprocessor.transform(X_train), y_train, resolved, seed)
+    fit_seconds = time.perf_counter() - started
+    probabilities = spec.predict_proba(model, preprocessor.transform(X_eval))
+    return FitResult(probabilities, fit_seconds, preprocessor, model, resolved)

@@ -1,0 +1,244 @@
+"""The pipeline's steps as table-to-table operations on a lake.
+
+Each step reads its input tables, calls the pure stage functions in `leukspark.stages`,
+and writes its output tables (one commit each). Jobs and the CLI call these; they hold no
+logic of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from . import __version__, schemas
+from .config import config_hash
+from .errors import LabelError, SplitError, TableError
+from .lake import Lake
+from .stages import features as feature_stage
+from .stages import labels as label_stage
+from .stages import split as split_stage
+from .stages import train as train_stage
+from .stages.ingest import IngestReport, ingest_sources
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "labels", "features", "split", "train", "report")
+
+
+@dataclass
+class TrainingOutcome:
+    run_id: str
+    metrics: pd.DataFrame
+    leaderboard_text: str
+    best_model: str
+    bundle_dir: str
+
+
+@dataclass
+class Pipeline:
+    spark: SparkSession
+    lake: Lake
+    config: dict
+    echo: Callable[[str], None] = print
+    timings: dict = field(default_factory=dict)
+
+    # -- steps ----------------------------------------------------------------------------
+    def ingest(self, sources: list[str], *, annotation: str | None = None,
+               platform: str | None = None) -> IngestReport:
+        report = ingest_sources(self.spark, self.lake, sources, self.config, annotation=annotation,
+                                platform=platform)
+        self.echo(report.summary())
+        return report
+
+    def labels(self, label_file: str | None = None, *, sample_order: list[str] | None = None) -> tuple[int, int]:
+        samples = self.lake.read("samples")
+        if label_file:
+            given = label_stage.read_label_file(self.spark, label_file, sample_order=sample_order)
+            labels, excluded = label_stage.labels_from_table(samples, given)
+        else:
+            labels, excluded = label_stage.assign_labels(samples, self.config["labels"])
+        labels, excluded = labels.localCheckpoint(), excluded.localCheckpoint()
+        summary = label_stage.label_summary(labels, excluded)
+        if not any(row[1] in ("ALL", "AML") for row in summary):
+            raise LabelError("no sample got a label: check labels.rules in the configuration or pass --labels")
+        self.lake.overwrite("labels", labels.select(*schemas.LABELS.fieldNames()), operation="labels")
+        self.lake.overwrite("excluded_samples", excluded.select(*schemas.EXCLUDED_SAMPLES.fieldNames()),
+                            operation="labels")
+        self.echo(label_stage.format_label_summary(summary))
+        kept = sum(r[2] for r in summary if r[1] != "excluded")
+        return kept, sum(r[2] for r in summary if r[1] == "excluded")
+
+    def features(self) -> feature_stage.ProbeMapSummary:
+        labels = self.lake.read("labels")
+        expression = self.lake.read("expression")
+        if not self.lake.exists("platform_probes"):
+            raise TableError("no platform annotation in the lake: ingest a family SOFT or pass --annotation")
+        platform_probes = self.lake.read("platform_probes")
+        gene_features, genes, probe_map = feature_stage.build_features(
+            expression, platform_probes, labels, self.config["features"])
+        self.lake.overwrite("genes", genes, operation="features")
+        self.lake.overwrite("gene_features", gene_features, operation="features")
+        platforms = [r["platform"] for r in self.lake.read("samples")
+                     .join(labels.select("sample"), "sample", "left_semi").select("platform").distinct().collect()]
+        summary = feature_stage.summarize_probe_map(platform_probes, probe_map, platforms)
+        summary.genes_out = self.lake.read("genes").count()
+        self.echo(summary.text())
+        return summary
+
+    def split(self, *, test_fraction: float | None = None, split_file: str | None = None) -> pd.DataFrame:
+        cfg = self.config["split"]
+        fraction = cfg["test_fraction"] if test_fraction is None else test_fraction
+        labels = self.lake.read("labels").select("sample", "label").toPandas()
+        if split_file:
+            assignment = _read_split_file(split_file)
+            split = split_stage.given_split(labels, assignment, cfg["folds"], cfg["seed"])
+        elif self.lake.exists("splits"):
+            stored = self.lake.read("splits").toPandas()
+            split = split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
+        else:
+            split = split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
+        self.lake.overwrite("splits", split_stage.split_frame(self.spark, split), operation="split")
+        self.echo(split_stage.split_summary(split))
+        return split
+
+    def train(self, run_id: str | None = None) -> TrainingOutcome:
+        run_id = run_id or new_run_id()
+        started = datetime.now(timezone.utc)
+        cfg = self.config["training"]
+        genes = [r["gene"] for r in self.lake.read("genes").orderBy("position").collect()]
+        splits = self.lake.read("splits").toPandas()
+        if splits.empty:
+            raise SplitError("the splits table is empty: run the split step first")
+        bundle_dir = str(Path(self.lake.path("models")) / run_id)
+        context = train_stage.TrainingContext(
+            run_id=run_id,
+            feature_files=tuple(self.lake.read("gene_features").inputFiles()),
+            gene_order=tuple(genes),
+            assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
+                         for r in splits.itertuples(index=False)},
+            seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
+        )
+        tasks = train_stage.plan_tasks(cfg["models"], self.config["split"]["folds"], cfg["params"])
+        self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x "
+                  f"{self.config['split']['folds']} folds + final) as Spark tasks")
+        task_rows = train_stage.run_fanout(self.spark, tasks, context)
+        predictions = task_rows.toPandas()
+        metrics = train_stage.metric_rows(predictions)
+        params = dict(zip(tasks["model"], tasks["params"]))
+        results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
+                                           config_hash=config_hash(self.config), code_version=__version__,
+                                           params=params)
+        self.lake.append("predictions", self.spark.createDataFrame(
+            predictions[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=f"train {run_id}")
+        self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS),
+                         operation=f"train {run_id}")
+        board = train_stage.leaderboard(metrics)
+        best = str(board.index[0])
+        self._record_run(run_id, started, splits, len(genes), best, bundle_dir)
+        text = train_stage.format_leaderboard(metrics)
+        self.echo(text)
+        return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def report(self, out_dir: str, run_id: str | None = None) -> Path:
+        from .report import write_report
+
+        run_id = run_id or self.latest_run()
+        path = write_report(self.spark, self.lake, run_id, Path(out_dir), self.config)
+        self.echo(f"report: {path}")
+        return path
+
+    # -- runs -----------------------------------------------------------------------------
+    def data_fingerprint(self) -> str:
+        """Hash of what training sees: sample values, labels, split, features settings."""
+        parts = []
+        for table, columns in (("samples", ["sample", "values_checksum"]), ("labels", ["sample", "label"]),
+                               ("splits", ["sample", "set", "fold"])):
+            if self.lake.exists(table):
+                rows = sorted(tuple(str(v) for v in r) for r in self.lake.read(table).select(*columns).collect())
+                parts.append(json.dumps(rows))
+        parts.append(json.dumps(self.config["features"], sort_keys=True))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def latest_run(self) -> str:
+        if not self.lake.exists("runs"):
+            raise TableError("no run recorded in this lake yet: run `leukspark run` first")
+        row = (self.lake.read("runs").where(F.col("status") == "succeeded")
+               .orderBy(F.col("finished_at").desc()).select("run").first())
+        if row is None:
+            raise TableError("no successful run recorded in this lake yet")
+        return row["run"]
+
+    def run_record(self, run_id: str) -> dict:
+        row = self.lake.read("runs").where(F.col("run") == run_id).first()
+        if row is None:
+            raise TableError(f"run {run_id} is not in the runs table")
+        return row.asDict()
+
+    def _record_run(self, run_id, started, splits, n_genes, best, bundle_dir) -> None:
+        record = {
+            "run": run_id, "started_at": started, "finished_at": datetime.now(timezone.utc),
+            "status": "succeeded", "config_hash": config_hash(self.config),
+            "data_fingerprint": self.data_fingerprint(), "code_version": __version__,
+            "n_train": int((splits["set"] == "train").sum()), "n_test": int((splits["set"] == "test").sum()),
+            "n_genes": n_genes, "best_model": best, "bundle_dir": bundle_dir, "trained": True,
+        }
+        frame = self.spark.createDataFrame([tuple(record[k] for k in schemas.RUNS.fieldNames())], schemas.RUNS)
+        self.lake.append("runs", frame, operation=f"run {run_id}")
+
+    # -- the whole run --------------------------------------------------------------------
+    def run(self, sources: list[str], *, label_file: str | None = None, annotation: str | None = None,
+            platform: str | None = None, until: str = "train", report_dir: str | None = None,
+            test_fraction: float | None = None, split_file: str | None = None) -> dict:
+        """ingest -> labels -> features -> split -> train -> report, stopping after `until`."""
+        if until not in STAGES:
+            raise ValueError(f"--until must be one of {', '.join(STAGES)}")
+        last = STAGES.index(until) if until != "train" or report_dir is None else STAGES.index("report")
+        outcome: dict = {}
+        steps = [
+            ("ingest", lambda: self.ingest(sources, annotation=annotation, platform=platform)),
+            ("labels", lambda: self.labels(label_file, sample_order=_matrix_sample_order(sources, label_file))),
+            ("features", self.features),
+            ("split", lambda: self.split(test_fraction=test_fraction, split_file=split_file)),
+            ("train", self.train),
+            ("report", lambda: self.report(report_dir, outcome["train"].run_id)),
+        ]
+        for index, (name, step) in enumerate(steps[: last + 1], start=1):
+            self.echo(f"\n[{index}/{last + 1}] {name}")
+            began = time.perf_counter()
+            outcome[name] = step()
+            self.timings[name] = time.perf_counter() - began
+            self.echo(f"[{index}/{last + 1}] {name} done in {self.timings[name]:.1f} s")
+        return outcome
+
+
+def new_run_id() -> str:
+    return f"run-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+def _read_split_file(path: str) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep=None, engine="python")
+    frame.columns = [c.strip().lower() for c in frame.columns]
+    if not {"sample", "set"} <= set(frame.columns):
+        raise SplitError(f"{path}: a split file needs columns 'sample' and 'set' (train/test)")
+    frame["set"] = frame["set"].str.strip().str.lower()
+    return frame
+
+
+def _matrix_sample_order(sources: list[str], label_file: str | None) -> list[str] | None:
+    """The sample columns of a matrix input, which a GSEA .cls label file refers to by position."""
+    if not label_file or not label_file.lower().endswith(".cls"):
+        return None
+    from .matrix import matrix_sample_ids
+
+    return [s for source in sources for s in matrix_sample_ids(Path(source))]

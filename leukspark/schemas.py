@@ -1,0 +1,133 @@
+"""Schemas of the lake's tables: one place, used by stages, writers and validators."""
+
+from pyspark.sql.types import (
+    ArrayType, BooleanType, DoubleType, IntegerType, LongType, MapType, StringType, StructField,
+    StructType, TimestampType,
+)
+
+
+def _schema(*fields: tuple) -> StructType:
+    return StructType([StructField(name, dtype, nullable) for name, dtype, nullable in fields])
+
+
+SERIES = _schema(
+    ("series", StringType(), False),
+    ("title", StringType(), True),
+    ("summary", StringType(), True),
+    ("platforms", ArrayType(StringType()), True),
+    ("n_samples", LongType(), True),
+    ("source_file", StringType(), True),
+    ("ingested_at", TimestampType(), True),
+)
+
+SAMPLES = _schema(
+    ("sample", StringType(), False),
+    ("series", StringType(), True),
+    ("platform", StringType(), True),
+    ("title", StringType(), True),
+    ("source", StringType(), True),
+    ("characteristics", MapType(StringType(), StringType()), True),
+    ("characteristics_raw", ArrayType(StringType()), True),
+    ("description", ArrayType(StringType()), True),
+    ("n_values", LongType(), True),
+    ("n_missing", LongType(), True),
+    ("values_checksum", StringType(), True),
+    ("source_file", StringType(), True),
+    ("ingested_at", TimestampType(), True),
+)
+
+EXPRESSION = _schema(
+    ("series", StringType(), True),
+    ("sample", StringType(), False),
+    ("platform", StringType(), True),
+    ("probe_id", StringType(), False),
+    ("value", DoubleType(), True),
+)
+
+PLATFORM_PROBES = _schema(
+    ("platform", StringType(), False),
+    ("probe_id", StringType(), False),
+    ("gene_symbols", ArrayType(StringType()), True),
+    ("entrez_ids", ArrayType(StringType()), True),
+)
+
+LABELS = _schema(
+    ("sample", StringType(), False),
+    ("label", StringType(), False),
+    ("subtype", StringType(), True),
+    ("rule", StringType(), True),
+)
+
+EXCLUDED_SAMPLES = _schema(
+    ("sample", StringType(), False),
+    ("subtype", StringType(), True),
+    ("reason", StringType(), False),
+)
+
+GENES = _schema(
+    ("position", IntegerType(), False),
+    ("gene", StringType(), False),
+    ("n_probes", IntegerType(), True),
+)
+
+GENE_FEATURES = _schema(
+    ("sample", StringType(), False),
+    ("features", ArrayType(DoubleType()), False),
+)
+
+SPLITS = _schema(
+    ("sample", StringType(), False),
+    ("set", StringType(), False),
+    ("fold", IntegerType(), True),
+    ("label", StringType(), True),
+)
+
+RESULTS = _schema(
+    ("run", StringType(), False),
+    ("run_time", TimestampType(), True),
+    ("config_hash", StringType(), True),
+    ("code_version", StringType(), True),
+    ("model", StringType(), False),
+    ("params", StringType(), True),
+    ("fold", StringType(), False),
+    ("metric", StringType(), False),
+    ("value", DoubleType(), True),
+)
+
+PREDICTIONS = _schema(
+    ("run", StringType(), False),
+    ("model", StringType(), False),
+    ("fold", StringType(), False),
+    ("sample", StringType(), False),
+    ("probability_AML", DoubleType(), True),
+    ("predicted", StringType(), True),
+    ("truth", StringType(), True),
+)
+
+SCORED_SAMPLES = _schema(
+    ("scored_at", TimestampType(), True),
+    ("run", StringType(), False),
+    ("model", StringType(), False),
+    ("sample", StringType(), False),
+    ("source", StringType(), True),
+    ("probability_AML", DoubleType(), True),
+    ("prediction", StringType(), True),
+    ("missing_genes", IntegerType(), True),
+    ("error", StringType(), True),
+)
+
+RUNS = _schema(
+    ("run", StringType(), False),
+    ("started_at", TimestampType(), True),
+    ("finished_at", TimestampType(), True),
+    ("status", StringType(), True),
+    ("config_hash", StringType(), True),
+    ("data_fingerprint", StringType(), True),
+    ("code_version", StringType(), True),
+    ("n_train", LongType(), True),
+    ("n_test", LongType(), True),
+    ("n_genes", LongType(), True),
+    ("best_model", StringType(), True),
+    ("bundle_dir", StringType(), True),
+    ("trained", BooleanType(), True),
+)

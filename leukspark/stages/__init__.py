@@ -1,0 +1,1 @@
+"""Pipeline stages: pure functions from DataFrames and config to DataFrames."""

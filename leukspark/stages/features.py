@@ -1,0 +1,136 @@
+"""Probe to gene: join expression with the platform annotation and aggregate with a groupBy.
+
+The result is one row per sample with a `features` array in one fixed gene order (the
+`genes` table gives the position of every gene), which is what the models train on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..errors import FeatureError
+
+AGGREGATES = {
+    "mean": F.mean,
+    "median": F.median,
+    "max": F.max,
+}
+
+
+@dataclass
+class ProbeMapSummary:
+    probes_in: int
+    probes_without_symbol: int
+    probes_multi_gene: int
+    probes_used: int
+    genes_out: int
+
+    def text(self) -> str:
+        return (f"probes in {self.probes_in:,}; without symbol {self.probes_without_symbol:,} (dropped); "
+                f"multi-gene {self.probes_multi_gene:,}; probes used {self.probes_used:,}; "
+                f"genes out {self.genes_out:,}")
+
+
+def probe_gene_map(platform_probes: DataFrame, multi_gene: str) -> DataFrame:
+    """(platform, probe_id, gene) rows: which gene(s) each probe counts toward.
+
+    Probes without a symbol are dropped. Multi-gene probes ("A /// B") are dropped, mapped to
+    their first symbol, or counted toward each of their genes, per `multi_gene`.
+    """
+    symbols = F.filter(F.coalesce(F.col("gene_symbols"), F.array().cast("array<string>")),
+                       lambda s: F.length(F.trim(s)) > 0)
+    probes = platform_probes.select("platform", "probe_id", symbols.alias("symbols"))
+    if multi_gene == "drop":
+        return probes.where(F.size("symbols") == 1).select("platform", "probe_id", F.col("symbols")[0].alias("gene"))
+    if multi_gene == "first":
+        return probes.where(F.size("symbols") >= 1).select("platform", "probe_id", F.col("symbols")[0].alias("gene"))
+    if multi_gene == "each":
+        return probes.select("platform", "probe_id", F.explode("symbols").alias("gene")).distinct()
+    raise FeatureError(f"features.multi_gene must be drop, first or each; got {multi_gene!r}")
+
+
+def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platforms: list[str]) -> ProbeMapSummary:
+    scoped = platform_probes.where(F.col("platform").isin(*platforms))
+    sizes = scoped.select(F.size(F.coalesce("gene_symbols", F.array().cast("array<string>"))).alias("n"))
+    counts = sizes.agg(
+        F.count("*").alias("probes_in"),
+        F.sum((F.col("n") == 0).cast("int")).alias("without"),
+        F.sum((F.col("n") > 1).cast("int")).alias("multi"),
+    ).first()
+    used = probe_map.where(F.col("platform").isin(*platforms))
+    used_counts = used.agg(F.countDistinct("platform", "probe_id").alias("probes"),
+                           F.countDistinct("gene").alias("genes")).first()
+    return ProbeMapSummary(counts["probes_in"], counts["without"] or 0, counts["multi"] or 0,
+                           used_counts["probes"], used_counts["genes"])
+
+
+def gene_values(expression: DataFrame, probe_map: DataFrame, aggregate: str) -> DataFrame:
+    """(sample, gene, value): probes of one gene combined by `aggregate`; nulls are ignored."""
+    if aggregate not in AGGREGATES:
+        raise FeatureError(f"features.aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+    joined = expression.join(F.broadcast(probe_map), ["platform", "probe_id"])
+    return joined.groupBy("sample", "gene").agg(AGGREGATES[aggregate]("value").alias("value"))
+
+
+def scale_per_sample(values: DataFrame) -> DataFrame:
+    """Min-max each sample to 0..1 over its genes (the reference study's normalisation)."""
+    bounds = values.groupBy("sample").agg(F.min("value").alias("lo"), F.max("value").alias("hi"))
+    span = F.col("hi") - F.col("lo")
+    return (values.join(bounds, "sample")
+            .select("sample", "gene",
+                    F.when(span > 0, (F.col("value") - F.col("lo")) / span).otherwise(F.lit(0.0)).alias("value")))
+
+
+def gene_table(probe_map: DataFrame, values: DataFrame) -> DataFrame:
+    """(position, gene, n_probes): every gene measured in at least one sample, in alphabetical order."""
+    measured = values.select("gene").distinct()
+    per_gene = probe_map.groupBy("gene").agg(F.countDistinct("platform", "probe_id").cast("int").alias("n_probes"))
+    ordered = measured.join(per_gene, "gene", "left").orderBy("gene")
+    # Gene count is ~20k: numbering on the driver keeps positions exact and deterministic.
+    rows = ordered.collect()
+    spark = values.sparkSession
+    return spark.createDataFrame([(i, r["gene"], r["n_probes"]) for i, r in enumerate(rows)],
+                                 "position int, gene string, n_probes int")
+
+
+def feature_vectors(values: DataFrame, genes: DataFrame) -> DataFrame:
+    """(sample, features): one array per sample in the `genes` order; an unmeasured gene is NaN.
+
+    Assembling a vector is a scatter by gene position, done per sample in a pandas UDF:
+    linear in the number of genes, where Spark's map lookups would be quadratic.
+    """
+    n_genes = genes.count()
+    if n_genes == 0:
+        raise FeatureError("no gene could be derived: check the platform annotation (platform_probes)")
+    positioned = values.join(F.broadcast(genes.select("gene", "position")), "gene").select("sample", "position", "value")
+
+    def assemble(group: pd.DataFrame) -> pd.DataFrame:
+        vector = np.full(n_genes, np.nan)
+        vector[group["position"].to_numpy()] = group["value"].to_numpy(dtype=float)
+        return pd.DataFrame({"sample": [group["sample"].iloc[0]], "features": [vector]})
+
+    return positioned.groupBy("sample").applyInPandas(assemble, schema="sample string, features array<double>")
+
+
+def build_features(expression: DataFrame, platform_probes: DataFrame, samples: DataFrame,
+                   feature_config: dict) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Stage entry: (gene_features, genes, probe_map) for the samples in `samples`."""
+    probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
+    scoped = expression.join(samples.select("sample"), "sample", "left_semi")
+    values = gene_values(scoped, probe_map, feature_config["aggregate"])
+    if feature_config["scale_per_sample"]:
+        values = scale_per_sample(values)
+    values = values.persist()
+    genes = gene_table(probe_map, values)
+    if genes.count() < feature_config["min_genes"]:
+        raise FeatureError(
+            f"only {genes.count()} genes could be derived (features.min_genes is {feature_config['min_genes']}): "
+            "is the platform annotated? Pass --annotation with a probe-to-symbol file"
+        )
+    return feature_vectors(values, genes), genes, probe_map

@@ -1,0 +1,382 @@
+"""Ingest GEO files (or expression matrices) into the lake.
+
+A gzipped GEO file cannot be split, so the driver streams it once, holding one sample table
+at a time, and spools the values as Parquet files. Spark then does the rest in parallel:
+it picks the samples that are new (or changed, when configured to replace them), and writes
+`expression` through the lake's distributed writer, one commit per table. `samples` is
+written last: a sample counts as ingested once it is there, so a crash after the
+`expression` commit is repaired by the next run (its rows are replaced, not duplicated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .. import schemas
+from ..errors import DuplicateSampleError, GeoFormatError, InputError
+from ..lake import Lake
+
+log = logging.getLogger(__name__)
+
+MATRIX_SUFFIXES = (".csv", ".tsv", ".gct", ".csv.gz", ".tsv.gz", ".gct.gz")
+SAMPLES_PER_SPOOL_FILE = 48
+ACCESSION_LIKE = re.compile(r"^(GSE|GSM|GPL|GDS)\w*$", re.IGNORECASE)
+
+
+@dataclass
+class SpooledSource:
+    """What one input file holds, with its expression values spooled as Parquet."""
+
+    source_file: str
+    series_rows: list[dict] = field(default_factory=list)
+    sample_rows: list[dict] = field(default_factory=list)
+    platform_tables: list[pa.Table] = field(default_factory=list)
+    spool_dir: Path | None = None
+    n_values: int = 0
+    n_missing: int = 0
+
+
+@dataclass
+class IngestReport:
+    sources: list[str]
+    new_samples: list[str]
+    unchanged_samples: list[str]
+    replaced_samples: list[str]
+    n_values: int
+    n_missing: int
+    platforms: list[str]
+    series: list[str]
+
+    def summary(self) -> str:
+        return (
+            f"ingested {len(self.sources)} source(s), series {', '.join(self.series) or '-'} on "
+            f"{', '.join(self.platforms) or '-'}: {len(self.new_samples)} new sample(s), "
+            f"{len(self.replaced_samples)} replaced, {len(self.unchanged_samples)} already stored; "
+            f"{self.n_values:,} values read, {self.n_missing:,} missing (kept as null)"
+        )
+
+
+def resolve_source(source: str, cache_dir: str | Path) -> Path:
+    """A local file as is; a GEO accession through the download cache."""
+    from ..geo.download import fetch_series
+
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_file():
+            raise InputError(f"{path}: not a file")
+        return path
+    if ACCESSION_LIKE.match(source):
+        return fetch_series(source, Path(cache_dir).expanduser())
+    raise InputError(f"{source}: no such file, and not a GEO series accession (GSE followed by digits)")
+
+
+def is_matrix_file(path: Path) -> bool:
+    return path.name.lower().endswith(MATRIX_SUFFIXES)
+
+
+def spool_source(path: Path, spool_root: Path, *, platform: str | None = None) -> SpooledSource:
+    """Stream one GEO file (or matrix) into row dicts and spooled Parquet expression files."""
+    from ..geo.annotation import annotation_from_platform_table
+    from ..geo.soft import PlatformRecord, SampleTable, SeriesRecord, iter_geo_records
+
+    spooled = SpooledSource(source_file=str(path), spool_dir=spool_root / uuid.uuid4().hex[:12])
+    spooled.spool_dir.mkdir(parents=True)
+    if is_matrix_file(path):
+        from ..matrix import iter_matrix_records
+
+        records = iter_matrix_records(path, platform=platform)
+    else:
+        records = iter_geo_records(path)
+
+    writer = _SpoolWriter(spooled.spool_dir)
+    seen: set[str] = set()
+    current_series: str | None = None
+    try:
+        for record in records:
+            if isinstance(record, SeriesRecord):
+                current_series = record.accession
+                spooled.series_rows.append(_series_row(record, path))
+            elif isinstance(record, PlatformRecord):
+                if record.table is not None and record.table.num_rows:
+                    spooled.platform_tables.append(annotation_from_platform_table(record.accession, record.table))
+            elif isinstance(record, SampleTable):
+                sample = record.sample
+                if sample.accession in seen:
+                    raise GeoFormatError(f"{path}: sample {sample.accession} appears twice")
+                seen.add(sample.accession)
+                series = sample.series or current_series or _series_from_filename(path)
+                row = _sample_row(record, series, path)
+                writer.add(series, record)
+                spooled.sample_rows.append(row)
+                spooled.n_values += row["n_values"]
+                spooled.n_missing += row["n_missing"]
+    finally:
+        writer.close()
+    if not spooled.sample_rows:
+        raise GeoFormatError(f"{path}: no sample tables found")
+    if not spooled.series_rows:
+        series_ids = sorted({r["series"] for r in spooled.sample_rows})
+        spooled.series_rows = [
+            {"series": s, "title": None, "summary": None,
+             "platforms": sorted({r["platform"] for r in spooled.sample_rows if r["series"] == s and r["platform"]}),
+             "source_file": str(path)} for s in series_ids
+        ]
+    counts = {}
+    for row in spooled.sample_rows:
+        counts[row["series"]] = counts.get(row["series"], 0) + 1
+    for series_row in spooled.series_rows:
+        series_row["n_samples"] = counts.get(series_row["series"], 0)
+    return spooled
+
+
+class _SpoolWriter:
+    """Writes sample tables to Parquet files of a few dozen samples each (one Spark task per file)."""
+
+    schema = pa.schema([
+        ("series", pa.string()), ("sample", pa.string()), ("platform", pa.string()),
+        ("probe_id", pa.string()), ("value", pa.float64()),
+    ])
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.writer: pq.ParquetWriter | None = None
+        self.samples_in_file = 0
+        self.file_index = 0
+
+    def add(self, series: str, record) -> None:
+        if self.writer is None or self.samples_in_file >= SAMPLES_PER_SPOOL_FILE:
+            self._roll()
+        n = len(record.probe_id)
+        table = pa.table({
+            "series": _constant(series, n),
+            "sample": _constant(record.sample.accession, n),
+            "platform": _constant(record.sample.platform, n),
+            "probe_id": _combined(record.probe_id),
+            "value": _combined(record.value).cast(pa.float64()),
+        })
+        self.writer.write_table(table.cast(self.schema))
+        self.samples_in_file += 1
+
+    def _roll(self) -> None:
+        self.close()
+        path = self.directory / f"spool-{self.file_index:05d}.parquet"
+        self.writer = pq.ParquetWriter(path, self.schema, compression="snappy")
+        self.file_index += 1
+        self.samples_in_file = 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _constant(value: str | None, n: int) -> pa.Array:
+    # A one-entry dictionary avoids building n Python strings per sample.
+    indices = pa.array(np.zeros(n, dtype=np.int32))
+    return pa.DictionaryArray.from_arrays(indices, pa.array([value], pa.string())).cast(pa.string())
+
+
+def _combined(array) -> pa.Array:
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def values_checksum(probe_ids, values) -> str:
+    """Fingerprint of a sample's (probe, value) table, to tell a re-sent sample from a changed one."""
+    probes = pa.concat_arrays([_combined(probe_ids).cast(pa.string())])
+    numbers = _combined(values).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    digest = hashlib.sha256()
+    for buffer in probes.buffers()[1:]:
+        if buffer is not None:
+            digest.update(memoryview(buffer))
+    digest.update(np.ascontiguousarray(numbers).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _sample_row(record, series: str, path: Path) -> dict:
+    sample = record.sample
+    return {
+        "sample": sample.accession,
+        "series": series,
+        "platform": sample.platform,
+        "title": sample.title,
+        "source": sample.source,
+        "characteristics": dict(sample.characteristics),
+        "characteristics_raw": list(sample.characteristics_raw),
+        "description": list(sample.description),
+        "n_values": int(len(record.probe_id)),
+        "n_missing": int(record.n_missing),
+        "values_checksum": values_checksum(record.probe_id, record.value),
+        "source_file": str(path),
+    }
+
+
+def _series_row(record, path: Path) -> dict:
+    return {"series": record.accession, "title": record.title, "summary": record.summary,
+            "platforms": list(record.platforms), "source_file": str(path)}
+
+
+def _series_from_filename(path: Path) -> str:
+    match = re.match(r"(GSE\d+)", path.name, re.IGNORECASE)
+    if match:
+        return match.group(1).upper()
+    return path.name.split(".")[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Planning which samples to write (pure)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class IngestPlan:
+    to_write: dict[str, dict]          # sample -> row, new or replacing
+    new: list[str]
+    unchanged: list[str]
+    replaced: list[str]
+
+
+def plan_samples(spooled: list[SpooledSource], stored_checksums: dict[str, str], on_conflict: str) -> IngestPlan:
+    """Decide per sample: new, unchanged (skipped) or changed (fail or replace, per config)."""
+    to_write: dict[str, dict] = {}
+    new, unchanged, replaced, conflicts = [], [], [], []
+    for source in spooled:
+        for row in source.sample_rows:
+            sample = row["sample"]
+            previous = to_write.get(sample)
+            stored = stored_checksums.get(sample)
+            if previous is not None:
+                if previous["values_checksum"] != row["values_checksum"]:
+                    conflicts.append((sample, previous["source_file"], row["source_file"]))
+                    to_write[sample] = row
+                continue
+            if stored is None:
+                to_write[sample] = row
+                new.append(sample)
+            elif stored == row["values_checksum"]:
+                unchanged.append(sample)
+            else:
+                conflicts.append((sample, "the lake", row["source_file"]))
+                to_write[sample] = row
+                replaced.append(sample)
+    if conflicts and on_conflict == "fail":
+        shown = "; ".join(f"{s} (in {a} and {b})" for s, a, b in conflicts[:10])
+        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        raise DuplicateSampleError(
+            f"{len(conflicts)} sample(s) arrive with values different from those already stored: "
+            f"{shown}{more}. Nothing was written. Set ingest.on_conflict: replace to overwrite them."
+        )
+    return IngestPlan(to_write=to_write, new=new, unchanged=unchanged, replaced=replaced)
+
+
+# ---------------------------------------------------------------------------------------
+# Spark side
+# ---------------------------------------------------------------------------------------
+def expression_frame(spark: SparkSession, spooled: list[SpooledSource], samples: list[str]) -> DataFrame:
+    """The spooled values of `samples`, read by Spark from the spool files."""
+    paths = [str(s.spool_dir) for s in spooled if s.spool_dir is not None]
+    frame = spark.read.schema(schemas.EXPRESSION).parquet(*paths)
+    wanted = spark.createDataFrame([(s,) for s in samples], "sample string")
+    return frame.join(F.broadcast(wanted), "sample", "left_semi").select(*schemas.EXPRESSION.fieldNames())
+
+
+def rows_frame(spark: SparkSession, rows: list[dict], schema, now: datetime | None = None) -> DataFrame:
+    now = now or datetime.now(timezone.utc)
+    names = schema.fieldNames()
+    records = []
+    for row in rows:
+        complete = dict(row)
+        if "ingested_at" in names:
+            complete["ingested_at"] = now
+        records.append(tuple(complete.get(name) for name in names))
+    return spark.createDataFrame(records, schema)
+
+
+def platform_probes_frame(spark: SparkSession, tables: list[pa.Table]) -> DataFrame | None:
+    if not tables:
+        return None
+    combined = pa.concat_tables([t.select(schemas.PLATFORM_PROBES.fieldNames()) for t in tables])
+    pdf = combined.to_pandas()
+    pdf = pdf.drop_duplicates(subset=["platform", "probe_id"], keep="last")
+    return spark.createDataFrame(pdf, schemas.PLATFORM_PROBES)
+
+
+def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: dict, *,
+                   annotation: str | None = None, platform: str | None = None) -> IngestReport:
+    """Ingest every source; each table gets at most one commit, and nothing is written on error."""
+    from ..geo.annotation import read_platform_annotation
+
+    cache_dir = config["ingest"]["cache_dir"]
+    paths = [resolve_source(s, cache_dir) for s in sources]
+    annotation_path = None
+    if annotation:
+        annotation_path = Path(annotation).expanduser()
+        if not annotation_path.is_file():
+            raise InputError(f"{annotation_path}: annotation file does not exist")
+
+    spool_root = Path(lake.path("_spool")) / uuid.uuid4().hex[:12]
+    try:
+        spooled = [spool_source(p, spool_root, platform=platform) for p in paths]
+        stored = {}
+        if lake.exists("samples"):
+            stored = {r["sample"]: r["values_checksum"]
+                      for r in lake.read("samples").select("sample", "values_checksum").collect()}
+        plan = plan_samples(spooled, stored, config["ingest"]["on_conflict"])
+
+        annotation_tables = [t for s in spooled for t in s.platform_tables]
+        sample_platforms = sorted({r["platform"] for s in spooled for r in s.sample_rows if r["platform"]})
+        if annotation_path is not None:
+            annotation_platform = platform or (sample_platforms[0] if len(sample_platforms) == 1 else None)
+            annotation_tables.append(read_platform_annotation(annotation_path, platform=annotation_platform))
+
+        if plan.to_write:
+            lake.merge("expression", expression_frame(spark, spooled, sorted(plan.to_write)), ["sample"],
+                       operation="ingest")
+        probes = platform_probes_frame(spark, annotation_tables)
+        if probes is not None:
+            if annotation_path is not None:
+                lake.merge("platform_probes", probes, ["platform", "probe_id"], operation="annotate")
+            else:
+                lake.insert_new("platform_probes", probes, ["platform", "probe_id"], operation="ingest")
+        if plan.to_write:
+            lake.merge("samples", rows_frame(spark, list(plan.to_write.values()), schemas.SAMPLES),
+                       ["sample"], operation="ingest")
+        series_rows = _merge_series_rows(lake, [r for s in spooled for r in s.series_rows])
+        if plan.to_write or not lake.exists("series"):
+            lake.merge("series", rows_frame(spark, series_rows, schemas.SERIES), ["series"], operation="ingest")
+        return IngestReport(
+            sources=[str(p) for p in paths],
+            new_samples=plan.new, unchanged_samples=plan.unchanged, replaced_samples=plan.replaced,
+            n_values=sum(s.n_values for s in spooled), n_missing=sum(s.n_missing for s in spooled),
+            platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}),
+        )
+    finally:
+        shutil.rmtree(spool_root, ignore_errors=True)
+
+
+def _merge_series_rows(lake: Lake, rows: list[dict]) -> list[dict]:
+    """One row per series; sample counts add up what the lake holds for that series."""
+    merged: dict[str, dict] = {}
+    for row in rows:
+        if row["series"] in merged:
+            known = merged[row["series"]]
+            known["platforms"] = sorted(set(known["platforms"]) | set(row["platforms"]))
+        else:
+            merged[row["series"]] = dict(row)
+    if lake.exists("samples"):
+        counts = {r["series"]: r["count"] for r in lake.read("samples").groupBy("series").count().collect()}
+    else:
+        counts = {}
+    for series, row in merged.items():
+        row["n_samples"] = max(counts.get(series, 0), row.get("n_samples") or 0)
+    return list(merged.values())

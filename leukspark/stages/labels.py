@@ -1,0 +1,139 @@
+"""Labels: ALL or AML per sample from configured rules, or from a label file.
+
+Every sample ends up in exactly one of two tables: `labels` (sample, label, subtype, rule)
+or `excluded_samples` (sample, subtype, reason). Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .. import schemas
+from ..errors import LabelError
+
+CHARACTERISTIC_PREFIX = "characteristics."
+PLAIN_FIELDS = {"title", "source", "series", "platform"}
+LABEL_VALUES = ("ALL", "AML")
+
+
+def field_column(field: str) -> Column:
+    """The samples-table column a rule looks at: a characteristic key, title or source."""
+    if field.startswith(CHARACTERISTIC_PREFIX):
+        return F.col("characteristics").getItem(field[len(CHARACTERISTIC_PREFIX):])
+    if field in PLAIN_FIELDS:
+        return F.col(field)
+    raise LabelError(
+        f"label rule field {field!r} is not one of {', '.join(sorted(PLAIN_FIELDS))} "
+        f"or '{CHARACTERISTIC_PREFIX}<key>'"
+    )
+
+
+def assign_labels(samples: DataFrame, label_config: dict) -> tuple[DataFrame, DataFrame]:
+    """Apply the rules to `samples`; return (labels, excluded_samples)."""
+    rules = label_config["rules"]
+    subtype = field_column(label_config["subtype_field"])
+    matches = [
+        F.when(F.coalesce(field_column(rule["field"]).rlike(rule["pattern"]), F.lit(False)),
+               F.struct(F.lit(rule["label"]).alias("label"), F.lit(f"rule {i}: {rule['field']} ~ {rule['pattern']}").alias("rule")))
+        for i, rule in enumerate(rules)
+    ]
+    matched = (samples
+               .select("sample", subtype.alias("subtype"),
+                       F.filter(F.array(*matches), lambda m: m.isNotNull()).alias("matches"))
+               .withColumn("labels", F.array_distinct(F.transform("matches", lambda m: m["label"]))))
+    labels = (matched.where(F.size("labels") == 1)
+              .select("sample", F.col("labels")[0].alias("label"), "subtype", F.col("matches")[0]["rule"].alias("rule")))
+    excluded = (matched.where(F.size("labels") != 1)
+                .select("sample", "subtype",
+                        F.when(F.size("labels") == 0, F.lit("no label rule matched"))
+                        .otherwise(F.concat(F.lit("rules of both labels matched: "),
+                                            F.array_join(F.transform("matches", lambda m: m["rule"]), "; ")))
+                        .alias("reason")))
+    return labels, excluded
+
+
+def read_label_file(spark: SparkSession, path: str | Path, *, sample_order: list[str] | None = None) -> DataFrame:
+    """Labels from a CSV/TSV (sample, label[, subtype]) or a GSEA .cls file (needs the matrix's sample order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: label file does not exist")
+    rows = _read_cls(path, sample_order) if path.suffix.lower() == ".cls" else _read_label_table(path)
+    return spark.createDataFrame(rows, schemas.LABELS)
+
+
+def labels_from_table(samples: DataFrame, given: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Join user-given labels to the stored samples: unknown labels and unlabeled samples are excluded."""
+    joined = samples.select("sample").join(given, "sample", "left")
+    labels = joined.where(F.col("label").isin(*LABEL_VALUES)).select(*schemas.LABELS.fieldNames())
+    excluded = (joined.where(~F.coalesce(F.col("label").isin(*LABEL_VALUES), F.lit(False)))
+                .select("sample", "subtype",
+                        F.when(F.col("label").isNull(), F.lit("no label in the label file"))
+                        .otherwise(F.concat(F.lit("label is neither ALL nor AML: "), F.col("label")))
+                        .alias("reason")))
+    return labels, excluded
+
+
+def label_summary(labels: DataFrame, excluded: DataFrame) -> list[tuple[str, str, int]]:
+    """(subtype, ALL|AML|excluded, count) rows, for the printed summary."""
+    kept = labels.groupBy("subtype", "label").count().collect()
+    dropped = excluded.groupBy("subtype").count().collect()
+    rows = [(r["subtype"] or "-", r["label"], r["count"]) for r in kept]
+    rows += [(r["subtype"] or "-", "excluded", r["count"]) for r in dropped]
+    return sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+def format_label_summary(rows: list[tuple[str, str, int]]) -> str:
+    width = max([len(r[0]) for r in rows] + [7])
+    lines = [f"{'subtype':<{width}}  {'label':<8}  {'samples':>7}"]
+    totals: dict[str, int] = {}
+    for subtype, label, count in rows:
+        lines.append(f"{subtype:<{width}}  {label:<8}  {count:>7}")
+        totals[label] = totals.get(label, 0) + count
+    lines.append("-" * (width + 19))
+    for label in ("ALL", "AML", "excluded"):
+        lines.append(f"{'total':<{width}}  {label:<8}  {totals.get(label, 0):>7}")
+    return "\n".join(lines)
+
+
+def _read_label_table(path: Path) -> list[tuple]:
+    text = path.read_text()
+    dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    fields = {name.lower().strip(): name for name in (reader.fieldnames or [])}
+    if "sample" not in fields or "label" not in fields:
+        raise LabelError(f"{path}: a label file needs columns 'sample' and 'label'; found {reader.fieldnames}")
+    rows, seen = [], set()
+    for line_number, record in enumerate(reader, start=2):
+        sample = (record[fields["sample"]] or "").strip()
+        label = (record[fields["label"]] or "").strip().upper()
+        if not sample:
+            raise LabelError(f"{path}: line {line_number}: empty sample id")
+        if sample in seen:
+            raise LabelError(f"{path}: line {line_number}: sample {sample} is labelled twice")
+        seen.add(sample)
+        subtype = (record.get(fields.get("subtype", ""), "") or "").strip() or label
+        rows.append((sample, label, subtype, f"label file {path.name}"))
+    return rows
+
+
+def _read_cls(path: Path, sample_order: list[str] | None) -> list[tuple]:
+    """GSEA categorical .cls: line 1 'N K 1', line 2 '# names', line 3 one class per sample."""
+    if sample_order is None:
+        raise LabelError(f"{path}: a .cls file labels samples by position; it needs the matrix it belongs to")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) < 3 or not lines[1].startswith("#"):
+        raise LabelError(f"{path}: not a categorical GSEA .cls file (expected 3 lines: counts, '# names', classes)")
+    header = lines[0].split()
+    classes = lines[2].split()
+    if len(classes) != len(sample_order) or (header and int(header[0]) != len(classes)):
+        raise LabelError(f"{path}: {len(classes)} class entries for {len(sample_order)} samples in the matrix")
+    names = lines[1].lstrip("#").split()
+    rows = []
+    for sample, value in zip(sample_order, classes):
+        label = names[int(value)] if value.isdigit() and names and int(value) < len(names) else value
+        rows.append((sample, label.upper(), label, f"label file {path.name}"))
+    return rows

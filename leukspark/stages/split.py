@@ -1,0 +1,95 @@
+"""A stratified, seeded train/test split with stratified CV folds inside the training set.
+
+The split is stored in the `splits` table so that every model and every rerun sees the same
+samples in the same sets; samples that arrive later are split on their own and appended,
+leaving earlier assignments untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from .. import schemas
+from ..errors import SplitError
+
+TRAIN, TEST = "train", "test"
+
+
+def stratified_split(labels: pd.DataFrame, test_fraction: float, folds: int, seed: int) -> pd.DataFrame:
+    """(sample, set, fold, label): test rows have fold None; train rows fold 0..folds-1.
+
+    Samples are sorted first, so the result depends on the set of samples and the seed,
+    not on the order rows arrive in.
+    """
+    frame = labels[["sample", "label"]].drop_duplicates("sample").sort_values("sample").reset_index(drop=True)
+    counts = frame["label"].value_counts()
+    if len(counts) < 2:
+        raise SplitError(f"a split needs both ALL and AML samples; got {counts.to_dict()}")
+    if counts.min() < folds + 1:
+        raise SplitError(
+            f"too few samples of class {counts.idxmin()} ({counts.min()}) for a test set and {folds} folds"
+        )
+    train, test = train_test_split(frame, test_size=test_fraction, stratify=frame["label"], random_state=seed)
+    return _with_folds(train, test, folds, seed)
+
+
+def given_split(labels: pd.DataFrame, assignment: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+    """A user's train/test assignment (columns sample, set); folds are still drawn inside train."""
+    merged = labels[["sample", "label"]].merge(assignment[["sample", "set"]], on="sample", how="left")
+    missing = merged.loc[merged["set"].isna(), "sample"].tolist()
+    if missing:
+        raise SplitError(f"the given split has no set for {len(missing)} labelled sample(s), e.g. {missing[:5]}")
+    bad = sorted(set(merged["set"]) - {TRAIN, TEST})
+    if bad:
+        raise SplitError(f"the given split uses set names {bad}; only 'train' and 'test' are allowed")
+    merged = merged.sort_values("sample")
+    return _with_folds(merged[merged["set"] == TRAIN], merged[merged["set"] == TEST], folds, seed)
+
+
+def extend_split(stored: pd.DataFrame, labels: pd.DataFrame, test_fraction: float, folds: int,
+                 seed: int) -> pd.DataFrame:
+    """Keep stored assignments; split only labelled samples that have none yet (reruns on new data)."""
+    known = labels[labels["sample"].isin(stored["sample"])]
+    kept = stored[stored["sample"].isin(known["sample"])].drop(columns=["label"]).merge(
+        known[["sample", "label"]], on="sample")
+    fresh = labels[~labels["sample"].isin(stored["sample"])]
+    if fresh.empty:
+        return kept[["sample", "set", "fold", "label"]].sort_values("sample").reset_index(drop=True)
+    if fresh["label"].nunique() < 2 or fresh["label"].value_counts().min() < folds + 1:
+        # Too few new samples to stratify on their own: they all go to training, fold by position.
+        added = fresh[["sample", "label"]].sort_values("sample").assign(set=TRAIN)
+        added["fold"] = np.arange(len(added)) % folds
+    else:
+        added = stratified_split(fresh, test_fraction, folds, seed + 1)
+    return (pd.concat([kept[["sample", "set", "fold", "label"]], added[["sample", "set", "fold", "label"]]])
+            .sort_values("sample").reset_index(drop=True))
+
+
+def split_frame(spark, split: pd.DataFrame) -> DataFrame:
+    records = [(r.sample, r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
+               for r in split.itertuples(index=False)]
+    return spark.createDataFrame(records, schemas.SPLITS)
+
+
+def split_summary(split: pd.DataFrame) -> str:
+    table = split.assign(part=np.where(split["set"] == TEST, "test",
+                                       "fold " + split["fold"].astype("float").fillna(-1).astype(int).astype(str)))
+    counts = table.groupby(["part", "label"]).size().unstack(fill_value=0)
+    lines = [f"train {int((split['set'] == TRAIN).sum())}, test {int((split['set'] == TEST).sum())}"]
+    lines += [f"  {part:<7} ALL {row.get('ALL', 0):>5}  AML {row.get('AML', 0):>5}" for part, row in counts.iterrows()]
+    return "\n".join(lines)
+
+
+def _with_folds(train: pd.DataFrame, test: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+    train = train.sort_values("sample").reset_index(drop=True)
+    fold_of = np.full(len(train), -1)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(train["sample"], train["label"])):
+        fold_of[held_out] = fold
+    train = train.assign(set=TRAIN, fold=fold_of)
+    test = test.sort_values("sample").assign(set=TEST, fold=None)
+    return (pd.concat([train[["sample", "set", "fold", "label"]], test[["sample", "set", "fold", "label"]]])
+            .sort_values("sample").reset_index(drop=True))

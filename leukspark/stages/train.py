@@ -1,0 +1,234 @@
+"""Model x fold training as one Spark fan-out (`groupBy(task).applyInPandas`).
+
+A small task table holds one row per (model, fold): the CV folds and the final fit on the
+whole training set (evaluated on the test set). Each task reads the feature matrix from
+the `gene_features` table's Parquet files itself (once per Python worker, then cached), so
+no task receives a shuffled copy of it. A task fits the preprocessor and the model on its
+training rows only and returns long-format prediction rows; metrics are computed from
+those on the driver. The final fit of each model also saves a model bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StructField
+
+from .. import POSITIVE_CLASS, NEGATIVE_CLASS, schemas
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+TEST_FOLD = "test"
+METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc",
+                "tp", "fp", "tn", "fn", "n", "fit_seconds")
+TASK_OUTPUT_SCHEMA = schemas.PREDICTIONS.add(StructField("fit_seconds", DoubleType(), True))
+
+# Rough relative cost, so that the slowest fits start first and the cores stay busy.
+MODEL_COST = {"dnn": 5, "random_forest": 4, "xgboost": 3, "linear_svm": 2, "logistic_regression": 1}
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """Everything a task needs, small enough to ship with the task function."""
+
+    run_id: str
+    feature_files: tuple[str, ...]
+    gene_order: tuple[str, ...]
+    assignments: dict            # sample -> (set, fold, label)
+    seed: int
+    scaler: str
+    bundle_root: str | None
+
+
+def plan_tasks(models: list[str], n_folds: int, param_overrides: dict) -> pd.DataFrame:
+    """One row per (model, fold): folds '0'..'k-1' and 'test' (the final fit)."""
+    from ..models import get_model
+
+    rows = []
+    for model in models:
+        spec = get_model(model)
+        params = spec.resolve_params(param_overrides.get(model, {}))  # bad keys fail here, not in a task
+        for fold in [str(k) for k in range(n_folds)] + [TEST_FOLD]:
+            rows.append({"model": model, "fold": fold, "params": json.dumps(params, sort_keys=True, default=str)})
+    tasks = pd.DataFrame(rows)
+    tasks["cost"] = tasks["model"].map(MODEL_COST).fillna(3) * np.where(tasks["fold"] == TEST_FOLD, 1.25, 1.0)
+    return tasks.sort_values("cost", ascending=False, kind="stable").drop(columns="cost").reset_index(drop=True)
+
+
+def one_partition_per_task(spark: SparkSession, n_tasks: int) -> list[int]:
+    """Task keys that Spark's hash partitioning sends to partitions 0..n-1, one each.
+
+    groupBy shuffles by pmod(murmur3(key), n); picking keys that land on distinct partitions
+    gives every (model, fold) its own Spark task, in the order of the list.
+    """
+    candidates = (spark.range(0, 50 * n_tasks + 100)
+                  .select("id", F.expr(f"pmod(hash(id), {n_tasks})").alias("partition"))
+                  .groupBy("partition").agg(F.min("id").alias("key")).collect())
+    by_partition = {r["partition"]: r["key"] for r in candidates}
+    if len(by_partition) < n_tasks:
+        raise ModelError("could not find one shuffle partition per training task")
+    return [by_partition[p] for p in range(n_tasks)]
+
+
+def run_fanout(spark: SparkSession, tasks: pd.DataFrame, context: TrainingContext) -> DataFrame:
+    """Run every task as a pandas UDF; returns prediction rows with each task's fit time."""
+    n_tasks = len(tasks)
+    keyed = tasks.assign(task_key=one_partition_per_task(spark, n_tasks))
+    task_frame = spark.createDataFrame(keyed[["task_key", "model", "fold", "params"]])
+
+    def run_task(group: pd.DataFrame) -> pd.DataFrame:
+        return _train_one(group.iloc[0], context)
+
+    # Each task needs its own partition: no coalescing of the (tiny) task shuffle.
+    previous = {key: spark.conf.get(key, None) for key in
+                ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")}
+    spark.conf.set("spark.sql.shuffle.partitions", str(n_tasks))
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    try:
+        result = task_frame.groupBy("task_key").applyInPandas(run_task, schema=TASK_OUTPUT_SCHEMA)
+        return result.localCheckpoint(eager=True)
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+_FEATURE_CACHE: dict = {}
+
+
+def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sample ids, float32 matrix) from the gene_features Parquet files, cached per worker."""
+    import pyarrow.parquet as pq
+
+    if files in _FEATURE_CACHE:
+        return _FEATURE_CACHE[files]
+    table = pq.ParquetDataset([f.removeprefix("file:") for f in files]).read(columns=["sample", "features"])
+    samples = np.array(table.column("sample").to_pylist())
+    flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    matrix = flat.astype(np.float32).reshape(len(samples), n_genes)
+    _FEATURE_CACHE.clear()  # one feature table at a time per worker
+    _FEATURE_CACHE[files] = (samples, matrix)
+    return samples, matrix
+
+
+def fold_rows(samples: np.ndarray, assignments: dict, fold: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, eval) over `samples` for a CV fold or the final 'test' fit."""
+    sets = np.array([assignments.get(s, (None, None, None))[0] for s in samples])
+    folds = np.array([assignments.get(s, (None, None, None))[1] for s in samples], dtype=object)
+    if fold == TEST_FOLD:
+        return sets == "train", sets == "test"
+    k = int(fold)
+    in_train = sets == "train"
+    return in_train & (folds != k), in_train & (folds == k)
+
+
+def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
+    from ..models import fit_and_predict, get_model
+
+    samples, matrix = load_feature_matrix(context.feature_files, len(context.gene_order))
+    train_mask, eval_mask = fold_rows(samples, context.assignments, task["fold"])
+    truth = np.array([context.assignments[s][2] for s in samples], dtype=object)
+    y_train = (truth[train_mask] == POSITIVE_CLASS).astype(np.int64)
+    params = json.loads(task["params"])
+    result = fit_and_predict(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
+                             seed=context.seed, scaler=context.scaler)
+    if task["fold"] == TEST_FOLD and context.bundle_root:
+        from ..bundle import save_bundle
+
+        save_bundle(Path(context.bundle_root) / task["model"], model_name=task["model"],
+                    spec=get_model(task["model"]), model=result.model, preprocessor=result.preprocessor,
+                    gene_order=list(context.gene_order), params=result.params, run_id=context.run_id)
+    probabilities = np.asarray(result.probabilities, dtype=np.float64)
+    return pd.DataFrame({
+        "run": context.run_id,
+        "model": task["model"],
+        "fold": task["fold"],
+        "sample": samples[eval_mask],
+        "probability_AML": probabilities,
+        "predicted": np.where(probabilities >= 0.5, POSITIVE_CLASS, NEGATIVE_CLASS),
+        "truth": truth[eval_mask],
+        "fit_seconds": result.fit_seconds,
+    })
+
+
+def metric_rows(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Wide metrics (model, fold, accuracy, ...) per model and fold from prediction rows."""
+    from ..metrics import binary_metrics
+
+    rows = []
+    for (model, fold), part in predictions.groupby(["model", "fold"], sort=False):
+        metrics = binary_metrics((part["truth"] == POSITIVE_CLASS).astype(int).to_numpy(),
+                                 part["probability_AML"].to_numpy())
+        metrics["fit_seconds"] = float(part["fit_seconds"].iloc[0])
+        rows.append({"model": model, "fold": fold, **metrics})
+    return pd.DataFrame(rows)
+
+
+def results_rows(metrics: pd.DataFrame, *, run_id: str, run_time, config_hash: str, code_version: str,
+                 params: dict[str, str]) -> pd.DataFrame:
+    """Long-format results: per fold, on test, and the CV mean and std of each metric."""
+    from ..metrics import summarize_folds
+
+    cv = metrics[metrics["fold"] != TEST_FOLD]
+    summary = summarize_folds(cv[["model", "fold", *METRIC_NAMES]])
+    long_rows = []
+    for record in metrics.to_dict("records"):
+        for name in METRIC_NAMES:
+            long_rows.append((record["model"], record["fold"], name, record[name]))
+    for record in summary.to_dict("records"):
+        for name in METRIC_NAMES:
+            long_rows.append((record["model"], "cv_mean", name, record[f"{name}_mean"]))
+            long_rows.append((record["model"], "cv_std", name, record[f"{name}_std"]))
+    frame = pd.DataFrame(long_rows, columns=["model", "fold", "metric", "value"])
+    frame["value"] = frame["value"].astype(float)
+    frame.insert(0, "run", run_id)
+    frame.insert(1, "run_time", run_time)
+    frame.insert(2, "config_hash", config_hash)
+    frame.insert(3, "code_version", code_version)
+    frame.insert(5, "params", frame["model"].map(params))
+    return frame[schemas.RESULTS.fieldNames()]
+
+
+def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Test metrics per model with the CV mean accuracy, best test accuracy first."""
+    test = metrics[metrics["fold"] == TEST_FOLD].set_index("model")
+    cv = metrics[metrics["fold"] != TEST_FOLD].groupby("model")
+    board = pd.DataFrame({
+        "test_accuracy": test["accuracy"],
+        "test_roc_auc": test["roc_auc"],
+        "test_f1": test["f1"],
+        "test_errors": (test["fp"] + test["fn"]).astype(int),
+        "cv_accuracy_mean": cv["accuracy"].mean(),
+        "cv_accuracy_std": cv["accuracy"].std(ddof=1),
+        "fit_seconds": test["fit_seconds"],
+    })
+    return board.sort_values(["test_accuracy", "test_roc_auc", "cv_accuracy_mean"], ascending=False)
+
+
+def format_leaderboard(metrics: pd.DataFrame) -> str:
+    from ..metrics import confusion_table
+
+    board = leaderboard(metrics)
+    lines = [f"{'model':<22}{'test acc':>9}{'errors':>8}{'ROC AUC':>9}{'F1':>8}{'CV acc':>16}{'fit s':>8}"]
+    for model, row in board.iterrows():
+        lines.append(f"{model:<22}{row.test_accuracy:>9.4f}{int(row.test_errors):>8d}{row.test_roc_auc:>9.4f}"
+                     f"{row.test_f1:>8.4f}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}"
+                     f"{row.fit_seconds:>8.1f}")
+    test = metrics[metrics["fold"] == TEST_FOLD].set_index("model")
+    for model in board.index:
+        r = test.loc[model]
+        # confusion_table labels rows "actual AML/ALL" and columns "predicted AML/ALL".
+        y_true = [1] * int(r.tp + r.fn) + [0] * int(r.tn + r.fp)
+        y_pred = [1] * int(r.tp) + [0] * int(r.fn) + [0] * int(r.tn) + [1] * int(r.fp)
+        lines.append(f"\n{model}: confusion matrix on the test set\n{confusion_table(y_true, y_pred).to_string()}")
+    return "\n".join(lines)

@@ -1,0 +1,1047 @@
+"""Synthetic GSE13159-like microarray series, written in real GEO file formats.
+
+The MILE study (GEO series GSE13159, platform GPL570) is too large to ship and cannot be
+downloaded here, so tests, benchmarks and demos run on a synthetic stand-in that has its
+shape and its metadata: the real GSM ids, titles and MILE classes of GSE13159, the real
+GPL570 probe ids and gene symbols, and log2-scale values from a simple generative model
+in which ALL and AML differ the way they do in real bone marrow (B-lymphoid vs myeloid
+marker genes, plus many weaker differences).
+
+:func:`write_synthetic_series` writes, into one directory:
+
+* ``<accession>_family.soft.gz``: a family SOFT file (series, platform, one block per
+  sample), the format GEO serves and GEOparse reads;
+* ``<accession>_series_matrix.txt.gz``: the series matrix (metadata rows, then one row
+  per probe and one column per sample);
+* ``GPL570_annotation.csv``: ``probe_id,gene`` for the probes written.
+
+The values are not measurements: every file says so in its series summary.
+
+Model, per probe ``p`` of gene ``g`` and sample ``s`` (values are log2 intensities)::
+
+    gene signal  S[g,s] = programs[g] . loading[s]      lineage programs (lymphoid, myeloid...)
+                        + subtype[g, class(s)] * blast[s]  each MILE class shifts its own genes
+                        + factors[g] . z[s]               low-rank biological variation
+                        + idio[g] * N(0,1)               gene-specific variation
+    probe value  x[p,s] = baseline[p] + response[p] * mean(S[genes of p], s)
+                        + centre[p, centre(s)] + noise_sd[p] * quality[s] * N(0,1)
+    written      v[p,s] = 8 + scale[s] * (x[p,s] - 8) + shift[s], clipped to [1, 16]
+
+Probes of one gene share its signal, so they are correlated; a sample's ``loading`` is its
+class profile diluted by normal marrow according to its blast fraction, with marker
+dropout, aberrant cross-lineage expression and a few ambiguous (mixed-lineage) samples,
+so that a good classifier is very accurate but not trivially perfect.
+
+Everything is drawn from ``numpy.random.Generator`` streams keyed by ``(seed, stream,
+block)`` and the gzip headers carry no time stamp, so the same arguments give
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .reference import (
+    ALL_MARKERS,
+    AML_MARKERS,
+    GPL570_PROBE_COUNT,
+    LINEAGE_ALL,
+    LINEAGE_AML,
+    MULTI_GENE_SEPARATOR,
+    load_gpl570_symbols,
+    load_mile_samples,
+)
+
+# --------------------------------------------------------------------------------------
+# Public surface
+# --------------------------------------------------------------------------------------
+
+PLATFORM_ID = "GPL570"
+PLATFORM_TITLE = "[HG-U133_Plus_2] Affymetrix Human Genome U133 Plus 2.0 Array"
+SERIES_TITLE = "Microarray Innovations in LEukemia (MILE) study: Stage 1 data (synthetic values)"
+ANNOTATION_FILE_NAME = "GPL570_annotation.csv"
+LEUKEMIA_CLASS_KEY = "leukemia class"
+TISSUE_KEY = "tissue"
+BONE_MARROW = "bone marrow"
+PERIPHERAL_BLOOD = "peripheral blood"
+
+#: Ids given to the GPL570 probe sets that ``GPL570_annot.csv`` does not list (it only has
+#: the 45,782 with a symbol): ``1600001_at``, ``1600002_at``, ... They are shaped like
+#: Affymetrix ids but lie above every real GPL570 numeric id (the highest is 1570653), so
+#: they can never collide with a real one.
+FIRST_SYNTHETIC_PROBE_NUMBER = 1_600_001
+
+#: Where the embedded demo series lives (see :func:`demo_series_dir`).
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+
+
+@dataclass
+class SynthResult:
+    """Paths and ids of one synthetic series written by :func:`write_synthetic_series`."""
+
+    family_soft: Path  # <out>/<accession>_family.soft.gz
+    series_matrix: Path | None  # <out>/<accession>_series_matrix.txt.gz (None if not written)
+    annotation_csv: Path  # <out>/GPL570_annotation.csv (probe_id,gene for the probes used)
+    sample_ids: list[str]  # GSM ids, in the order written
+    probe_ids: list[str]  # probe ids, in the order written (sorted like GPL570 tables)
+    accession: str
+
+
+def demo_series_dir() -> Path:
+    """Directory of the embedded demo series: 120 samples x 3,000 probes, seed 7.
+
+    It holds ``GSE13159_family.soft.gz``, ``GSE13159_series_matrix.txt.gz`` and
+    ``GPL570_annotation.csv``, written by ``write_synthetic_series(out, n_samples=120,
+    n_probes=3000, seed=7, accession="GSE13159")``.
+    """
+    return DEMO_DIR
+
+
+def synthetic_probe_ids(count: int) -> list[str]:
+    """Ids for the GPL570 probe sets without a symbol: ``1600001_at``, ``1600002_at``, ..."""
+    return [f"{FIRST_SYNTHETIC_PROBE_NUMBER + i}_at" for i in range(count)]
+
+
+def write_synthetic_series(
+    out_dir: str | os.PathLike,
+    n_samples: int = 2096,
+    n_probes: int = GPL570_PROBE_COUNT,
+    seed: int = 0,
+    *,
+    accession: str = "GSE13159",
+    write_matrix: bool = True,
+    compress_level: int = 1,
+    missing_fraction: float = 1e-5,
+) -> SynthResult:
+    """Write a synthetic GSE13159-like series (family SOFT, series matrix, annotation CSV).
+
+    Args:
+        out_dir: directory to write into (created if missing).
+        n_samples: number of samples, 1..2,096. Fewer than 2,096 picks a subset stratified
+            by MILE class (every class represented when ``n_samples >= 18``, proportions
+            kept); 2,096 takes every sample in the order of ``GSE13159.info``.
+        n_probes: number of probes, from the number of marker probes (38) to 54,675.
+            A subset always holds every probe of ``ALL_MARKERS`` and ``AML_MARKERS`` and
+            keeps the platform's share of multi-gene and symbol-less probes.
+        seed: non-negative integer; the same arguments give byte-identical files.
+        accession: series accession used in the file names and records.
+        write_matrix: also write the series matrix.
+        compress_level: gzip level (1 is several times faster than 6 and 9).
+        missing_fraction: share of values written as ``null`` (rounded to a whole count).
+
+    Returns:
+        A :class:`SynthResult` with the paths written and the sample and probe ids.
+    """
+    _check_arguments(n_samples, n_probes, seed, compress_level, missing_fraction)
+    out_path = Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
+
+    samples = _select_samples(n_samples, seed)
+    probes = _select_probes(n_probes, seed)
+    genes = _gene_model(seed)
+    sample_model = _sample_model(samples, seed, genes)
+    samples = samples.assign(tissue=sample_model.tissue)
+    codes = _simulate_codes(probes, seed, missing_fraction, genes, sample_model)
+
+    header_note = (
+        f"Synthetic expression values generated by leukspark.synth.write_synthetic_series("
+        f"n_samples={n_samples}, n_probes={n_probes}, seed={seed}, "
+        f"missing_fraction={missing_fraction!r}); they are not measurements. Sample ids, "
+        f"titles and classes are those of GEO series GSE13159; probe ids and gene symbols "
+        f"are those of GPL570, except the probe sets without a symbol, whose ids "
+        f"({FIRST_SYNTHETIC_PROBE_NUMBER}_at onwards) are invented."
+    )
+    series = _SeriesText(accession=accession, samples=samples, probes=probes, note=header_note)
+
+    annotation_csv = out_path / ANNOTATION_FILE_NAME
+    _write_atomically(annotation_csv, lambda f: f.write(_annotation_csv_bytes(probes)))
+
+    family_soft = out_path / f"{accession}_family.soft.gz"
+    series_matrix = out_path / f"{accession}_series_matrix.txt.gz" if write_matrix else None
+    jobs = [(family_soft, _soft_chunks(series, codes))]
+    if series_matrix is not None:
+        jobs.append((series_matrix, _matrix_chunks(series, codes)))
+    # One thread formats each file; a shared pool of threads compresses (zlib and most
+    # numpy kernels release the GIL, so this uses every core).
+    with ThreadPoolExecutor(max_workers=_compression_threads()) as compressors:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as writers:
+            futures = [
+                writers.submit(_write_gzip, path, chunks, compress_level, compressors)
+                for path, chunks in jobs
+            ]
+            for future in futures:
+                future.result()
+
+    return SynthResult(
+        family_soft=family_soft,
+        series_matrix=series_matrix,
+        annotation_csv=annotation_csv,
+        sample_ids=list(samples["gsm"]),
+        probe_ids=list(probes["probe_id"]),
+        accession=accession,
+    )
+
+
+def _compression_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _check_arguments(
+    n_samples: int, n_probes: int, seed: int, compress_level: int, missing_fraction: float
+) -> None:
+    total_samples = len(load_mile_samples())
+    if not 1 <= n_samples <= total_samples:
+        raise ValueError(f"n_samples must be in 1..{total_samples}, got {n_samples}")
+    marker_probes = int(_probe_universe()["is_marker"].sum())
+    if not marker_probes <= n_probes <= GPL570_PROBE_COUNT:
+        raise ValueError(
+            f"n_probes must be in {marker_probes}..{GPL570_PROBE_COUNT} (every marker probe "
+            f"is always written), got {n_probes}"
+        )
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level must be in 0..9, got {compress_level}")
+    if not 0.0 <= missing_fraction < 1.0:
+        raise ValueError(f"missing_fraction must be in [0, 1), got {missing_fraction}")
+
+
+# --------------------------------------------------------------------------------------
+# Random streams: one generator per (seed, purpose, block), so that results do not depend
+# on the order in which blocks are computed.
+# --------------------------------------------------------------------------------------
+
+_STREAM_SAMPLE_CHOICE = 1
+_STREAM_PROBE_CHOICE = 2
+_STREAM_GENE_PARAMETERS = 10
+_STREAM_PROBE_PARAMETERS = 11
+_STREAM_SAMPLE_PARAMETERS = 12
+_STREAM_GENE_NOISE = 20
+_STREAM_PROBE_NOISE = 21
+_STREAM_MISSING = 30
+
+
+def _rng(seed: int, stream: int, block: int = 0) -> np.random.Generator:
+    return np.random.default_rng([int(seed), stream, block])
+
+
+# --------------------------------------------------------------------------------------
+# Samples and probes
+# --------------------------------------------------------------------------------------
+
+
+def _select_samples(n_samples: int, seed: int) -> pd.DataFrame:
+    """Real GSE13159 samples, stratified by MILE class, in the file's order.
+
+    The returned frame keeps ``row`` (the sample's position in GSE13159.info), which keys
+    the per-sample parameters so that a sample looks the same in every subset.
+    """
+    table = load_mile_samples()
+    table["row"] = np.arange(len(table))
+    if n_samples == len(table):
+        return table
+
+    classes = sorted(table["mile_class"].unique())
+    sizes = np.array([(table["mile_class"] == c).sum() for c in classes])
+    quotas = _stratified_quotas(sizes, n_samples)
+    rng = _rng(seed, _STREAM_SAMPLE_CHOICE)
+    chosen: list[np.ndarray] = []
+    for mile_class, quota in zip(classes, quotas):
+        rows = np.flatnonzero(table["mile_class"].to_numpy() == mile_class)
+        chosen.append(rng.choice(rows, size=int(quota), replace=False))
+    picked = np.sort(np.concatenate(chosen))
+    return table.iloc[picked].reset_index(drop=True)
+
+
+def _stratified_quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainders), giving
+    every group at least one when ``total`` allows it."""
+    expected = total * sizes / sizes.sum()
+    quotas = np.floor(expected).astype(int)
+    if total >= len(sizes):
+        quotas = np.maximum(quotas, 1)
+    quotas = np.minimum(quotas, sizes)
+    shortfall = total - int(quotas.sum())
+    # Stable sorts: ties go to the group listed first, so quotas depend on sizes only.
+    if shortfall > 0:
+        order = np.argsort(-(expected - quotas), kind="stable")
+        for group in order:
+            if shortfall == 0:
+                break
+            if quotas[group] < sizes[group]:
+                quotas[group] += 1
+                shortfall -= 1
+    elif shortfall < 0:
+        floor = 1 if total >= len(sizes) else 0
+        order = np.argsort(expected - quotas, kind="stable")  # most over-served first
+        while shortfall < 0:
+            for group in order:
+                if shortfall == 0:
+                    break
+                if quotas[group] > floor:
+                    quotas[group] -= 1
+                    shortfall += 1
+    return quotas
+
+
+@lru_cache(maxsize=1)
+def _probe_universe() -> pd.DataFrame:
+    """All 54,675 GPL570 probes: the 45,782 real ones with a symbol, then generated ids.
+
+    Columns: ``probe_id``, ``gene`` ("" when none), ``kind`` ("single", "multi", "none")
+    and ``is_marker`` (the probe measures one of ALL_MARKERS / AML_MARKERS).
+    """
+    real = load_gpl570_symbols()
+    generated = synthetic_probe_ids(GPL570_PROBE_COUNT - len(real))
+    universe = pd.DataFrame(
+        {
+            "probe_id": list(real["probe_id"]) + generated,
+            "gene": list(real["gene"]) + [""] * len(generated),
+        }
+    )
+    if not universe["probe_id"].is_unique:
+        raise AssertionError("generated probe ids collide with real GPL570 ids")
+    universe["kind"] = np.where(
+        universe["gene"] == "",
+        "none",
+        np.where(universe["gene"].str.contains(MULTI_GENE_SEPARATOR, regex=False), "multi", "single"),
+    )
+    markers = set(ALL_MARKERS) | set(AML_MARKERS)
+    universe["is_marker"] = [
+        bool(markers.intersection(gene.split(MULTI_GENE_SEPARATOR))) for gene in universe["gene"]
+    ]
+    return universe
+
+
+def _select_probes(n_probes: int, seed: int) -> pd.DataFrame:
+    """A deterministic probe subset in GPL570 table order (ids sorted as strings).
+
+    Every marker probe is kept; the rest is drawn so that single-gene, multi-gene and
+    symbol-less probes keep their share of the whole platform. The frame keeps ``row``
+    (the probe's position in the universe), which keys the per-probe parameters.
+    """
+    universe = _probe_universe().copy()
+    universe["row"] = np.arange(len(universe))
+    if n_probes < len(universe):
+        kinds = ["single", "multi", "none"]
+        sizes = np.array([(universe["kind"] == k).sum() for k in kinds])
+        quotas = _stratified_quotas(sizes, n_probes)
+        forced = np.array([(universe["is_marker"] & (universe["kind"] == k)).sum() for k in kinds])
+        # Markers count towards their kind's quota; take what they need from the others.
+        quotas = _rebalance_for_forced(quotas, forced, sizes)
+        rng = _rng(seed, _STREAM_PROBE_CHOICE)
+        chosen: list[np.ndarray] = []
+        for kind, quota in zip(kinds, quotas):
+            in_kind = universe["kind"].to_numpy() == kind
+            marker_rows = np.flatnonzero(in_kind & universe["is_marker"].to_numpy())
+            other_rows = np.flatnonzero(in_kind & ~universe["is_marker"].to_numpy())
+            extra = rng.choice(other_rows, size=int(quota) - len(marker_rows), replace=False)
+            chosen.extend([marker_rows, extra])
+        universe = universe.iloc[np.sort(np.concatenate(chosen))]
+    # GEO platform tables list probe sets sorted by id, as GPL570_annot.csv does.
+    return universe.sort_values("probe_id", kind="stable").reset_index(drop=True)
+
+
+def _rebalance_for_forced(quotas: np.ndarray, forced: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    quotas = quotas.copy()
+    deficit = np.maximum(forced - quotas, 0)
+    quotas = np.maximum(quotas, forced)
+    to_remove = int(deficit.sum())
+    for group in np.argsort(-(quotas - forced), kind="stable"):
+        take = min(to_remove, int(quotas[group] - forced[group]))
+        quotas[group] -= take
+        to_remove -= take
+    if to_remove or np.any(quotas > sizes):
+        raise ValueError("cannot fit the marker probes into the requested number of probes")
+    return quotas
+
+
+# --------------------------------------------------------------------------------------
+# The expression model
+# --------------------------------------------------------------------------------------
+
+# Lineage programs: sets of genes that move together with a cell type's share of the
+# sample. Each has strong marker genes (log2 effects) and a number of random genes with
+# weak to moderate effects of either sign.
+PROGRAMS = (
+    "lymphoblast",  # precursor lymphoid blasts, B and T (TdT)
+    "b_lineage",  # B cells at any stage
+    "b_precursor",  # pre-B: surrogate light chain, CD10
+    "t_lineage",  # T cells
+    "myeloid_blast",  # myeloblasts / promyelocytes (granule proteins)
+    "myeloid_mature",  # maturing granulocytes and monocytes
+    "peripheral_blood",  # sample drawn from blood rather than marrow
+)
+PROGRAM_MARKERS: dict[str, dict[str, float]] = {
+    "lymphoblast": {"DNTT": 3.5},
+    "b_lineage": {"CD19": 3.0, "CD79A": 3.2, "CD79B": 2.8, "PAX5": 2.8, "CD22": 2.6, "EBF1": 2.8},
+    "b_precursor": {"VPREB1": 3.0, "IGLL1": 3.2, "MME": 3.0},
+    "t_lineage": {"CD3E": 3.0, "CD3D": 3.0, "CD7": 3.0, "CD2": 2.5, "LCK": 2.5},
+    "myeloid_blast": {
+        "MPO": 3.5, "CD33": 2.8, "ELANE": 3.0, "AZU1": 3.2, "PRTN3": 3.0, "CTSG": 3.0,
+        "CEBPA": 2.6, "CSF3R": 2.0, "LYZ": 2.0, "CST3": 2.0,
+    },
+    "myeloid_mature": {
+        "LYZ": 2.0, "CST3": 1.5, "CSF3R": 2.5, "S100A8": 3.0, "S100A9": 3.0, "LTF": 3.0,
+        "CAMP": 3.0, "CD14": 2.0,
+    },
+    "peripheral_blood": {},
+}
+PROGRAM_RANDOM_GENES = {
+    "lymphoblast": 250, "b_lineage": 120, "b_precursor": 60, "t_lineage": 100,
+    "myeloid_blast": 300, "myeloid_mature": 120, "peripheral_blood": 60,
+}
+
+_B_PRECURSOR_ALL = {"lymphoblast": 1.0, "b_lineage": 1.0, "b_precursor": 1.0}
+_TYPICAL_AML = {"myeloid_blast": 1.0, "myeloid_mature": 0.3}
+#: Normal marrow: what a sample holds besides its leukemic blasts.
+NORMAL_MARROW = {
+    "myeloid_blast": 0.25, "myeloid_mature": 0.8, "b_lineage": 0.15, "b_precursor": 0.05,
+    "lymphoblast": 0.05, "t_lineage": 0.1,
+}
+#: Program loadings of each MILE class's leukemic cells. Known phenotypes are kept where
+#: they matter (TdT-negative mature B-ALL, CD10-negative pro-B ALL, CD19+ AML t(8;21)...).
+CLASS_PROFILES: dict[str, dict[str, float]] = {
+    "c-ALL/Pre-B-ALL without t(9;22)": _B_PRECURSOR_ALL,
+    "c-ALL/Pre-B-ALL with t(9;22)": {**_B_PRECURSOR_ALL, "myeloid_blast": 0.1},
+    "ALL with hyperdiploid karyotype": _B_PRECURSOR_ALL,
+    "ALL with t(12;21)": _B_PRECURSOR_ALL,
+    "ALL with t(1;19)": _B_PRECURSOR_ALL,
+    "Pro-B-ALL with t(11q23)/MLL": {
+        "lymphoblast": 1.0, "b_lineage": 0.8, "b_precursor": 0.2, "myeloid_blast": 0.15,
+    },
+    "mature B-ALL with t(8;14)": {"lymphoblast": 0.2, "b_lineage": 1.1, "b_precursor": 0.5},
+    "T-ALL": {"lymphoblast": 1.0, "t_lineage": 1.0, "b_precursor": 0.2},
+    "AML with t(8;21)": {"myeloid_blast": 1.0, "myeloid_mature": 0.3, "b_lineage": 0.2},
+    "AML with t(15;17)": {"myeloid_blast": 1.3},
+    "AML with inv(16)/t(16;16)": {"myeloid_blast": 0.9, "myeloid_mature": 0.6},
+    "AML with t(11q23)/MLL": {"myeloid_blast": 0.7, "myeloid_mature": 0.7},
+    "AML complex aberrant karyotype": {"myeloid_blast": 0.9, "myeloid_mature": 0.2},
+    "AML with normal karyotype + other abnormalities": _TYPICAL_AML,
+    "CLL": {"b_lineage": 1.0},
+    "CML": {"myeloid_blast": 0.4, "myeloid_mature": 1.2},
+    "MDS": {"myeloid_blast": 0.5, "myeloid_mature": 0.7},
+    "Non-leukemia and healthy bone marrow": NORMAL_MARROW,
+}
+NON_LEUKEMIA_CLASS = "Non-leukemia and healthy bone marrow"
+#: Share of samples drawn from peripheral blood, by class (default for the others).
+PERIPHERAL_BLOOD_SHARE = {"CLL": 0.75, "CML": 0.5, NON_LEUKEMIA_CLASS: 0.1}
+DEFAULT_PERIPHERAL_BLOOD_SHARE = 0.2
+
+N_FACTORS = 8  # low-rank biological variation shared by many genes
+N_CENTRES = 11  # laboratories: each adds its own small per-probe offset
+AMBIGUOUS_LINEAGE_SHARE = 0.02  # ALL/AML samples with a mixed-lineage profile
+MARKER_DROPOUT_RATE = 0.06  # a marker gene not expressed in a sample
+MARKER_ABERRANT_RATE = 0.03  # a marker gene expressed out of lineage
+LOWEST_VALUE, HIGHEST_VALUE = 1.0, 16.0
+DECIMALS = 4
+_CODE_SCALE = 10**DECIMALS
+_HIGHEST_CODE = int(round(HIGHEST_VALUE * _CODE_SCALE))
+MISSING_CODE = _HIGHEST_CODE + 1  # written as "null"
+
+
+def _profile_vector(profile: dict[str, float]) -> np.ndarray:
+    return np.array([profile.get(name, 0.0) for name in PROGRAMS], dtype=np.float64)
+
+
+def _class_profile(mile_class: str, lineage: str) -> np.ndarray:
+    if mile_class in CLASS_PROFILES:
+        return _profile_vector(CLASS_PROFILES[mile_class])
+    # A class this module does not know: fall back on its lineage.
+    fallback = {LINEAGE_ALL: _B_PRECURSOR_ALL, LINEAGE_AML: _TYPICAL_AML}
+    return _profile_vector(fallback.get(lineage, NORMAL_MARROW))
+
+
+@dataclass
+class _GeneModel:
+    """Per-gene parameters for every gene of the probe universe.
+
+    ``weights`` has one row per gene and columns ``[programs | classes | factors]``,
+    matching the columns of the sample design (see :class:`_SampleModel`).
+    """
+
+    index: dict[str, int]  # gene symbol (or a symbol-less probe's id) -> row
+    weights: np.ndarray  # float32 (n_genes, n_programs + n_classes + N_FACTORS)
+    idio_sd: np.ndarray  # float32 (n_genes,)
+    marker_rows: np.ndarray  # rows of the program marker genes (subject to dropout)
+
+
+@lru_cache(maxsize=4)
+def _gene_model(seed: int) -> _GeneModel:
+    universe = _probe_universe()
+    symbols: dict[str, int] = {}
+    for gene in universe["gene"]:
+        for symbol in gene.split(MULTI_GENE_SEPARATOR) if gene else ():
+            symbols.setdefault(symbol, len(symbols))
+    n_symbols = len(symbols)
+    index = dict(symbols)
+    # A probe set without a symbol is its own "gene": it gets idiosyncratic variation only.
+    for probe_id in universe.loc[universe["gene"] == "", "probe_id"]:
+        index[probe_id] = len(index)
+    n_genes = len(index)
+    classes = _class_names()
+    n_programs, n_classes = len(PROGRAMS), len(classes)
+
+    rng = _rng(seed, _STREAM_GENE_PARAMETERS)
+    weights = np.zeros((n_genes, n_programs + n_classes + N_FACTORS), dtype=np.float64)
+    marker_symbols = sorted({s for markers in PROGRAM_MARKERS.values() for s in markers})
+    missing = [s for s in marker_symbols if s not in symbols]
+    if missing:
+        raise ValueError(f"marker genes absent from GPL570_annot.csv: {missing}")
+    marker_rows = np.array([symbols[s] for s in marker_symbols])
+    ordinary_rows = np.setdiff1d(np.arange(n_symbols), marker_rows)
+
+    def random_effects(count: int, mean_size: float) -> np.ndarray:
+        sizes = np.minimum(rng.gamma(2.0, mean_size / 2.0, size=count), 2.5)
+        return sizes * rng.choice([-1.0, 1.0], size=count)
+
+    for column, program in enumerate(PROGRAMS):
+        rows = rng.choice(ordinary_rows, size=PROGRAM_RANDOM_GENES[program], replace=False)
+        weights[rows, column] = random_effects(len(rows), 0.6)
+        for symbol, effect in PROGRAM_MARKERS[program].items():
+            weights[symbols[symbol], column] = effect
+    for offset in range(n_classes):  # subtype signatures
+        count = int(rng.integers(40, 121))
+        rows = rng.choice(ordinary_rows, size=count, replace=False)
+        weights[rows, n_programs + offset] = random_effects(count, 0.7)
+    weights[:, n_programs + n_classes :] = rng.normal(0.0, 0.12, size=(n_genes, N_FACTORS))
+    idio_sd = rng.uniform(0.1, 0.35, size=n_genes)
+    return _GeneModel(
+        index=index,
+        weights=weights.astype(np.float32),
+        idio_sd=idio_sd.astype(np.float32),
+        marker_rows=marker_rows,
+    )
+
+
+@lru_cache(maxsize=1)
+def _class_names() -> tuple[str, ...]:
+    return tuple(sorted(load_mile_samples()["mile_class"].unique()))
+
+
+@dataclass
+class _SampleModel:
+    """Per-sample parameters for the selected samples (drawn for all 2,096, then subset,
+    so that a sample keeps its parameters whatever the subset)."""
+
+    tissue: list[str]
+    design: np.ndarray  # float32 (n_samples, n_programs + n_classes + N_FACTORS)
+    marker_multiplier: np.ndarray  # float32 (n_samples, n_markers): dropout
+    marker_addition: np.ndarray  # float32 (n_samples, n_markers): aberrant expression
+    centre: np.ndarray  # int (n_samples,)
+    shift: np.ndarray  # float32 (n_samples,)
+    scale: np.ndarray  # float32 (n_samples,)
+    quality: np.ndarray  # float32 (n_samples,): multiplies the probe noise
+
+
+def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _SampleModel:
+    everyone = load_mile_samples()
+    n_all = len(everyone)
+    classes = _class_names()
+    class_column = {c: i for i, c in enumerate(classes)}
+    n_programs = len(PROGRAMS)
+    rng = _rng(seed, _STREAM_SAMPLE_PARAMETERS)
+
+    # Draw every parameter for all samples in file order, whatever is selected.
+    pb_share = np.array(
+        [PERIPHERAL_BLOOD_SHARE.get(c, DEFAULT_PERIPHERAL_BLOOD_SHARE) for c in everyone["mile_class"]]
+    )
+    from_blood = rng.random(n_all) < pb_share
+    blast = np.clip(rng.beta(5.0, 1.6, size=n_all), 0.15, 1.0)
+    blast[everyone["mile_class"].to_numpy() == NON_LEUKEMIA_CLASS] = 1.0
+    jitter = rng.lognormal(0.0, 0.2, size=(n_all, n_programs))
+    ambiguous = rng.random(n_all) < AMBIGUOUS_LINEAGE_SHARE
+    ambiguity = rng.uniform(0.3, 0.7, size=n_all)  # above 0.5 the other lineage dominates
+    factors = rng.normal(0.0, 1.0, size=(n_all, N_FACTORS))
+    n_markers = len(genes.marker_rows)
+    dropout = rng.random((n_all, n_markers)) < MARKER_DROPOUT_RATE
+    multiplier = np.where(dropout, rng.uniform(0.0, 0.3, size=(n_all, n_markers)), 1.0)
+    aberrant = rng.random((n_all, n_markers)) < MARKER_ABERRANT_RATE
+    strongest = np.abs(genes.weights[genes.marker_rows, :n_programs]).max(axis=1)
+    addition = np.where(aberrant, rng.uniform(0.3, 0.7, size=(n_all, n_markers)) * strongest, 0.0)
+    centre = rng.integers(0, N_CENTRES, size=n_all)
+    shift = rng.normal(0.0, 0.12, size=n_all)
+    scale = np.clip(rng.normal(1.0, 0.03, size=n_all), 0.9, 1.1)
+    quality = rng.lognormal(0.0, 0.15, size=n_all)
+
+    normal = _profile_vector(NORMAL_MARROW)
+    opposite = {LINEAGE_ALL: _profile_vector(_TYPICAL_AML), LINEAGE_AML: _profile_vector(_B_PRECURSOR_ALL)}
+    blood_column = PROGRAMS.index("peripheral_blood")
+    rows = samples["row"].to_numpy()
+    design = np.zeros((len(rows), n_programs + len(classes) + N_FACTORS))
+    for out_row, row in enumerate(rows):
+        mile_class, lineage = everyone.at[row, "mile_class"], everyone.at[row, "lineage"]
+        leukemic = _class_profile(mile_class, lineage)
+        if ambiguous[row] and lineage in opposite:
+            leukemic = (1 - ambiguity[row]) * leukemic + ambiguity[row] * opposite[lineage]
+        loading = blast[row] * jitter[row] * leukemic + (1 - blast[row]) * normal
+        loading[blood_column] = 1.0 if from_blood[row] else 0.0
+        design[out_row, :n_programs] = loading
+        design[out_row, n_programs + class_column[mile_class]] = blast[row]
+        design[out_row, n_programs + len(classes) :] = factors[row]
+    return _SampleModel(
+        tissue=[PERIPHERAL_BLOOD if from_blood[r] else BONE_MARROW for r in rows],
+        design=design.astype(np.float32),
+        marker_multiplier=multiplier[rows].astype(np.float32),
+        marker_addition=addition[rows].astype(np.float32),
+        centre=centre[rows],
+        shift=shift[rows].astype(np.float32),
+        scale=scale[rows].astype(np.float32),
+        quality=quality[rows].astype(np.float32),
+    )
+
+
+@lru_cache(maxsize=4)
+def _probe_parameters(seed: int) -> dict[str, np.ndarray]:
+    """Baseline, response, noise and centre offsets of every probe of the universe."""
+    universe = _probe_universe()
+    n = len(universe)
+    rng = _rng(seed, _STREAM_PROBE_PARAMETERS)
+    has_symbol = (universe["kind"] != "none").to_numpy()
+    expressed = rng.random(n) < np.where(has_symbol, 0.6, 0.3)
+    baseline = np.where(
+        expressed,
+        np.clip(rng.normal(7.6, 1.5, size=n), 4.5, 12.5),
+        np.clip(rng.normal(4.0, 0.7, size=n), 2.2, 6.0),
+    )
+    response = np.where(expressed, rng.uniform(0.6, 1.2, size=n), rng.uniform(0.25, 0.65, size=n))
+    noise_sd = rng.lognormal(np.log(0.16), 0.35, size=n) * np.where(expressed, 1.0, 1.5)
+    # Probes of the strong lineage markers are off unless their lineage is present, and
+    # respond fully when it is: that is what makes them markers.
+    program_markers = {s for markers in PROGRAM_MARKERS.values() for s in markers}
+    on_off = np.array(
+        [bool(program_markers.intersection(g.split(MULTI_GENE_SEPARATOR))) for g in universe["gene"]]
+    )
+    baseline = np.where(on_off, rng.normal(4.8, 0.6, size=n), baseline)
+    response = np.where(on_off, rng.uniform(0.8, 1.2, size=n), response)
+    centre_offset = rng.normal(0.0, 0.06, size=(N_CENTRES, n))
+    return {
+        "baseline": baseline.astype(np.float32),
+        "response": response.astype(np.float32),
+        "noise_sd": noise_sd.astype(np.float32),
+        "centre_offset": centre_offset.astype(np.float32),
+    }
+
+
+_GENE_BLOCK = 2048
+_PROBE_BLOCK = 2048
+
+
+def _simulate_codes(
+    probes: pd.DataFrame,
+    seed: int,
+    missing_fraction: float,
+    genes: _GeneModel,
+    sample_model: _SampleModel,
+) -> np.ndarray:
+    """Values of the selected probes x samples, as int32 codes (value * 10**DECIMALS,
+    MISSING_CODE for missing), probe-major: shape (n_probes, n_samples).
+
+    Memory: one float32 matrix (reused in place for the codes) plus block temporaries.
+    """
+    n_probes, n_samples = len(probes), sample_model.design.shape[0]
+    values = np.zeros((n_probes, n_samples), dtype=np.float32)
+
+    # (probe, gene, weight) pairs: a multi-gene probe gets the mean of its genes' signals.
+    params = _probe_parameters(seed)
+    probe_rows = probes["row"].to_numpy()
+    response = params["response"][probe_rows]
+    pair_probe, pair_gene, pair_weight = [], [], []
+    for out_row, (gene, probe_id) in enumerate(zip(probes["gene"], probes["probe_id"])):
+        members = gene.split(MULTI_GENE_SEPARATOR) if gene else [probe_id]
+        for member in members:
+            pair_probe.append(out_row)
+            pair_gene.append(genes.index[member])
+            pair_weight.append(response[out_row] / len(members))
+    pair_probe_arr = np.array(pair_probe, dtype=np.int64)
+    pair_gene_arr = np.array(pair_gene, dtype=np.int64)
+    pair_weight_arr = np.array(pair_weight, dtype=np.float32)
+    order = np.lexsort((pair_probe_arr, pair_gene_arr))
+    pair_probe_arr, pair_gene_arr, pair_weight_arr = (
+        pair_probe_arr[order], pair_gene_arr[order], pair_weight_arr[order]
+    )
+
+    used_genes = np.unique(pair_gene_arr)
+    marker_position = {row: i for i, row in enumerate(genes.marker_rows)}
+    for block_number, start in enumerate(range(0, len(used_genes), _GENE_BLOCK)):
+        block_genes = used_genes[start : start + _GENE_BLOCK]
+        signal = _gene_signal(block_genes, genes, sample_model, marker_position, seed, block_number)
+        lo, hi = np.searchsorted(pair_gene_arr, [block_genes[0], block_genes[-1] + 1])
+        local = np.searchsorted(block_genes, pair_gene_arr[lo:hi])
+        contribution = signal[local] * pair_weight_arr[lo:hi, None]
+        # Sum the pairs of each probe (a multi-gene probe can have several in one block).
+        by_probe = np.argsort(pair_probe_arr[lo:hi], kind="stable")
+        sorted_probes = pair_probe_arr[lo:hi][by_probe]
+        starts = np.flatnonzero(np.r_[True, sorted_probes[1:] != sorted_probes[:-1]])
+        values[sorted_probes[starts]] += np.add.reduceat(contribution[by_probe], starts, axis=0)
+
+    codes = values.view(np.int32)  # the codes overwrite the values block by block
+    baseline = params["baseline"][probe_rows]
+    noise_sd = params["noise_sd"][probe_rows]
+    centre_offset = params["centre_offset"][:, probe_rows]
+    for block_number, start in enumerate(range(0, n_probes, _PROBE_BLOCK)):
+        stop = min(start + _PROBE_BLOCK, n_probes)
+        noise = _rng(seed, _STREAM_PROBE_NOISE, block_number).standard_normal(
+            (stop - start, n_samples), dtype=np.float32
+        )
+        noise *= noise_sd[start:stop, None]
+        noise *= sample_model.quality[None, :]
+        block = values[start:stop] + baseline[start:stop, None]
+        block += centre_offset[sample_model.centre, start:stop].T
+        block += noise
+        block -= np.float32(8.0)
+        block *= sample_model.scale[None, :]
+        block += np.float32(8.0) + sample_model.shift[None, :]
+        np.clip(block, LOWEST_VALUE, HIGHEST_VALUE, out=block)
+        codes[start:stop] = np.rint(block.astype(np.float64) * _CODE_SCALE).astype(np.int32)
+
+    n_missing = int(round(missing_fraction * codes.size))
+    if n_missing:
+        flat = _rng(seed, _STREAM_MISSING).choice(codes.size, size=n_missing, replace=False)
+        codes.reshape(-1)[flat] = MISSING_CODE
+    return codes
+
+
+def _gene_signal(
+    block_genes: np.ndarray,
+    genes: _GeneModel,
+    sample_model: _SampleModel,
+    marker_position: dict[int, int],
+    seed: int,
+    block_number: int,
+) -> np.ndarray:
+    """Gene-level signal S (len(block_genes), n_samples) for one block of genes.
+
+    Computed with element-wise float32 operations rather than a BLAS product, whose
+    rounding may change with the CPU and thread count: the files must not.
+    """
+    weights = genes.weights[block_genes]
+    design = sample_model.design
+    n_programs = len(PROGRAMS)
+    n_sparse = design.shape[1] - N_FACTORS
+    signal = np.zeros((len(block_genes), design.shape[0]), dtype=np.float32)
+    for column in range(n_sparse):  # programs and subtypes: few genes each
+        rows = np.flatnonzero(weights[:, column])
+        if len(rows):
+            signal[rows] += weights[rows, column, None] * design[None, :, column]
+    for column in range(n_sparse, design.shape[1]):  # factors: every gene
+        signal += weights[:, column, None] * design[None, :, column]
+
+    # Marker genes: per-sample dropout and out-of-lineage expression of the program part.
+    for local_row in np.flatnonzero(np.isin(block_genes, genes.marker_rows)):
+        position = marker_position[int(block_genes[local_row])]
+        program_part = np.zeros(design.shape[0], dtype=np.float32)
+        for column in range(n_programs):
+            program_part += weights[local_row, column] * design[:, column]
+        signal[local_row] += (sample_model.marker_multiplier[:, position] - 1) * program_part
+        signal[local_row] += sample_model.marker_addition[:, position]
+
+    noise = _rng(seed, _STREAM_GENE_NOISE, block_number).standard_normal(
+        signal.shape, dtype=np.float32
+    )
+    noise *= genes.idio_sd[block_genes, None]
+    signal += noise
+    return signal
+
+
+# --------------------------------------------------------------------------------------
+# Writing: byte tables instead of per-value string formatting
+# --------------------------------------------------------------------------------------
+#
+# Values are integer codes in 0..160000 (plus MISSING_CODE), so every possible cell text
+# ("7.1234", "null") is precomputed once into an 8-byte slot. A block of cells is then one
+# gather of 8-byte words, and a boolean mask drops the padding bytes: a few milliseconds
+# per SOFT sample instead of seconds of Python formatting.
+
+
+@lru_cache(maxsize=2)
+def _cell_table(prefix: bytes, suffix: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(words, lengths): the text of every code, framed by prefix/suffix, in 8-byte slots."""
+    texts = [
+        prefix + f"{code // _CODE_SCALE}.{code % _CODE_SCALE:0{DECIMALS}d}".encode() + suffix
+        for code in range(_HIGHEST_CODE + 1)
+    ]
+    texts.append(prefix + b"null" + suffix)  # MISSING_CODE
+    if max(map(len, texts)) > 8:
+        raise AssertionError("cell text does not fit in 8 bytes")
+    slots = np.array(texts, dtype="S8")
+    lengths = np.array([len(t) for t in texts], dtype=np.uint8)
+    return slots.view(np.uint64), lengths
+
+
+def _padded(texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte matrix (len(texts), width) of zero-padded texts, and the mask of real bytes."""
+    width = max(map(len, texts))
+    matrix = np.array(texts, dtype=f"S{width}").view(np.uint8).reshape(len(texts), width)
+    mask = np.arange(width) < np.array([len(t) for t in texts])[:, None]
+    return matrix, mask
+
+
+def _join_cells(
+    lead: np.ndarray, lead_mask: np.ndarray, codes: np.ndarray, words: np.ndarray,
+    lengths: np.ndarray, tail: bytes = b"",
+) -> bytes:
+    """Rows of text: ``lead[i]`` then the cell text of each code of ``codes[i]``, then tail."""
+    n_rows, n_cells = codes.shape
+    lead_width = lead.shape[1]
+    width = lead_width + 8 * n_cells + len(tail)
+    buffer = np.empty((n_rows, width), dtype=np.uint8)
+    keep = np.empty((n_rows, width), dtype=bool)
+    buffer[:, :lead_width] = lead
+    keep[:, :lead_width] = lead_mask
+    cells = slice(lead_width, lead_width + 8 * n_cells)
+    buffer[:, cells] = words[codes].view(np.uint8).reshape(n_rows, 8 * n_cells)
+    keep[:, cells] = (
+        np.arange(8, dtype=np.uint8) < lengths[codes][:, :, None]
+    ).reshape(n_rows, 8 * n_cells)
+    if tail:
+        buffer[:, lead_width + 8 * n_cells :] = np.frombuffer(tail, dtype=np.uint8)
+        keep[:, lead_width + 8 * n_cells :] = True
+    return buffer[keep].tobytes()
+
+
+@dataclass
+class _SeriesText:
+    """Metadata shared by the SOFT and matrix writers."""
+
+    accession: str
+    samples: pd.DataFrame
+    probes: pd.DataFrame
+    note: str
+
+    def __post_init__(self) -> None:
+        for text in list(self.samples["title"]) + [self.note, self.accession]:
+            if '"' in text or "\n" in text or "\t" in text:
+                raise ValueError(f"metadata text cannot be written to GEO files: {text!r}")
+
+
+def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
+    """The family SOFT file, in chunks (one per sample after the platform)."""
+    accession, samples, probes = series.accession, series.samples, series.probes
+    n_probes = len(probes)
+    tissue = _sample_tissues(series)
+    lines = [
+        "^DATABASE = GeoMiame",
+        "!Database_name = Gene Expression Omnibus (GEO)",
+        "!Database_institute = NCBI NLM NIH",
+        "!Database_web_link = http://www.ncbi.nlm.nih.gov/geo",
+        "!Database_email = geo@ncbi.nlm.nih.gov",
+        f"^SERIES = {accession}",
+        f"!Series_title = {SERIES_TITLE}",
+        f"!Series_geo_accession = {accession}",
+        f"!Series_summary = {series.note}",
+        "!Series_type = Expression profiling by array",
+        *(f"!Series_sample_id = {gsm}" for gsm in samples["gsm"]),
+        f"!Series_platform_id = {PLATFORM_ID}",
+        f"^PLATFORM = {PLATFORM_ID}",
+        f"!Platform_title = {PLATFORM_TITLE}",
+        f"!Platform_geo_accession = {PLATFORM_ID}",
+        "!Platform_technology = in situ oligonucleotide",
+        "!Platform_distribution = commercial",
+        "!Platform_organism = Homo sapiens",
+        "!Platform_manufacturer = Affymetrix",
+        f"!Platform_data_row_count = {n_probes}",
+        "#ID = Affymetrix Probe Set ID",
+        "#Gene Symbol = A gene symbol, when one is available (from UniGene).",
+        "#ENTREZ_GENE_ID = Entrez Gene identifier (left empty in this synthetic series)",
+        "!platform_table_begin",
+        "ID\tGene Symbol\tENTREZ_GENE_ID",
+        *(f"{probe_id}\t{gene}\t" for probe_id, gene in zip(probes["probe_id"], probes["gene"])),
+        "!platform_table_end",
+    ]
+    yield ("\n".join(lines) + "\n").encode()
+
+    words, lengths = _cell_table(b"", b"\n")
+    lead, lead_mask = _padded([f"{p}\t".encode() for p in probes["probe_id"]])
+    slab = max(1, (16 << 20) // (4 * n_probes))  # samples per transposed slab (~16 MB)
+    for first in range(0, len(samples), slab):
+        # Codes are probe-major; a transposed slab gives each sample a contiguous column.
+        columns = np.ascontiguousarray(codes[:, first : first + slab].T)
+        for offset, column in enumerate(columns):
+            j = first + offset
+            gsm = samples.at[j, "gsm"]
+            head = [
+                f"^SAMPLE = {gsm}",
+                f"!Sample_title = {samples.at[j, 'title']}",
+                f"!Sample_geo_accession = {gsm}",
+                "!Sample_type = RNA",
+                "!Sample_channel_count = 1",
+                f"!Sample_source_name_ch1 = {tissue[j]}",
+                "!Sample_organism_ch1 = Homo sapiens",
+                f"!Sample_characteristics_ch1 = {TISSUE_KEY}: {tissue[j]}",
+                f"!Sample_characteristics_ch1 = {LEUKEMIA_CLASS_KEY}: {samples.at[j, 'mile_class']}",
+                "!Sample_molecule_ch1 = total RNA",
+                f"!Sample_platform_id = {PLATFORM_ID}",
+                f"!Sample_series_id = {accession}",
+                f"!Sample_data_row_count = {n_probes}",
+                "#ID_REF = ",
+                "#VALUE = log2 expression (synthetic)",
+                "!sample_table_begin",
+                "ID_REF\tVALUE",
+            ]
+            table = _join_cells(lead, lead_mask, column[:, None], words, lengths)
+            yield ("\n".join(head) + "\n").encode() + table + b"!sample_table_end\n"
+
+
+def _matrix_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
+    """The series matrix file, in chunks (blocks of probe rows)."""
+    samples, probes = series.samples, series.probes
+    n_samples = len(samples)
+    tissue = _sample_tissues(series)
+
+    def row(key: str, cells: Sequence[str]) -> str:
+        return key + "".join(f'\t"{cell}"' for cell in cells)
+
+    def same(text: str) -> list[str]:
+        return [text] * n_samples
+
+    lines = [
+        row("!Series_title", [SERIES_TITLE]),
+        row("!Series_geo_accession", [series.accession]),
+        row("!Series_summary", [series.note]),
+        row("!Series_type", ["Expression profiling by array"]),
+        # GEO writes the sample ids as one space-separated cell, with a trailing space.
+        row("!Series_sample_id", ["".join(f"{gsm} " for gsm in samples["gsm"])]),
+        row("!Series_platform_id", [PLATFORM_ID]),
+        row("!Series_platform_taxid", ["9606"]),
+        row("!Series_sample_taxid", ["9606"]),
+        "",
+        row("!Sample_title", list(samples["title"])),
+        row("!Sample_geo_accession", list(samples["gsm"])),
+        row("!Sample_type", same("RNA")),
+        row("!Sample_channel_count", same("1")),
+        row("!Sample_source_name_ch1", tissue),
+        row("!Sample_organism_ch1", same("Homo sapiens")),
+        row("!Sample_characteristics_ch1", [f"{TISSUE_KEY}: {t}" for t in tissue]),
+        row(
+            "!Sample_characteristics_ch1",
+            [f"{LEUKEMIA_CLASS_KEY}: {c}" for c in samples["mile_class"]],
+        ),
+        row("!Sample_molecule_ch1", same("total RNA")),
+        row("!Sample_platform_id", same(PLATFORM_ID)),
+        row("!Sample_data_row_count", same(str(len(probes)))),
+        "!series_matrix_table_begin",
+        row('"ID_REF"', list(samples["gsm"])),
+    ]
+    yield ("\n".join(lines) + "\n").encode()
+
+    words, lengths = _cell_table(b"\t", b"")
+    lead, lead_mask = _padded([f'"{p}"'.encode() for p in probes["probe_id"]])
+    rows_per_chunk = max(1, (16 << 20) // (8 * n_samples))
+    for start in range(0, len(probes), rows_per_chunk):
+        stop = start + rows_per_chunk
+        yield _join_cells(
+            lead[start:stop], lead_mask[start:stop], codes[start:stop], words, lengths, b"\n"
+        )
+    yield b"!series_matrix_table_end\n"
+
+
+def _sample_tissues(series: _SeriesText) -> list[str]:
+    return list(series.samples["tissue"])
+
+
+def _annotation_csv_bytes(probes: pd.DataFrame) -> bytes:
+    # Same layout as GPL570_annot.csv; probes without a symbol get an empty gene.
+    lines = ["probe_id,gene"]
+    for probe_id, gene in zip(probes["probe_id"], probes["gene"]):
+        lines.append(f"{probe_id},{_csv_field(gene)}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _csv_field(text: str) -> str:
+    if any(ch in text for ch in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+# gzip output is compressed pigz-style: the text is cut into blocks that are deflated in
+# parallel threads (zlib releases the GIL), each primed with the last 32 KiB of the text
+# before it and ended with a sync flush, so that the pieces join into one ordinary
+# single-member gzip stream. The cut points depend only on the text, so the bytes are the
+# same whatever the number of threads.
+_DEFLATE_BLOCK_BYTES = 8 << 20
+_DEFLATE_WINDOW_BYTES = 32 << 10
+_DEFLATE_END_OF_STREAM = b"\x03\x00"  # an empty final fixed-Huffman block
+
+
+def _write_gzip(
+    path: Path, chunks: Iterator[bytes], compress_level: int, compressors: ThreadPoolExecutor
+) -> None:
+    """Write ``chunks`` to ``path`` as a gzip file with no time stamp (reproducible)."""
+    max_pending = 2 * (compressors._max_workers + 1)
+
+    def write(raw) -> None:
+        raw.write(_gzip_header(path.name, compress_level))
+        crc, size, window = 0, 0, b""
+        pending: deque = deque()
+        for block in _blocks_of(chunks, _DEFLATE_BLOCK_BYTES):
+            crc = zlib.crc32(block, crc)
+            size += len(block)
+            pending.append(compressors.submit(_deflate_block, block, window, compress_level))
+            window = block[-_DEFLATE_WINDOW_BYTES:]
+            while len(pending) > max_pending:
+                raw.write(pending.popleft().result())
+        while pending:
+            raw.write(pending.popleft().result())
+        raw.write(_DEFLATE_END_OF_STREAM)
+        raw.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+
+    _write_atomically(path, write)
+
+
+def _gzip_header(name: str, compress_level: int) -> bytes:
+    # The header Python's gzip module writes with mtime=0: method deflate, flag FNAME,
+    # extra flags 2 (best) / 4 (fastest), OS 255 (unknown), then the name without ".gz".
+    stored_name = name[: -len(".gz")] if name.endswith(".gz") else name
+    extra_flags = 2 if compress_level == 9 else 4 if compress_level == 1 else 0
+    return (
+        b"\x1f\x8b\x08\x08"
+        + struct.pack("<I", 0)
+        + bytes([extra_flags, 255])
+        + stored_name.encode("latin-1")
+        + b"\x00"
+    )
+
+
+def _deflate_block(block: bytes, window: bytes, compress_level: int) -> bytes:
+    options = {"zdict": window} if window else {}
+    deflater = zlib.compressobj(compress_level, zlib.DEFLATED, -zlib.MAX_WBITS, **options)
+    return deflater.compress(block) + deflater.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _blocks_of(chunks: Iterator[bytes], block_bytes: int) -> Iterator[bytes]:
+    """Regroup chunks into blocks of at least ``block_bytes`` (the last may be shorter)."""
+    gathered: list[bytes] = []
+    gathered_bytes = 0
+    for chunk in chunks:
+        gathered.append(chunk)
+        gathered_bytes += len(chunk)
+        if gathered_bytes >= block_bytes:
+            yield b"".join(gathered)
+            gathered, gathered_bytes = [], 0
+    if gathered:
+        yield b"".join(gathered)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file renamed at the end: no half-written file is left
+    under the final name if generation fails."""
+    temporary = path.with_name(path.name + ".partial")
+    try:
+        with open(temporary, "wb") as raw:
+            write(raw)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
