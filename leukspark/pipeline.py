@@ -72,14 +72,18 @@ class Pipeline:
         summary = label_stage.label_summary(labels, excluded)
         if not any(row[1] in ("ALL", "AML") for row in summary):
             raise LabelError("no sample got a label: check labels.rules in the configuration or pass --labels")
-        self.lake.overwrite("labels", labels.select(*schemas.LABELS.fieldNames()), operation="labels")
-        self.lake.overwrite("excluded_samples", excluded.select(*schemas.EXCLUDED_SAMPLES.fieldNames()),
-                            operation="labels")
+        self._overwrite_if_changed("labels", labels.select(*schemas.LABELS.fieldNames()), "labels")
+        self._overwrite_if_changed("excluded_samples", excluded.select(*schemas.EXCLUDED_SAMPLES.fieldNames()),
+                                   "labels")
         self.echo(label_stage.format_label_summary(summary))
         kept = sum(r[2] for r in summary if r[1] != "excluded")
         return kept, sum(r[2] for r in summary if r[1] == "excluded")
 
-    def features(self) -> feature_stage.ProbeMapSummary:
+    def features(self, *, only_if_changed: bool = False) -> feature_stage.ProbeMapSummary | None:
+        fingerprint = self.fingerprint(("samples", "labels"))
+        if only_if_changed and self._last_operation("gene_features") == f"features {fingerprint}":
+            self.echo("features are up to date with samples, labels and settings: nothing to do")
+            return None
         labels = self.lake.read("labels")
         expression = self.lake.read("expression")
         if not self.lake.exists("platform_probes"):
@@ -87,8 +91,8 @@ class Pipeline:
         platform_probes = self.lake.read("platform_probes")
         gene_features, genes, probe_map = feature_stage.build_features(
             expression, platform_probes, labels, self.config["features"])
-        self.lake.overwrite("genes", genes, operation="features")
-        self.lake.overwrite("gene_features", gene_features, operation="features")
+        self.lake.overwrite("genes", genes, operation=f"features {fingerprint}")
+        self.lake.overwrite("gene_features", gene_features, operation=f"features {fingerprint}")
         platforms = [r["platform"] for r in self.lake.read("samples")
                      .join(labels.select("sample"), "sample", "left_semi").select("platform").distinct().collect()]
         summary = feature_stage.summarize_probe_map(platform_probes, probe_map, platforms)
@@ -108,11 +112,14 @@ class Pipeline:
             split = split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
         else:
             split = split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
-        self.lake.overwrite("splits", split_stage.split_frame(self.spark, split), operation="split")
+        self._overwrite_if_changed("splits", split_stage.split_frame(self.spark, split), "split")
         self.echo(split_stage.split_summary(split))
         return split
 
-    def train(self, run_id: str | None = None) -> TrainingOutcome:
+    def train(self, run_id: str | None = None, *, previous_run: str | None = None) -> TrainingOutcome:
+        """Fan out every (model, fold) fit; append predictions, results (and the change against
+        `previous_run`), then the runs row that marks the run complete."""
+        self.discard_incomplete_runs()
         run_id = run_id or new_run_id()
         started = datetime.now(timezone.utc)
         cfg = self.config["training"]
@@ -128,6 +135,7 @@ class Pipeline:
             assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
                          for r in splits.itertuples(index=False)},
             seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
+            feature_settings=dict(self.config["features"]),
         )
         tasks = train_stage.plan_tasks(cfg["models"], self.config["split"]["folds"], cfg["params"])
         self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x "
@@ -139,6 +147,8 @@ class Pipeline:
         results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
                                            config_hash=config_hash(self.config), code_version=__version__,
                                            params=params)
+        if previous_run:
+            results = pd.concat([results, self._change_rows(results, previous_run)], ignore_index=True)
         self.lake.append("predictions", self.spark.createDataFrame(
             predictions[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=f"train {run_id}")
         self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS),
@@ -149,6 +159,16 @@ class Pipeline:
         text = train_stage.format_leaderboard(metrics)
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def _change_rows(self, results: pd.DataFrame, previous_run: str) -> pd.DataFrame:
+        """Per model and metric: this run's test value minus the previous run's (fold 'change_vs_previous')."""
+        previous = (self.lake.read("results").where((F.col("run") == previous_run) & (F.col("fold") == "test"))
+                    .select("model", "metric", F.col("value").alias("previous")).toPandas())
+        current = results[results["fold"] == "test"]
+        merged = current.merge(previous, on=["model", "metric"], how="inner")
+        merged = merged.assign(fold="change_vs_previous", value=merged["value"] - merged["previous"],
+                               params=f"previous run {previous_run}")
+        return merged[schemas.RESULTS.fieldNames()]
 
     def report(self, out_dir: str, run_id: str | None = None) -> Path:
         from .report import write_report
@@ -161,14 +181,55 @@ class Pipeline:
     # -- runs -----------------------------------------------------------------------------
     def data_fingerprint(self) -> str:
         """Hash of what training sees: sample values, labels, split, features settings."""
+        return self.fingerprint(("samples", "labels", "splits"))
+
+    def fingerprint(self, tables: tuple[str, ...]) -> str:
+        columns_of = {"samples": ["sample", "values_checksum"], "labels": ["sample", "label"],
+                      "splits": ["sample", "set", "fold"]}
         parts = []
-        for table, columns in (("samples", ["sample", "values_checksum"]), ("labels", ["sample", "label"]),
-                               ("splits", ["sample", "set", "fold"])):
+        for table in tables:
+            columns = columns_of[table]
             if self.lake.exists(table):
                 rows = sorted(tuple(str(v) for v in r) for r in self.lake.read(table).select(*columns).collect())
                 parts.append(json.dumps(rows))
         parts.append(json.dumps(self.config["features"], sort_keys=True))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def _overwrite_if_changed(self, table: str, frame: DataFrame, operation: str) -> bool:
+        """Overwrite `table` with `frame` unless it already holds exactly these rows (reruns stay no-ops)."""
+        if self.lake.exists(table):
+            stored = self.lake.read(table)
+            same_size = stored.count() == frame.count()
+            if same_size and stored.exceptAll(frame).limit(1).count() == 0 and frame.exceptAll(stored).limit(1).count() == 0:
+                return False
+        self.lake.overwrite(table, frame, operation=operation)
+        return True
+
+    def _last_operation(self, table: str) -> str | None:
+        if not self.lake.exists(table):
+            return None
+        history = self.lake.history(table)
+        return history[0]["operation"] if history else None
+
+    def discard_incomplete_runs(self) -> list[str]:
+        """Delete predictions and results of runs that never reached the runs table (killed mid-way)."""
+        finished = set()
+        if self.lake.exists("runs"):
+            finished = {r["run"] for r in self.lake.read("runs").where(F.col("status") == "succeeded")
+                        .select("run").collect()}
+        discarded = set()
+        for table in ("predictions", "results"):
+            if not self.lake.exists(table):
+                continue
+            stored = {r["run"] for r in self.lake.read(table).select("run").distinct().collect()}
+            orphans = sorted(stored - finished)
+            if orphans:
+                keys = self.spark.createDataFrame([(r,) for r in orphans], "run string")
+                self.lake.delete_keys(table, keys, operation="discard incomplete runs")
+                discarded.update(orphans)
+        if discarded:
+            self.echo(f"discarded rows of {len(discarded)} incomplete run(s): {', '.join(sorted(discarded))}")
+        return sorted(discarded)
 
     def latest_run(self) -> str:
         if not self.lake.exists("runs"):

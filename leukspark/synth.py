@@ -78,8 +78,9 @@ PERIPHERAL_BLOOD = "peripheral blood"
 
 #: Ids given to the GPL570 probe sets that ``GPL570_annot.csv`` does not list (it only has
 #: the 45,782 with a symbol): ``1600001_at``, ``1600002_at``, ... They are shaped like
-#: Affymetrix ids but lie above every real GPL570 numeric id (the highest is 1570653), so
-#: they can never collide with a real one.
+#: Affymetrix ids but lie above every numeric id of GPL570_annot.csv (the highest is
+#: 1570651_at; the platform's numeric ids stop in the 157xxxx range), so they cannot
+#: collide with a real id (checked in ``_probe_universe``).
 FIRST_SYNTHETIC_PROBE_NUMBER = 1_600_001
 
 #: Where the embedded demo series lives (see :func:`demo_series_dir`).
@@ -103,7 +104,8 @@ def demo_series_dir() -> Path:
 
     It holds ``GSE13159_family.soft.gz``, ``GSE13159_series_matrix.txt.gz`` and
     ``GPL570_annotation.csv``, written by ``write_synthetic_series(out, n_samples=120,
-    n_probes=3000, seed=7, accession="GSE13159")``.
+    n_probes=3000, seed=7, accession="GSE13159", compress_level=9)`` (the level changes
+    the gzip bytes only, not the content).
     """
     return DEMO_DIR
 
@@ -315,7 +317,9 @@ def _probe_universe() -> pd.DataFrame:
     universe["kind"] = np.where(
         universe["gene"] == "",
         "none",
-        np.where(universe["gene"].str.contains(MULTI_GENE_SEPARATOR, regex=False), "multi", "single"),
+        np.where(
+            universe["gene"].str.contains(MULTI_GENE_SEPARATOR, regex=False), "multi", "single"
+        ),
     )
     markers = set(ALL_MARKERS) | set(AML_MARKERS)
     universe["is_marker"] = [
@@ -555,7 +559,10 @@ def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _Sampl
 
     # Draw every parameter for all samples in file order, whatever is selected.
     pb_share = np.array(
-        [PERIPHERAL_BLOOD_SHARE.get(c, DEFAULT_PERIPHERAL_BLOOD_SHARE) for c in everyone["mile_class"]]
+        [
+            PERIPHERAL_BLOOD_SHARE.get(c, DEFAULT_PERIPHERAL_BLOOD_SHARE)
+            for c in everyone["mile_class"]
+        ]
     )
     from_blood = rng.random(n_all) < pb_share
     blast = np.clip(rng.beta(5.0, 1.6, size=n_all), 0.15, 1.0)
@@ -576,7 +583,10 @@ def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _Sampl
     quality = rng.lognormal(0.0, 0.15, size=n_all)
 
     normal = _profile_vector(NORMAL_MARROW)
-    opposite = {LINEAGE_ALL: _profile_vector(_TYPICAL_AML), LINEAGE_AML: _profile_vector(_B_PRECURSOR_ALL)}
+    opposite = {
+        LINEAGE_ALL: _profile_vector(_TYPICAL_AML),
+        LINEAGE_AML: _profile_vector(_B_PRECURSOR_ALL),
+    }
     blood_column = PROGRAMS.index("peripheral_blood")
     rows = samples["row"].to_numpy()
     design = np.zeros((len(rows), n_programs + len(classes) + N_FACTORS))
@@ -621,7 +631,10 @@ def _probe_parameters(seed: int) -> dict[str, np.ndarray]:
     # respond fully when it is: that is what makes them markers.
     program_markers = {s for markers in PROGRAM_MARKERS.values() for s in markers}
     on_off = np.array(
-        [bool(program_markers.intersection(g.split(MULTI_GENE_SEPARATOR))) for g in universe["gene"]]
+        [
+            bool(program_markers.intersection(g.split(MULTI_GENE_SEPARATOR)))
+            for g in universe["gene"]
+        ]
     )
     baseline = np.where(on_off, rng.normal(4.8, 0.6, size=n), baseline)
     response = np.where(on_off, rng.uniform(0.8, 1.2, size=n), response)
@@ -830,7 +843,7 @@ def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
     """The family SOFT file, in chunks (one per sample after the platform)."""
     accession, samples, probes = series.accession, series.samples, series.probes
     n_probes = len(probes)
-    tissue = _sample_tissues(series)
+    tissue = list(samples["tissue"])
     lines = [
         "^DATABASE = GeoMiame",
         "!Database_name = Gene Expression Omnibus (GEO)",
@@ -870,7 +883,7 @@ def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
         columns = np.ascontiguousarray(codes[:, first : first + slab].T)
         for offset, column in enumerate(columns):
             j = first + offset
-            gsm = samples.at[j, "gsm"]
+            gsm, mile_class = samples.at[j, "gsm"], samples.at[j, "mile_class"]
             head = [
                 f"^SAMPLE = {gsm}",
                 f"!Sample_title = {samples.at[j, 'title']}",
@@ -880,7 +893,7 @@ def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
                 f"!Sample_source_name_ch1 = {tissue[j]}",
                 "!Sample_organism_ch1 = Homo sapiens",
                 f"!Sample_characteristics_ch1 = {TISSUE_KEY}: {tissue[j]}",
-                f"!Sample_characteristics_ch1 = {LEUKEMIA_CLASS_KEY}: {samples.at[j, 'mile_class']}",
+                f"!Sample_characteristics_ch1 = {LEUKEMIA_CLASS_KEY}: {mile_class}",
                 "!Sample_molecule_ch1 = total RNA",
                 f"!Sample_platform_id = {PLATFORM_ID}",
                 f"!Sample_series_id = {accession}",
@@ -898,7 +911,7 @@ def _matrix_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
     """The series matrix file, in chunks (blocks of probe rows)."""
     samples, probes = series.samples, series.probes
     n_samples = len(samples)
-    tissue = _sample_tissues(series)
+    tissue = list(samples["tissue"])
 
     def row(key: str, cells: Sequence[str]) -> str:
         return key + "".join(f'\t"{cell}"' for cell in cells)
@@ -947,10 +960,6 @@ def _matrix_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
     yield b"!series_matrix_table_end\n"
 
 
-def _sample_tissues(series: _SeriesText) -> list[str]:
-    return list(series.samples["tissue"])
-
-
 def _annotation_csv_bytes(probes: pd.DataFrame) -> bytes:
     # Same layout as GPL570_annot.csv; probes without a symbol get an empty gene.
     lines = ["probe_id,gene"]
@@ -979,7 +988,7 @@ def _write_gzip(
     path: Path, chunks: Iterator[bytes], compress_level: int, compressors: ThreadPoolExecutor
 ) -> None:
     """Write ``chunks`` to ``path`` as a gzip file with no time stamp (reproducible)."""
-    max_pending = 2 * (compressors._max_workers + 1)
+    max_pending = 2 * _compression_threads()  # bounds the text held in memory
 
     def write(raw) -> None:
         raw.write(_gzip_header(path.name, compress_level))

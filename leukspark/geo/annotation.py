@@ -23,8 +23,8 @@ from leukspark.errors import GeoFormatError
 from leukspark.geo.soft import (
     PlatformRecord,
     SampleTable,
-    _decompressed_chunks,
-    _require_file,
+    decompressed_chunks,
+    require_file,
     detect_format,
     iter_geo_records,
 )
@@ -58,7 +58,7 @@ def read_platform_annotation(path, platform: str | None = None) -> pa.Table:
     file's own platform; for a CSV/TSV, which does not say its platform, it is
     required. Raises GeoFormatError (naming the file) for unsuitable input.
     """
-    path = _require_file(path)
+    path = require_file(path)
     file_format = detect_format(path)
     if file_format == "csv":
         return _read_csv_annotation(path, platform)
@@ -120,16 +120,15 @@ def _read_csv_annotation(path: Path, platform: str | None) -> pa.Table:
         raise GeoFormatError(
             f"{path}: a CSV/TSV annotation does not say its platform; pass platform= (e.g. 'GPL570')"
         )
-    text = b"".join(_decompressed_chunks(path))  # annotation files are small (a few MB)
+    text = b"".join(decompressed_chunks(path))  # annotation files are small (a few MB)
     header = text[: text.find(b"\n")] if b"\n" in text else text
-    delimiter = "\t" if b"\t" in header else ","
-    names = pacsv.read_csv(
-        pa.py_buffer(header + b"\n"), parse_options=pacsv.ParseOptions(delimiter=delimiter)
-    ).column_names
+    parse_options = pacsv.ParseOptions(delimiter="\t" if b"\t" in header else ",")
     try:
+        names = pacsv.read_csv(pa.py_buffer(header + b"\n"), parse_options=parse_options).column_names
+        # Every column as text: numeric-looking probe ids ("0071") must keep their zeros.
         table = pacsv.read_csv(
             pa.py_buffer(text),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            parse_options=parse_options,
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names}, strings_can_be_null=False
             ),

@@ -9,18 +9,20 @@ ever left at the cache path.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import socket
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from leukspark.errors import GeoDownloadError, GeoFormatError
-from leukspark.geo.soft import _decompressed_chunks
+from leukspark.geo.soft import decompressed_chunks
 
-__all__ = ["ACCESSION_PATTERN", "GEO_HOST", "cached_series_path", "fetch_series"]
+__all__ = ["ACCESSION_PATTERN", "GEO_HOST", "cached_series_path", "fetch_series", "geo_series_url"]
 
 ACCESSION_PATTERN = re.compile(r"^GSE\d+$")
 
@@ -46,7 +48,7 @@ def fetch_series(accession: str, cache_dir: str | Path, *, timeout: float = 30.0
     Raises GeoDownloadError for a malformed accession, when GEO cannot be
     reached, or when the download fails or is incomplete.
     """
-    if not isinstance(accession, str) or not ACCESSION_PATTERN.match(accession):
+    if not isinstance(accession, str) or not ACCESSION_PATTERN.fullmatch(accession):
         raise GeoDownloadError(
             f"{accession!r} is not a GEO series accession (expected GSE followed by digits, e.g. GSE13159)"
         )
@@ -54,8 +56,11 @@ def fetch_series(accession: str, cache_dir: str | Path, *, timeout: float = 30.0
     if target.is_file():
         return target
     _check_geo_reachable(accession, target, timeout)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{accession}-download-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{accession}-download-", dir=target.parent))
+    except OSError as exc:
+        raise GeoDownloadError(f"cannot use cache folder {target.parent}: {exc.strerror or exc}") from None
     try:
         downloaded = _download_with_geoparse(accession, staging, target, timeout)
         _check_complete_gzip(downloaded, accession, target)
@@ -65,11 +70,14 @@ def fetch_series(accession: str, cache_dir: str | Path, *, timeout: float = 30.0
     return target
 
 
+def geo_series_url(accession: str) -> str:
+    """GEO's download address of a series' family SOFT (GSE13159 -> .../GSE13nnn/GSE13159/soft/...)."""
+    folder = re.sub(r"\d{1,3}$", "nnn", accession)
+    return f"https://ftp.ncbi.nlm.nih.gov/geo/series/{folder}/{accession}/soft/{accession}_family.soft.gz"
+
+
 def _offline_hint(accession: str, target: Path) -> str:
-    return (
-        f"To work offline, download {accession}_family.soft.gz from "
-        f"https://ftp.ncbi.nlm.nih.gov/geo/series/ yourself and place it at {target}"
-    )
+    return f"To work offline, download {geo_series_url(accession)} yourself and place it at {target}"
 
 
 def _check_geo_reachable(accession: str, target: Path, timeout: float) -> None:
@@ -126,20 +134,48 @@ def _download_with_geoparse(accession: str, staging: Path, target: Path, timeout
         from GEOparse.GEOparse import get_GEO_file
     except ImportError as exc:  # pragma: no cover - GEOparse is a dependency
         raise GeoDownloadError(f"cannot download {accession}: GEOparse is not installed ({exc})") from None
-    # GEOparse passes no timeout to ftplib/requests; both fall back to the
-    # process-wide socket default, set here for the duration of the download.
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
     try:
-        downloaded, _ = get_GEO_file(accession, destdir=str(staging), how="full", silent=True)
+        with _geoparse_quiet(), _default_socket_timeout(timeout):
+            downloaded, _ = get_GEO_file(accession, destdir=str(staging), how="full", silent=True)
     except Exception as exc:  # GEOparse raises bare Exception/IOError subclasses
         raise GeoDownloadError(
-            f"cannot download {accession} from GEO: {_first_line(exc)}. "
-            "The accession may not exist or may not be public yet. " + _offline_hint(accession, target)
+            f"cannot download {accession} from GEO ({_geoparse_reason(exc)}); check that the "
+            "accession exists and is public. " + _offline_hint(accession, target)
         ) from None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     return Path(downloaded)
+
+
+@contextmanager
+def _default_socket_timeout(timeout: float):
+    # GEOparse passes no timeout to ftplib/requests; both fall back to the
+    # process-wide socket default, set here for the duration of the download.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+@contextmanager
+def _geoparse_quiet():
+    # GEOparse's "silent" only hides the progress bar: its logger still prints
+    # DEBUG lines and, on FTP errors, full tracebacks to stderr. Our error says it all.
+    geoparse_logger = logging.getLogger("GEOparse")
+    previous = geoparse_logger.level
+    geoparse_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        geoparse_logger.setLevel(previous)
+
+
+def _geoparse_reason(exc: Exception) -> str:
+    """The useful part of a GEOparse error ("Download failed due to '<reason>'. ID could be ...")."""
+    text = str(exc).strip() or type(exc).__name__
+    wrapped = re.match(r"Download failed due to '(.*)'\. ID could be", text, re.DOTALL)
+    reason = wrapped.group(1) if wrapped else text
+    return reason.splitlines()[0] if reason else type(exc).__name__
 
 
 def _check_complete_gzip(path: Path, accession: str, target: Path) -> None:
@@ -149,7 +185,7 @@ def _check_complete_gzip(path: Path, accession: str, target: Path) -> None:
         problem = "no data was received"
     else:
         try:
-            for _ in _decompressed_chunks(path):
+            for _ in decompressed_chunks(path):
                 pass
         except GeoFormatError as exc:
             problem = f"the downloaded file is incomplete or corrupt ({exc})"
@@ -157,8 +193,3 @@ def _check_complete_gzip(path: Path, accession: str, target: Path) -> None:
         raise GeoDownloadError(
             f"cannot download {accession} from GEO: {problem}. " + _offline_hint(accession, target)
         )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -131,7 +131,8 @@ def _format_error(path, message: str, *, sample: str | None = None, line: int | 
     return GeoFormatError(f"{', '.join(where)}: {message}")
 
 
-def _require_file(path) -> Path:
+def require_file(path) -> Path:
+    """``path`` as a Path; InputError naming it if it is missing or not a file."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -143,7 +144,7 @@ def _require_file(path) -> Path:
 # --------------------------------------------------------------------------- byte source
 
 
-def _decompressed_chunks(path: Path, chunk_bytes: int = _CHUNK_BYTES) -> Iterator[bytes]:
+def decompressed_chunks(path: Path, chunk_bytes: int = _CHUNK_BYTES) -> Iterator[bytes]:
     """Yield the file's text in chunks of about ``chunk_bytes``, gunzipping if needed.
 
     Gzip is recognised by its magic bytes, not by the file name. A truncated or
@@ -294,7 +295,7 @@ class _LineReader:
     def __init__(self, path: Path):
         self.path = path
         self.line_no = 0
-        self._source = _prefetched(_decompressed_chunks(path))
+        self._source = _prefetched(decompressed_chunks(path))
         self._chunks = _line_aligned(self._source)
         self._buf = b""
         self._end = 0  # self._buf[:self._end] holds whole lines
@@ -394,8 +395,8 @@ def detect_format(path) -> str:
     ``"series_matrix"``, ``"annot"`` or ``"csv"``. Raises InputError for a missing
     path and GeoFormatError for an empty file or one of no known format.
     """
-    path = _require_file(path)
-    with closing(_decompressed_chunks(path, _SNIFF_BYTES)) as chunks:
+    path = require_file(path)
+    with closing(decompressed_chunks(path, _SNIFF_BYTES)) as chunks:
         head = next(chunks, b"")
     line_no, first_line = _first_nonblank_line(head)
     if first_line is None:
@@ -442,7 +443,7 @@ def iter_geo_records(path) -> Iterator[GeoRecord]:
     matrix yields its SeriesRecord first, then one SampleTable per sample column.
     Raises InputError for a missing path and GeoFormatError for malformed input.
     """
-    path = _require_file(path)
+    path = require_file(path)
     file_format = detect_format(path)
     if file_format == "series_matrix":
         return _iter_series_matrix(path)
@@ -457,6 +458,8 @@ def iter_geo_records(path) -> Iterator[GeoRecord]:
 _ENTITY_KINDS = ("DATABASE", "SERIES", "PLATFORM", "SAMPLE", "ANNOTATION")
 _TABLE_BEGIN = re.compile(r"^![A-Za-z_]+_table_begin\s*$", re.IGNORECASE)
 _TABLE_END = re.compile(r"^![A-Za-z_]+_table_end\s*$", re.IGNORECASE)
+# The number syntax pyarrow's float parser accepts (Python's float() is laxer: "1_000").
+_NUMBER = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.IGNORECASE)
 
 
 @dataclass
@@ -530,7 +533,7 @@ class _SoftParser:
     def _check_new_accession(self, accession, seen: dict[str, int], what: str, line_no: int):
         if not accession:
             raise _format_error(self.path, f"^{what.upper()} line without an accession", line=line_no)
-        if False:
+        if accession in seen:
             raise _format_error(
                 self.path,
                 f"duplicate {what} {accession}: it already appeared at line {seen[accession]}",
@@ -642,7 +645,8 @@ class _SoftParser:
 
 
 def _iter_soft(path: Path) -> Iterator[GeoRecord]:
-    return _SoftParser(path).records()
+    # A generator, so that nothing is opened until the first record is asked for.
+    yield from _SoftParser(path).records()
 
 
 def _split_soft_attribute(line: str) -> tuple[str, str]:
@@ -794,15 +798,14 @@ def _explain_bad_rows(
                     path, f"non-numeric value {text!r} in column {names[i]}",
                     sample=bad_value_sample(i), line=line_no,
                 )
-    return _format_error(path, f"cannot parse the table starting at line {first_line}: {arrow_message}")
+    return _format_error(
+        path, f"cannot parse the table rows starting at line {first_line}: {arrow_message}",
+        sample=bad_value_sample(None),
+    )
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(text.strip()) is not None
 
 
 def _single_chunk(column: pa.ChunkedArray) -> pa.Array:

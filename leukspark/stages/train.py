@@ -46,6 +46,7 @@ class TrainingContext:
     seed: int
     scaler: str
     bundle_root: str | None
+    feature_settings: dict | None = None   # how probes became genes; saved in bundles for prediction
 
 
 def plan_tasks(models: list[str], n_folds: int, param_overrides: dict) -> pd.DataFrame:
@@ -147,7 +148,8 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
 
         save_bundle(Path(context.bundle_root) / task["model"], model_name=task["model"],
                     spec=get_model(task["model"]), model=result.model, preprocessor=result.preprocessor,
-                    gene_order=list(context.gene_order), params=result.params, run_id=context.run_id)
+                    gene_order=list(context.gene_order), params=result.params, run_id=context.run_id,
+                    extra={"features": context.feature_settings or {}})
     probabilities = np.asarray(result.probabilities, dtype=np.float64)
     return pd.DataFrame({
         "run": context.run_id,
