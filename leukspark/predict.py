@@ -118,7 +118,8 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, max_missing_fra
     missing = n_genes - np.isfinite(matrix).sum(axis=1)
     scorable = missing <= max_missing_fraction * n_genes
     results: list[ScoredSample] = []
-    probabilities = bundle.predict_proba(matrix[scorable]) if scorable.any() else np.array([])
+    # float32, as in training: the same sample then gets the same probability on both paths.
+    probabilities = bundle.predict_proba(matrix[scorable].astype(np.float32)) if scorable.any() else np.array([])
     scores = iter(probabilities)
     for sample, n_missing, ok in zip(samples, missing, scorable):
         if not ok:

@@ -440,41 +440,55 @@ def confusion_section(data: RunData, figures: FigureWriter) -> Section:
 # ---------------------------------------------------------------------------------------
 # 6. ROC curves
 # ---------------------------------------------------------------------------------------
-def roc_section(data: RunData, figures: FigureWriter) -> Section:
+ROC_ZOOM = (0.25, 0.75)  # the zoom panel shows false positive rate <= 0.25, true positive rate >= 0.75
+
+
+def test_roc_curves(predictions: pd.DataFrame, models: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """(false positive rates, true positive rates, AUC) per model with both classes in its test set."""
     from sklearn.metrics import roc_curve
 
-    colours = model_colours(data.models)
-    fig, ax = plt.subplots(figsize=(6.8, 6.2), layout="constrained")
-    drawn = 0
-    # Good models share the same curve (up the left edge, along the top): drawing each
-    # later one thinner on top of the earlier ones keeps every colour visible.
-    widths = np.linspace(9, 2, max(2, len(data.models)))
-    for model, width in zip(data.models, widths):
-        part = data.predictions[data.predictions["model"] == model]
+    curves = {}
+    for model in models:
+        part = predictions[predictions["model"] == model]
         truth = (part["truth"] == POSITIVE_CLASS).astype(int).to_numpy()
         if part.empty or truth.min() == truth.max():
             continue  # ROC is undefined with one class
-        fpr, tpr, _ = roc_curve(truth, part["probability_AML"].to_numpy())
-        auc = roc_auc(truth, part["probability_AML"].to_numpy())
-        ax.plot(fpr, tpr, color=colours[model], linewidth=width, solid_capstyle="butt",
-                label=f"{model} (AUC = {auc:.3f})")
-        drawn += 1
-    if drawn == 0:
-        plt.close(fig)
+        scores = part["probability_AML"].to_numpy()
+        fpr, tpr, _ = roc_curve(truth, scores)
+        curves[model] = (fpr, tpr, roc_auc(truth, scores))
+    return curves
+
+
+def roc_section(data: RunData, figures: FigureWriter) -> Section:
+    curves = test_roc_curves(data.predictions, data.models)
+    if not curves:
         return Section("roc", "ROC curves (test set)",
                        "<p>No ROC curve: the test set lacks predictions or one of the classes.</p>")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#777777", linewidth=1, label="chance (AUC = 0.5)")
-    ax.set_xlim(-0.04, 1.04)  # room for the thick lines along the edges
-    ax.set_ylim(-0.04, 1.04)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate (ALL called AML)")
-    ax.set_ylabel("true positive rate (AML called AML)")
-    ax.set_title("ROC curves on the test set")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    colours = model_colours(data.models)
+    # Good models share the same curve (up the left edge, along the top): drawing each
+    # later one thinner on top of the earlier ones keeps every colour visible.
+    widths = dict(zip(curves, np.linspace(8, 2, max(2, len(curves)))))
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(12, 6), layout="constrained")
+    for ax in (full, zoom):
+        for model, (fpr, tpr, auc) in curves.items():
+            ax.plot(fpr, tpr, color=colours[model], linewidth=widths[model], solid_capstyle="butt",
+                    label=f"{model} (AUC = {auc:.3f})")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="#777777", linewidth=1, label="chance (AUC = 0.5)")
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positive rate (ALL called AML)")
+        ax.set_ylabel("true positive rate (AML called AML)")
+        ax.grid(True, alpha=0.3)
+    full.set_xlim(-0.04, 1.04)  # room for the thick lines along the edges
+    full.set_ylim(-0.04, 1.04)
+    full.set_title("ROC curves on the test set")
+    full.legend(loc="lower right", fontsize=9)
+    zoom.set_xlim(-0.01, ROC_ZOOM[0])
+    zoom.set_ylim(ROC_ZOOM[1], 1.01)
+    zoom.set_title("zoom on the top-left corner")
     img = figures.save(fig, "roc_curves.png", "test-set ROC curve of each model")
-    note = ("<p>Overlapping curves are drawn thinner on top of thicker ones (best model widest), so "
-            "each colour stays visible where models agree.</p>")
+    note = ("<p>Right: the top-left corner enlarged, where good models differ. Overlapping curves are drawn "
+            "thinner on top of thicker ones (best model widest), so each colour stays visible where "
+            "models agree.</p>")
     return Section("roc", "ROC curves (test set)", note + img)
 
 

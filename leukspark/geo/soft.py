@@ -4,7 +4,8 @@ GEOparse reads a whole family SOFT into Python lists and pandas frames, which at
 full scale (GSE13159: 2,096 samples x 54,675 probes, 2.3 GB of text) takes minutes
 and tens of GB of memory. This module streams the file instead:
 
-* the (gzipped) file is decompressed in large chunks, cut at line boundaries;
+* the (gzipped) file is decompressed in large chunks, cut at line boundaries, by a
+  background thread so that gunzip overlaps with parsing;
 * metadata lines (``^``, ``!``, ``#``) are handled one by one in Python: there are
   only a few dozen per sample;
 * a data table is located with ``bytes.find`` on its end marker and parsed by

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install leukspark into ./.venv (idempotent): Java 17 through apt when `java` is missing,
+# then the package with its test extras. torch is pinned to the CPU build (2.13.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v java >/dev/null 2>&1; then
+  echo "java not found: installing OpenJDK 17 (apt)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq openjdk-17-jre-headless
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# Installing is skipped when this exact setup.py is already installed (fast reruns).
+stamp=".venv/.leukspark-installed"
+if [ ! -f "$stamp" ] || ! cmp -s setup.py "$stamp"; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  cp setup.py "$stamp"
+fi
+.venv/bin/python -c "import leukspark, pyspark, deltalake, torch; print('leukspark', leukspark.__version__, '| pyspark', pyspark.__version__, '| deltalake', deltalake.__version__, '| torch', torch.__version__)"

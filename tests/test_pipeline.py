@@ -1,0 +1,217 @@
+"""Labels, probe-to-gene features, split, training fan-out, results and prediction on one small series.
+
+The pipeline runs once for the module (on a 90-sample GSE13159-shaped series); each test
+checks one table against an independent oracle: the reference class table, a pandas
+groupBy, scikit-learn's metrics, a second fan-out with altered test data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from leukspark.config import load_config
+from leukspark.lake import Lake
+from leukspark.pipeline import Pipeline
+
+FAST_PARAMS = {
+    "random_forest": {"n_estimators": 40},
+    "xgboost": {"n_estimators": 40},
+    "dnn": {"hidden_layers": [32], "max_epochs": 15, "patience": 4},
+}
+N_SAMPLES, N_PROBES = 90, 500
+MILE_INFO = Path(__file__).resolve().parents[1] / "leukspark" / "data" / "GSE13159.info"
+
+
+def mile_classes() -> dict[str, str]:
+    """GSM -> MILE class, read from the reference table with a parser of the test's own."""
+    rows = MILE_INFO.read_text().splitlines()[1:]
+    return {parts[0]: parts[-1] for parts in (re.split(r"\s{2,}", r.strip()) for r in rows if r.strip())}
+
+
+@pytest.fixture(scope="module")
+def run(spark, tmp_path_factory):
+    from leukspark.synth import write_synthetic_series
+
+    base = tmp_path_factory.mktemp("pipeline")
+    series = write_synthetic_series(base / "series", n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3)
+    config = load_config(overrides={"spark.shuffle_partitions": 4, "training.params": FAST_PARAMS})
+    lake = Lake.from_config(spark, base / "lake", config)
+    messages: list[str] = []
+    pipeline = Pipeline(spark, lake, config, echo=messages.append)
+    outcome = pipeline.run([str(series.family_soft)])
+    return {"pipeline": pipeline, "lake": lake, "series": series, "outcome": outcome, "messages": messages,
+            "config": config}
+
+
+def test_labels_follow_the_reference_classes(run):
+    lake = run["lake"]
+    classes = mile_classes()
+    expected = {}
+    for sample in run["series"].sample_ids:
+        cls = classes[sample]
+        expected[sample] = "AML" if cls.startswith("AML") else "ALL" if re.search(r"\bALL\b", cls) else None
+    labels = {r["sample"]: (r["label"], r["subtype"]) for r in lake.read("labels").collect()}
+    excluded = {r["sample"]: r["reason"] for r in lake.read("excluded_samples").collect()}
+    assert {s: l for s, (l, _) in labels.items()} == {s: l for s, l in expected.items() if l}
+    assert set(excluded) == {s for s, l in expected.items() if l is None}
+    assert all(subtype == classes[s] for s, (_, subtype) in labels.items())
+    assert len(labels) + len(excluded) == N_SAMPLES
+    summary = "\n".join(run["messages"])
+    assert "total" in summary and "excluded" in summary
+
+
+def test_gene_features_equal_a_pandas_groupby(run):
+    lake = run["lake"]
+    expression = lake.read("expression").toPandas()
+    probes = lake.read("platform_probes").toPandas()
+    single = probes[probes["gene_symbols"].map(lambda s: len([x for x in s if x.strip()]) == 1)]
+    probe_gene = single.assign(gene=single["gene_symbols"].map(lambda s: s[0]))[["platform", "probe_id", "gene"]]
+    labelled = set(lake.read("labels").toPandas()["sample"])
+    merged = expression[expression["sample"].isin(labelled)].merge(probe_gene, on=["platform", "probe_id"])
+    oracle = merged.groupby(["sample", "gene"])["value"].mean().unstack()
+
+    genes = lake.read("genes").toPandas().sort_values("position")
+    assert list(genes["gene"]) == sorted(oracle.columns)
+    assert list(genes["position"]) == list(range(len(genes)))
+    features = lake.read("gene_features").toPandas().set_index("sample")
+    assert set(features.index) == labelled
+    matrix = np.vstack(features.loc[sorted(labelled), "features"].to_numpy())
+    expected = oracle.loc[sorted(labelled), list(genes["gene"])].to_numpy()
+    np.testing.assert_allclose(matrix, expected, rtol=1e-12, equal_nan=True)
+
+
+def test_split_is_stratified_and_stable(run):
+    lake, pipeline = run["lake"], run["pipeline"]
+    split = lake.read("splits").toPandas()
+    labels = lake.read("labels").toPandas()
+    assert set(split["sample"]) == set(labels["sample"])
+    test = split[split["set"] == "test"]
+    assert len(test) == int(np.ceil(0.2 * len(split)))
+    overall = (labels["label"] == "AML").mean()
+    train = split[split["set"] == "train"]
+    for fold, part in train.groupby("fold"):
+        expected_aml = overall * len(part)
+        assert abs((part["label"] == "AML").sum() - expected_aml) <= 1.0 + 1e-9, fold
+    version = lake.version("splits")
+    again = pipeline.split()
+    assert lake.version("splits") == version  # identical split: no new commit
+    pd.testing.assert_frame_equal(again.sort_values("sample").reset_index(drop=True),
+                                  split.sort_values("sample").reset_index(drop=True), check_dtype=False)
+
+
+def test_every_model_trains_and_predictions_cover_each_fold(run):
+    lake = run["lake"]
+    run_id = run["outcome"]["train"].run_id
+    predictions = lake.read("predictions").toPandas()
+    predictions = predictions[predictions["run"] == run_id]
+    split = lake.read("splits").toPandas()
+    n_train, n_test = (split["set"] == "train").sum(), (split["set"] == "test").sum()
+    for model in run["config"]["training"]["models"]:
+        rows = predictions[predictions["model"] == model]
+        assert (rows["fold"] != "test").sum() == n_train, model
+        assert (rows["fold"] == "test").sum() == n_test, model
+        assert set(rows.loc[rows["fold"] == "test", "sample"]) == set(split.loc[split["set"] == "test", "sample"])
+        assert rows["probability_AML"].between(0, 1).all()
+    test_rows = predictions[predictions["fold"] == "test"]
+    accuracy = (test_rows["predicted"] == test_rows["truth"]).groupby(test_rows["model"]).mean()
+    assert accuracy.max() >= 0.9
+
+
+def test_results_metrics_equal_scikit_learn(run):
+    lake = run["lake"]
+    run_id = run["outcome"]["train"].run_id
+    predictions = lake.read("predictions").toPandas()
+    results = lake.read("results").toPandas()
+    results = results[results["run"] == run_id]
+    for (model, fold), part in predictions[predictions["run"] == run_id].groupby(["model", "fold"]):
+        y = (part["truth"] == "AML").astype(int)
+        p = part["probability_AML"]
+        yhat = (p >= 0.5).astype(int)
+        stored = results[(results["model"] == model) & (results["fold"] == fold)].set_index("metric")["value"]
+        assert stored["accuracy"] == pytest.approx(skm.accuracy_score(y, yhat))
+        assert stored["sensitivity"] == pytest.approx(skm.recall_score(y, yhat, zero_division=0))
+        assert stored["specificity"] == pytest.approx(skm.recall_score(1 - y, 1 - yhat, zero_division=0))
+        assert stored["precision"] == pytest.approx(skm.precision_score(y, yhat, zero_division=0))
+        assert stored["f1"] == pytest.approx(skm.f1_score(y, yhat, zero_division=0))
+        assert stored["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+        tn, fp, fn, tp = skm.confusion_matrix(y, yhat, labels=[0, 1]).ravel()
+        assert (stored["tp"], stored["fp"], stored["tn"], stored["fn"]) == (tp, fp, tn, fn)
+    cv = results[results["fold"].isin([str(k) for k in range(5)]) & (results["metric"] == "accuracy")]
+    means = cv.groupby("model")["value"].mean()
+    stored_means = results[(results["fold"] == "cv_mean") & (results["metric"] == "accuracy")].set_index("model")["value"]
+    pd.testing.assert_series_equal(means.sort_index(), stored_means.sort_index(), check_names=False)
+    assert set(results["params"].map(lambda p: tuple(sorted(json.loads(p))) if p else ())) != {()}
+
+
+def test_leaderboard_is_printed_with_labelled_confusion_matrices(run):
+    text = run["outcome"]["train"].leaderboard_text
+    assert "test acc" in text
+    assert "actual AML" in text and "predicted ALL" in text
+
+
+def test_fanout_is_deterministic_and_test_values_do_not_leak(run, spark, tmp_path):
+    """Same seed, same numbers; altering test samples changes no CV result and no fitted scaler."""
+    from leukspark.stages import train as train_stage
+    from leukspark.bundle import load_bundle
+
+    lake = run["lake"]
+    split = lake.read("splits").toPandas()
+    genes = [r["gene"] for r in lake.read("genes").orderBy("position").collect()]
+    features = lake.read("gene_features").toPandas()
+    test_samples = set(split.loc[split["set"] == "test", "sample"])
+    altered = features.copy()
+    altered["features"] = [np.asarray(f) * 3.0 + 100.0 if s in test_samples else np.asarray(f)
+                           for s, f in zip(altered["sample"], altered["features"])]
+    paths = {}
+    for name, frame in (("original", features), ("altered", altered)):
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path)
+        paths[name] = (str(path),)
+
+    def fan_out(files, bundle_root):
+        context = train_stage.TrainingContext(
+            run_id="leak-check", feature_files=files, gene_order=tuple(genes),
+            assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
+                         for r in split.itertuples(index=False)},
+            seed=7, scaler="standard", bundle_root=str(bundle_root))
+        tasks = train_stage.plan_tasks(["logistic_regression", "random_forest"], 5, FAST_PARAMS)
+        return train_stage.run_fanout(spark, tasks, context).toPandas().sort_values(["model", "fold", "sample"])
+
+    first = fan_out(paths["original"], tmp_path / "b1")
+    again = fan_out(paths["original"], tmp_path / "b2")
+    leaked = fan_out(paths["altered"], tmp_path / "b3")
+    columns = ["model", "fold", "sample", "probability_AML"]
+    pd.testing.assert_frame_equal(first[columns].reset_index(drop=True), again[columns].reset_index(drop=True))
+    cv = lambda frame: frame[frame["fold"] != "test"][columns].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(cv(first), cv(leaked))
+    for model in ("logistic_regression", "random_forest"):
+        original = load_bundle(tmp_path / "b1" / model).preprocessor.to_arrays()
+        with_altered_test = load_bundle(tmp_path / "b3" / model).preprocessor.to_arrays()
+        for key in original:
+            np.testing.assert_array_equal(original[key], with_altered_test[key])
+    # The altered test rows do change the test predictions: the check above can fail.
+    test = lambda frame: frame[frame["fold"] == "test"]["probability_AML"].to_numpy()  # noqa: E731
+    assert not np.allclose(test(first), test(leaked))
+
+
+def test_prediction_from_the_file_equals_the_recorded_test_predictions(run):
+    from leukspark.predict import predict_file
+
+    lake = run["lake"]
+    outcome = run["outcome"]["train"]
+    predictions = lake.read("predictions").toPandas()
+    recorded = predictions[(predictions["run"] == outcome.run_id) & (predictions["fold"] == "test")
+                           & (predictions["model"] == outcome.best_model)].set_index("sample")
+    scored = predict_file(run["series"].series_matrix, lake.root, run_id=outcome.run_id)
+    by_sample = {s.sample: s for s in scored}
+    assert set(recorded.index) <= set(by_sample)
+    for sample, row in recorded.iterrows():
+        assert by_sample[sample].probability_AML == pytest.approx(row["probability_AML"], abs=1e-9)
+        assert by_sample[sample].prediction == row["predicted"]
