@@ -18,9 +18,13 @@ fi
 # Installing is skipped when this exact setup.py is already installed (fast reruns).
 stamp=".venv/.leukspark-installed"
 if [ ! -f "$stamp" ] || ! cmp -s setup.py "$stamp"; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  log=".venv/install.log"
+  echo "installing leukspark and its dependencies into .venv (log: $log)"
+  {
+    .venv/bin/python -m pip install --upgrade pip &&
+    .venv/bin/python -m pip install "torch==2.13.0" &&
+    .venv/bin/python -m pip install -e ".[dev]"
+  } >"$log" 2>&1 || { tail -40 "$log"; echo "install failed (full log: $log)"; exit 1; }
   cp setup.py "$stamp"
 fi
 .venv/bin/python -c "import leukspark, pyspark, deltalake, torch; print('leukspark', leukspark.__version__, '| pyspark', pyspark.__version__, '| deltalake', deltalake.__version__, '| torch', torch.__version__)"
