@@ -43,7 +43,7 @@ setup(
         "skops>=0.10",
     ],
     extras_require={
-        "dev": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        "dev": ["pytest>=8", "psutil>=5.9", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
     entry_points={"console_scripts": ["leukspark=leukspark.cli:main"]},
 )

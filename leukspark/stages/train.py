@@ -117,6 +117,10 @@ def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarra
     samples = np.array(table.column("sample").to_pylist())
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     matrix = flat.astype(np.float32).reshape(len(samples), n_genes)
+    # Row order follows the files, which differ between writes; fits (bootstraps, mini-batches)
+    # depend on row order, so sort by sample to get the same numbers from the same seed.
+    order = np.argsort(samples, kind="stable")
+    samples, matrix = samples[order], matrix[order]
     _FEATURE_CACHE.clear()  # one feature table at a time per worker
     _FEATURE_CACHE[files] = (samples, matrix)
     return samples, matrix

@@ -1,0 +1,71 @@
+"""Ingest benchmark: GSE13159-shaped family SOFT at 200, 500 and 2,096 samples x 54,675 probes.
+
+For each size: `leukspark ingest` into a fresh lake (wall time, peak memory of the whole process
+tree, Spark JVM included) next to GEOparse parsing the same file (`GEOparse.get_GEO(filepath=...)`),
+both in subprocesses of this one script. Results go to benchmarks/results/ingest.md.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--sizes 200 500 2096] [--skip-geoparse-above N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from measure import header, measure  # noqa: E402
+
+PROBES = 54675
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+
+
+def series_for(n_samples: int) -> Path:
+    out = WORK / f"series_{n_samples}"
+    soft = out / "GSE13159_family.soft.gz"
+    if not soft.exists():
+        measure(f"synth {n_samples}", [sys.executable, "-m", "leukspark.cli", "synth", "--samples", str(n_samples),
+                                       "--probes", str(PROBES), "--seed", "0", "--out", str(out), "--no-matrix"])
+    return soft
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 500, 2096])
+    parser.add_argument("--geoparse-memory-limit-gb", type=float, default=21.0)
+    args = parser.parse_args()
+    rows = []
+    for n in args.sizes:
+        soft = series_for(n)
+        lake = WORK / f"lake_ingest_{n}"
+        shutil.rmtree(lake, ignore_errors=True)
+        ours = measure(f"leukspark ingest {n}", [sys.executable, "-m", "leukspark.cli", "ingest", str(soft),
+                                                "--lake", str(lake)])
+        theirs = measure(f"GEOparse parse {n}", [sys.executable, "-c",
+                         "import sys, GEOparse; g = GEOparse.get_GEO(filepath=sys.argv[1], silent=True); "
+                         "print(len(g.gsms), 'samples')", str(soft)],
+                         memory_limit_gb=args.geoparse_memory_limit_gb)
+        rows.append((n, soft.stat().st_size / 1e6, ours, theirs))
+    lines = [header("Ingest benchmark", "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:])), ""]
+    lines.append("Each row: one GSE13159-shaped family SOFT (54,675 probes per sample, gzipped), "
+                 "ingested into a fresh lake (`leukspark ingest`: parse, spool, Spark write of "
+                 "`expression`, `samples`, `series`, `platform_probes` as Delta tables), and GEOparse "
+                 "parsing the same file into its objects (no pivot). Peak memory is the process tree's "
+                 "(JVM included).\n")
+    lines.append("| samples | file (MB gz) | leukspark ingest (s) | peak (GB) | GEOparse parse (s) | peak (GB) | speed-up |")
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, size, ours, theirs in rows:
+        their_time = f"{theirs.seconds:.1f}" if theirs.returncode == 0 else f"failed ({theirs.seconds:.0f} s)"
+        speedup = f"{theirs.seconds / ours.seconds:.2f}x" if theirs.returncode == 0 and ours.returncode == 0 else "-"
+        lines.append(f"| {n:,} | {size:.0f} | {ours.seconds:.1f} | {ours.peak_gb:.2f} | {their_time} | "
+                     f"{theirs.peak_gb:.2f} | {speedup} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ingest.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

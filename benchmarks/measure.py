@@ -1,0 +1,80 @@
+"""Run a command in a subprocess and report its wall time and peak memory.
+
+Peak memory is the largest sum of resident set sizes over the process and all its
+descendants (the Spark JVM and its Python workers included), sampled every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psutil
+
+
+@dataclass
+class Measurement:
+    label: str
+    seconds: float
+    peak_gb: float
+    returncode: int
+    output_tail: str
+
+
+def measure(label: str, command: list[str], *, env: dict | None = None, cwd: str | None = None,
+            memory_limit_gb: float | None = None) -> Measurement:
+    def limit_memory():
+        if memory_limit_gb:
+            import resource
+
+            limit = int(memory_limit_gb * 1024 ** 3)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                               preexec_fn=limit_memory, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        root = psutil.Process(process.pid)
+        while not stop.is_set():
+            try:
+                total = root.memory_info().rss + sum(
+                    child.memory_info().rss for child in root.children(recursive=True))
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    result = Measurement(label, seconds, peak / 1024 ** 3, process.returncode, output[-3000:])
+    status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+    print(f"{label}: {seconds:.1f} s, peak {result.peak_gb:.2f} GB, {status}", flush=True)
+    if process.returncode != 0:
+        print(result.output_tail, file=sys.stderr)
+    return result
+
+
+def machine_line() -> str:
+    memory = psutil.virtual_memory().total / 1024 ** 3
+    return (f"{platform.node()} ({platform.machine()}, {psutil.cpu_count()} cores, {memory:.0f} GB RAM, "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()})")
+
+
+def header(title: str, command: str) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.1f}" for x in psutil.getloadavg())
+    return (f"# {title}\n\n- machine: {machine_line()}\n- date: {now}\n- command: `{command}`\n"
+            f"- load average at start: {load}\n")
