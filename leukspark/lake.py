@@ -38,6 +38,15 @@ FILE_PATH_COLUMN = "_leukspark_file"
 
 
 @dataclass(frozen=True)
+class StagedFiles:
+    """Parquet files written into a table's folder, not yet part of any version."""
+
+    table: str
+    name: str          # folder name relative to the table root
+    directory: Path
+
+
+@dataclass(frozen=True)
 class CommitInfo:
     version: int
     operation: str
@@ -123,6 +132,28 @@ class Lake:
             return None
         return self.append(table, df, operation=operation)
 
+    def new_staging(self, table: str) -> "StagedFiles":
+        """A fresh folder inside the table for Parquet files that Spark tasks write themselves."""
+        path = self.path(table)
+        name = _staging_name()
+        directory = Path(path) / name
+        directory.mkdir(parents=True)
+        return StagedFiles(table=table, name=name, directory=directory)
+
+    def commit_staged(self, staged: "StagedFiles", schema: StructType, *, replace_keys: DataFrame | None = None,
+                      operation: str = "append") -> CommitInfo | None:
+        """Commit the staged Parquet files in one transaction; rows matching `replace_keys` are replaced.
+
+        None (and the staging folder removed) when there is nothing to commit.
+        """
+        table_schema = self.schema(staged.table) if self.exists(staged.table) else None
+        if table_schema is not None:
+            check_same_schema(table_schema, schema, staged.table)
+        return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation)
+
+    def discard_staged(self, staged: "StagedFiles") -> None:
+        shutil.rmtree(staged.directory, ignore_errors=True)
+
     def delete_keys(self, table: str, keys_df: DataFrame, *, operation: str = "delete") -> CommitInfo | None:
         """Remove every row whose key matches a row of `keys_df` (columns = key columns)."""
         if not self.exists(table):
@@ -150,6 +181,10 @@ def check_same_schema(stored: StructType, incoming: StructType, table: str) -> N
         problems.append(f"unexpected column '{name}' ({incoming_fields[name]})")
     if problems:
         raise SchemaMismatchError(f"write to table '{table}' does not match its schema: " + "; ".join(problems))
+
+
+def _staging_name() -> str:
+    return f"{STAGING_PREFIX}{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
 
 def choose_engine(spark: SparkSession, requested: str) -> str:
@@ -216,17 +251,22 @@ class _DeltaRsEngine:
     # -- writing --------------------------------------------------------------------------
     def _stage(self, path: str, df: DataFrame) -> tuple[str, list]:
         """Spark tasks write the Parquet files of one commit into a fresh folder of the table."""
-        from deltalake.transaction import AddAction
-        import pyarrow.parquet as pq
-
         Path(path).mkdir(parents=True, exist_ok=True)
-        staging_name = f"{STAGING_PREFIX}{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        staging_name = _staging_name()
         staging_dir = Path(path) / staging_name
         try:
             df.write.mode("errorifexists").parquet(str(staging_dir))
         except BaseException:
             shutil.rmtree(staging_dir, ignore_errors=True)
             raise
+        return staging_name, self._add_actions(path, staging_name)
+
+    @staticmethod
+    def _add_actions(path: str, staging_name: str) -> list:
+        from deltalake.transaction import AddAction
+        import pyarrow.parquet as pq
+
+        staging_dir = Path(path) / staging_name
         actions = []
         now_ms = int(time.time() * 1000)
         for parquet_file in sorted(staging_dir.glob("*.parquet")):
@@ -239,19 +279,19 @@ class _DeltaRsEngine:
                 data_change=True,
                 stats=json.dumps({"numRecords": rows}),
             ))
-        # Spark's bookkeeping files are not part of the table.
+        # Spark's bookkeeping files (_SUCCESS, .crc) are not part of the table.
         for extra in staging_dir.iterdir():
             if not extra.name.endswith(".parquet"):
                 extra.unlink()
-        return staging_name, actions
+        return actions
 
-    def _commit(self, path: str, df: DataFrame, actions: list, mode: str, operation: str,
+    def _commit(self, path: str, schema: StructType, actions: list, mode: str, operation: str,
                 staging_name: str) -> CommitInfo:
         from deltalake import CommitProperties
         from deltalake.transaction import create_table_with_add_actions
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        arrow_schema = to_arrow_schema(df.schema)
+        arrow_schema = to_arrow_schema(schema)
         properties = CommitProperties(custom_metadata={"leukspark.operation": operation})
         try:
             if not self.exists(path):
@@ -272,12 +312,12 @@ class _DeltaRsEngine:
 
     def append(self, path: str, df: DataFrame, operation: str) -> CommitInfo:
         staging_name, actions = self._stage(path, df)
-        return self._commit(path, df, actions, "append", operation, staging_name)
+        return self._commit(path, df.schema, actions, "append", operation, staging_name)
 
     def overwrite(self, path: str, df: DataFrame, operation: str) -> CommitInfo:
         # Spark reads the old files lazily: stage before the commit removes them from the log.
         staging_name, actions = self._stage(path, df)
-        return self._commit(path, df, actions, "overwrite", operation, staging_name)
+        return self._commit(path, df.schema, actions, "overwrite", operation, staging_name)
 
     def merge(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo:
         touched = self._files_with_keys(path, df.select(*keys).distinct())
@@ -289,7 +329,31 @@ class _DeltaRsEngine:
                          .join(df.select(*keys).distinct(), keys, "left_anti"))
         to_write = df if survivors is None else survivors.select(*df.columns).unionByName(df)
         staging_name, actions = self._stage(path, to_write)
-        return self._commit(path, df, actions + self._removes(touched), "append", operation, staging_name)
+        return self._commit(path, df.schema, actions + self._removes(touched), "append", operation, staging_name)
+
+    def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,
+                      operation: str) -> CommitInfo | None:
+        actions = self._add_actions(path, staged.name)
+        removes, survivors_name = [], None
+        if replace_keys is not None and self.exists(path):
+            keys = replace_keys.columns
+            touched = self._files_with_keys(path, replace_keys.distinct())
+            if touched:
+                survivors = (self.spark.read.schema(self.spark_schema(path))
+                             .parquet(*[self._uri(path, f) for f in touched])
+                             .join(replace_keys.distinct(), keys, "left_anti"))
+                survivors_name, survivor_actions = self._stage(path, survivors)
+                actions += survivor_actions
+                removes = self._removes(touched)
+        if not actions and not removes:
+            shutil.rmtree(staged.directory, ignore_errors=True)
+            return None
+        try:
+            return self._commit(path, schema, actions + removes, "append", operation, staged.name)
+        except BaseException:
+            if survivors_name:
+                shutil.rmtree(Path(path) / survivors_name, ignore_errors=True)
+            raise
 
     def delete_keys(self, path: str, keys_df: DataFrame, keys: list[str], operation: str) -> CommitInfo | None:
         touched = self._files_with_keys(path, keys_df.distinct())
@@ -299,7 +363,8 @@ class _DeltaRsEngine:
         survivors = (self.spark.read.schema(schema).parquet(*[self._uri(path, f) for f in touched])
                      .join(keys_df.distinct(), keys, "left_anti"))
         staging_name, actions = self._stage(path, survivors)
-        return self._commit(path, survivors, actions + self._removes(touched), "append", operation, staging_name)
+        return self._commit(path, survivors.schema, actions + self._removes(touched), "append", operation,
+                            staging_name)
 
     def _files_with_keys(self, path: str, keys_df: DataFrame) -> list[str]:
         """Relative paths of the active files holding at least one of the keys (copy-on-write set)."""
@@ -391,6 +456,20 @@ class _DeltaSparkEngine:
         (self._table(path).alias("t").merge(df.alias("s"), condition)
          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
         return CommitInfo(version=self.version(path), operation=operation, rows_written=None)
+
+    def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,
+                      operation: str) -> CommitInfo | None:
+        # delta-spark writes its own files: the staged Parquet is read back and committed through it.
+        try:
+            if not any(staged.directory.glob("*.parquet")):
+                return None
+            frame = self.spark.read.schema(schema).parquet(str(staged.directory))
+            if replace_keys is not None and self.exists(path):
+                keys = replace_keys.columns
+                self.delete_keys(path, replace_keys, keys, operation)
+            return self.append(path, frame, operation)
+        finally:
+            shutil.rmtree(staged.directory, ignore_errors=True)
 
     def delete_keys(self, path: str, keys_df: DataFrame, keys: list[str], operation: str) -> CommitInfo | None:
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)

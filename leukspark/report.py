@@ -47,6 +47,7 @@ REPORT_FILE = "report.html"
 DPI = 110
 EMBEDDING_SAMPLE_CAP = 3000   # PCA / t-SNE beyond this many samples add time, not insight
 PCA_COMPONENTS_FOR_TSNE = 50  # t-SNE on 50 PCA components: much faster, same picture
+TSNE_EXACT_MAX_SAMPLES = 500
 RANDOM_STATE = 0
 
 # One colour per class everywhere, so a reader learns it once.
@@ -72,7 +73,7 @@ class RunData:
     labels: pd.DataFrame        # sample, label, subtype
     excluded: pd.DataFrame      # sample, subtype, reason
     splits: pd.DataFrame        # sample, set, fold, label
-    n_genes_table: int | None   # rows of the genes table (None when absent)
+    n_genes_table: int | None   # rows of the genes table, counted only when the run lacks n_genes
     metrics: pd.DataFrame       # wide: model, fold, accuracy, ..., fit_seconds (CV folds and test)
     cv_summary: pd.DataFrame    # index model, columns (metric, "mean"|"std")
     predictions: pd.DataFrame   # the run's test-set predictions
@@ -90,7 +91,7 @@ def write_report(spark: SparkSession, lake: Lake, run_id: str, out_dir: Path, co
     data = load_run_data(lake, run_id)
     figures = FigureWriter(out_dir)
 
-    embedding = gene_embedding_inputs(lake, data)
+    embedding = gene_embedding_inputs(spark, lake, data)
     sections = [
         summary_section(data, report_cfg),
         class_counts_section(data, figures),
@@ -132,7 +133,8 @@ def load_run_data(lake: Lake, run_id: str) -> RunData:
         labels=_read_optional(lake, "labels", ["sample", "label", "subtype"]),
         excluded=_read_optional(lake, "excluded_samples", ["sample", "subtype", "reason"]),
         splits=_read_optional(lake, "splits", ["sample", "set", "fold", "label"]),
-        n_genes_table=lake.read("genes").count() if lake.exists("genes") else None,
+        n_genes_table=(lake.read("genes").count() if run.get("n_genes") is None and lake.exists("genes")
+                       else None),
         metrics=metrics,
         cv_summary=cv_summary(results),
         predictions=predictions,
@@ -294,23 +296,30 @@ class EmbeddingInputs:
     reason: str | None = None       # why there is no embedding
 
 
-def gene_embedding_inputs(lake: Lake, data: RunData) -> EmbeddingInputs:
+def gene_embedding_inputs(spark: SparkSession, lake: Lake, data: RunData) -> EmbeddingInputs:
     """Collect at most EMBEDDING_SAMPLE_CAP labelled samples' features and run PCA on them."""
     empty = pd.DataFrame(columns=["sample", "label", "set"])
     if not lake.exists("gene_features") or data.labels.empty:
         return EmbeddingInputs(empty, None, None, 0, 0, "the lake has no gene_features or labels table")
-    spark = lake.spark
-    labelled = spark.createDataFrame(data.labels[["sample", "label"]])
+    labelled = spark.createDataFrame(data.labels[["sample", "label"]], "sample string, label string")
     features = lake.read("gene_features").join(labelled, "sample")
-    n_total = features.count()
     # A hash order is a deterministic pseudo-random pick, without collecting every sample id.
-    picked = features.orderBy(F.xxhash64("sample"), "sample").limit(EMBEDDING_SAMPLE_CAP).toPandas()
+    # One row past the cap tells whether the cap applies; only then is a count worth a job.
+    picked = features.orderBy(F.xxhash64("sample"), "sample").limit(EMBEDDING_SAMPLE_CAP + 1).toPandas()
+    n_total = len(picked)
+    if n_total > EMBEDDING_SAMPLE_CAP:
+        n_total = features.count()
+        picked = picked.iloc[:EMBEDDING_SAMPLE_CAP]
     if len(picked) < 3:
         return EmbeddingInputs(empty, None, None, n_total, 0, f"only {len(picked)} labelled samples have features")
-    matrix = np.array([np.asarray(v, dtype=np.float64) for v in picked["features"]], dtype=np.float64)
+    # float32 halves the driver memory of a 3,000 x 22,000 matrix; PCA needs no more precision.
+    matrix = np.array([np.asarray(v, dtype=np.float32) for v in picked["features"]], dtype=np.float32)
     sets = dict(zip(data.splits["sample"], data.splits["set"]))
     samples = picked[["sample", "label"]].assign(set=picked["sample"].map(sets).fillna("unassigned"))
-    components, explained = standardized_pca(matrix)
+    try:
+        components, explained = standardized_pca(matrix)
+    except ValueError as exc:
+        return EmbeddingInputs(empty, None, None, n_total, matrix.shape[1], str(exc))
     return EmbeddingInputs(samples.reset_index(drop=True), components, explained, n_total, matrix.shape[1])
 
 
@@ -318,7 +327,7 @@ def standardized_pca(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Impute NaN by column mean, standardize, PCA; returns (scores, explained variance ratios).
 
     Columns never measured, or constant, carry no information and are dropped rather than
-    given an arbitrary value.
+    given an arbitrary value. ValueError when fewer than two genes vary.
     """
     from sklearn.decomposition import PCA
 
@@ -331,7 +340,7 @@ def standardized_pca(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scaled = (matrix[:, varying] - matrix[:, varying].mean(axis=0)) / std[varying]
     n_components = min(PCA_COMPONENTS_FOR_TSNE, scaled.shape[0], scaled.shape[1])
     if n_components < 2:
-        raise TableError("the gene matrix has fewer than two varying genes: nothing to project")
+        raise ValueError("the gene matrix has fewer than two varying genes: nothing to project")
     pca = PCA(n_components=n_components, random_state=RANDOM_STATE)
     return pca.fit_transform(scaled), pca.explained_variance_ratio_
 
@@ -385,17 +394,20 @@ def tsne_section(embedding: EmbeddingInputs, figures: FigureWriter, configured_p
         return Section("tsne", "t-SNE of the gene matrix", f"<p>No t-SNE: {_esc(embedding.reason)}.</p>")
     n_samples = embedding.components.shape[0]
     perplexity = tsne_perplexity(configured_perplexity, n_samples)
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+    # Barnes-Hut's per-iteration overhead dominates on small data: the exact O(n^2) method is
+    # several times faster up to a few hundred samples, and slower beyond.
+    method = "exact" if n_samples <= TSNE_EXACT_MAX_SAMPLES else "barnes_hut"
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method=method,
                   random_state=RANDOM_STATE).fit_transform(embedding.components)
     fig, ax = plt.subplots(figsize=(7.5, 6), layout="constrained")
     _scatter_by_class(ax, coords, embedding.samples)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_title(f"t-SNE of the first {embedding.components.shape[1]} principal components "
-                 f"(perplexity {perplexity:g})")
+                 f"(perplexity {perplexity:.3g})")
     img = figures.save(fig, "tsne.png", "t-SNE of the gene matrix coloured by ALL and AML")
     text = (f"<p>{_esc(_sample_note(embedding))}; t-SNE run on the first {embedding.components.shape[1]} "
-            f"PCA components with perplexity {perplexity:g} (configured {configured_perplexity}). Distances "
+            f"PCA components with perplexity {perplexity:.3g} (configured {configured_perplexity}). Distances "
             f"between clusters in a t-SNE map are not meaningful; the grouping is.</p>")
     return Section("tsne", "t-SNE of the gene matrix", text + img)
 
@@ -403,7 +415,7 @@ def tsne_section(embedding: EmbeddingInputs, figures: FigureWriter, configured_p
 # ---------------------------------------------------------------------------------------
 # 5. confusion matrices
 # ---------------------------------------------------------------------------------------
-def test_confusion(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
+def confusion_on_test_set(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
     """2 x 2 test-set counts of `model` (rows actual AML/ALL, columns predicted AML/ALL)."""
     part = predictions[predictions["model"] == model]
     return confusion_table((part["truth"] == POSITIVE_CLASS).astype(int).to_numpy(),
@@ -419,7 +431,7 @@ def confusion_section(data: RunData, figures: FigureWriter) -> Section:
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.3 * n_rows), layout="constrained",
                              squeeze=False)
     for ax, model in zip(axes.flat, models):
-        table = test_confusion(data.predictions, model)
+        table = confusion_on_test_set(data.predictions, model)
         counts = table.to_numpy()
         ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, counts.max()))
         for (i, j), value in np.ndenumerate(counts):
@@ -441,9 +453,11 @@ def confusion_section(data: RunData, figures: FigureWriter) -> Section:
 # 6. ROC curves
 # ---------------------------------------------------------------------------------------
 ROC_ZOOM = (0.25, 0.75)  # the zoom panel shows false positive rate <= 0.25, true positive rate >= 0.75
+ROC_ZOOM_MIN_AUC = 0.9   # ... drawn when every model's AUC reaches this
 
 
-def test_roc_curves(predictions: pd.DataFrame, models: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+def roc_curves_on_test_set(predictions: pd.DataFrame,
+                           models: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
     """(false positive rates, true positive rates, AUC) per model with both classes in its test set."""
     from sklearn.metrics import roc_curve
 
@@ -460,16 +474,20 @@ def test_roc_curves(predictions: pd.DataFrame, models: list[str]) -> dict[str, t
 
 
 def roc_section(data: RunData, figures: FigureWriter) -> Section:
-    curves = test_roc_curves(data.predictions, data.models)
+    curves = roc_curves_on_test_set(data.predictions, data.models)
     if not curves:
         return Section("roc", "ROC curves (test set)",
                        "<p>No ROC curve: the test set lacks predictions or one of the classes.</p>")
     colours = model_colours(data.models)
     # Good models share the same curve (up the left edge, along the top): drawing each
     # later one thinner on top of the earlier ones keeps every colour visible.
-    widths = dict(zip(curves, np.linspace(8, 2, max(2, len(curves)))))
-    fig, (full, zoom) = plt.subplots(1, 2, figsize=(12, 6), layout="constrained")
-    for ax in (full, zoom):
+    widths = {model: 2 + 1.5 * (len(curves) - 1 - i) for i, model in enumerate(curves)}
+    # When every model is good the curves crowd the top-left corner: enlarge it beside.
+    zoomed = min(auc for _, _, auc in curves.values()) >= ROC_ZOOM_MIN_AUC
+    fig, axes = plt.subplots(1, 2 if zoomed else 1, figsize=(12, 6) if zoomed else (6.8, 6.2),
+                             layout="constrained", squeeze=False)
+    full = axes[0, 0]
+    for ax in axes.flat:
         for model, (fpr, tpr, auc) in curves.items():
             ax.plot(fpr, tpr, color=colours[model], linewidth=widths[model], solid_capstyle="butt",
                     label=f"{model} (AUC = {auc:.3f})")
@@ -482,13 +500,15 @@ def roc_section(data: RunData, figures: FigureWriter) -> Section:
     full.set_ylim(-0.04, 1.04)
     full.set_title("ROC curves on the test set")
     full.legend(loc="lower right", fontsize=9)
-    zoom.set_xlim(-0.01, ROC_ZOOM[0])
-    zoom.set_ylim(ROC_ZOOM[1], 1.01)
-    zoom.set_title("zoom on the top-left corner")
+    if zoomed:
+        zoom = axes[0, 1]
+        zoom.set_xlim(-0.01, ROC_ZOOM[0])
+        zoom.set_ylim(ROC_ZOOM[1], 1.01)
+        zoom.set_title("zoom on the top-left corner")
     img = figures.save(fig, "roc_curves.png", "test-set ROC curve of each model")
-    note = ("<p>Right: the top-left corner enlarged, where good models differ. Overlapping curves are drawn "
-            "thinner on top of thicker ones (best model widest), so each colour stays visible where "
-            "models agree.</p>")
+    note = ("<p>" + ("Right: the top-left corner enlarged, where good models differ. " if zoomed else "")
+            + "Overlapping curves are drawn thinner on top of thicker ones (best model widest), so each colour "
+              "stays visible where models agree.</p>")
     return Section("roc", "ROC curves (test set)", note + img)
 
 
@@ -516,7 +536,9 @@ def cv_section(data: RunData, figures: FigureWriter) -> Section:
                label=model, error_kw={"elinewidth": 1, "ecolor": "#333333"})
         # The value inside the bar, at its foot: never collides with the error bars.
         for x, mean in zip(positions, means):
-            if np.isfinite(mean) and mean > 0.15:
+            if not np.isfinite(mean):  # e.g. ROC AUC of a fold holding one class: say so, no bar
+                ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="#555555")
+            elif mean > 0.15:
                 ax.text(x, 0.02, f"{mean:.3f}", rotation=90, ha="center", va="bottom", fontsize=8,
                         color="white", fontweight="bold")
     ax.set_xticks(np.arange(len(metrics)), [name for _, name in metrics])
@@ -556,7 +578,7 @@ def leaderboard_section(data: RunData) -> Section:
     header = "".join(f"<th>{_esc(c)}</th>" for c in LEADERBOARD_COLUMNS)
     rows = []
     for rank, (model, r) in enumerate(board.iterrows()):
-        cells = [model, _num(r.test_accuracy), str(int(r.test_errors)), _num(r.test_roc_auc), _num(r.test_f1),
+        cells = [model, _num(r.test_accuracy), _num(r.test_errors, 0), _num(r.test_roc_auc), _num(r.test_f1),
                  _num(r.test_sensitivity), _num(r.test_specificity),
                  _mean_std(r.cv_accuracy_mean, r.cv_accuracy_std), _num(r.fit_seconds, 2)]
         css = " class='best'" if rank == 0 else ""

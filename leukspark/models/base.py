@@ -275,6 +275,47 @@ class ModelSpec(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+def inner_split_center(X_inner_train: np.ndarray) -> np.ndarray:
+    """Column means of the rows a model trains on inside its own validation/calibration split.
+
+    ``fit`` receives data standardized on *all* its training rows, including the rows a
+    model then holds out internally (SVM calibration folds, DNN early-stopping split).
+    With far more genes than samples that is a real leak: a held-out row is part of the
+    mean it was centered with, which shifts its dot product with any weight vector
+    learned from the other rows by about ``n_genes / n_samples`` per support vector, so
+    held-out scores come out systematically offset from truly unseen rows' scores
+    (a Platt sigmoid fitted on them then misplaces the 0.5 threshold). Re-centering both
+    parts on the inner training rows' mean removes the shared term; the shift is then
+    folded back into the model's intercept, so the fitted model still takes the
+    preprocessor's output unchanged.
+    """
+    return X_inner_train.mean(axis=0, dtype=np.float64).astype(X_inner_train.dtype)
+
+
+def top_features_by_t_statistic(X: np.ndarray, y: np.ndarray, count: int | None) -> np.ndarray:
+    """Indices (ascending) of the ``count`` columns whose class means differ most.
+
+    Ranked by the absolute Welch t statistic between AML and ALL rows, which does not
+    depend on the scaler. ``None`` or a count >= the number of columns keeps all columns.
+    Call it on training rows only, inside ``fit``, so a CV fold never ranks on its own
+    evaluation rows.
+    """
+    n_columns = X.shape[1]
+    if count is None or count >= n_columns:
+        return np.arange(n_columns)
+    if count < 1:
+        raise ModelError(f"the number of genes to keep must be positive, got {count}")
+    aml, all_ = X[y == 1].astype(np.float64), X[y == 0].astype(np.float64)
+    standard_error = np.sqrt(aml.var(axis=0) / len(aml) + all_.var(axis=0) / len(all_))
+    # Constant columns (standard error 0) rank last instead of dividing by zero.
+    t_statistic = np.divide(
+        np.abs(aml.mean(axis=0) - all_.mean(axis=0)), standard_error,
+        out=np.zeros(n_columns), where=standard_error > 0,
+    )  # fmt: skip
+    # Stable sort: ties keep column order, so the selection is deterministic.
+    return np.sort(np.argsort(-t_statistic, kind="stable")[:count])
+
+
 # --------------------------------------------------------------------------- safe array files
 
 

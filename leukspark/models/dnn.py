@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from leukspark.errors import ModelError
-from leukspark.models.base import ModelSpec
+from leukspark.models.base import ModelSpec, inner_split_center
 
 if TYPE_CHECKING:  # torch is imported lazily: see _torch()
     import torch
@@ -100,6 +100,8 @@ class DnnSpec(ModelSpec):
         X_fit, X_val, y_fit, y_val = train_test_split(
             X, y, test_size=params["validation_fraction"], stratify=y, random_state=seed
         )
+        center = inner_split_center(X_fit)
+        X_fit, X_val = X_fit - center, X_val - center
         with _single_thread():
             torch.manual_seed(seed)  # weight init and dropout masks
             shuffler = torch.Generator().manual_seed(seed)
@@ -131,6 +133,9 @@ class DnnSpec(ModelSpec):
             if best_state is None:
                 raise ModelError("dnn: validation loss was never finite; lower learning_rate")
             network.load_state_dict(best_state)
+            first_layer = network[1]
+            with torch.no_grad():  # W(x - c) + b = Wx + (b - Wc): the network takes uncentered input
+                first_layer.bias -= first_layer.weight @ torch.from_numpy(center)
         return network.eval()
 
     def _predict_proba(self, model, X: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
 """Ingest GEO files (or expression matrices) into the lake.
 
-A gzipped GEO file cannot be split, so the driver streams it once, holding one sample table
-at a time, and spools the values as Parquet files. Spark then does the rest in parallel:
-it picks the samples that are new (or changed, when configured to replace them), and writes
-`expression` through the lake's distributed writer, one commit per table. `samples` is
-written last: a sample counts as ingested once it is there, so a crash after the
-`expression` commit is repaired by the next run (its rows are replaced, not duplicated).
+A gzipped GEO file cannot be split, so each input file is one Spark task: the task streams
+the file (one sample table in memory at a time) and writes the values of every sample that
+is not already stored as Parquet files straight into a staging folder of the `expression`
+table. The driver gathers the small metadata the tasks return, decides (new, unchanged,
+changed: fail or replace), and commits the staged files in one Delta transaction. Tables
+are written in the order expression, platform_probes, samples, series: a sample counts as
+ingested once it is in `samples`, so a crash after the `expression` commit is repaired by the
+next run (the orphan rows are replaced, not duplicated).
 """
 
 from __future__ import annotations
@@ -13,40 +15,41 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
-import uuid
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from .. import schemas
-from ..errors import DuplicateSampleError, GeoFormatError, InputError
+from ..errors import DuplicateSampleError, GeoFormatError, InputError, LeukSparkError
 from ..lake import Lake
 
 log = logging.getLogger(__name__)
 
 MATRIX_SUFFIXES = (".csv", ".tsv", ".gct", ".csv.gz", ".tsv.gz", ".gct.gz")
-SAMPLES_PER_SPOOL_FILE = 48
+SAMPLES_PER_FILE = 48  # ~2.6 M rows, ~40 MB: a good Parquet file and Spark task size
 ACCESSION_LIKE = re.compile(r"^(GSE|GSM|GPL|GDS)\w*$", re.IGNORECASE)
 
 
 @dataclass
-class SpooledSource:
-    """What one input file holds, with its expression values spooled as Parquet."""
+class ParsedSource:
+    """What one input file holds: metadata rows, and the Parquet files its task wrote."""
 
     source_file: str
     series_rows: list[dict] = field(default_factory=list)
     sample_rows: list[dict] = field(default_factory=list)
     platform_tables: list[pa.Table] = field(default_factory=list)
-    spool_dir: Path | None = None
+    written_files: list[str] = field(default_factory=list)
+    written_samples: list[str] = field(default_factory=list)
     n_values: int = 0
     n_missing: int = 0
+    error: tuple[str, str] | None = None      # (error class name, message) raised in the task
 
 
 @dataclass
@@ -87,13 +90,13 @@ def is_matrix_file(path: Path) -> bool:
     return path.name.lower().endswith(MATRIX_SUFFIXES)
 
 
-def spool_source(path: Path, spool_root: Path, *, platform: str | None = None) -> SpooledSource:
-    """Stream one GEO file (or matrix) into row dicts and spooled Parquet expression files."""
+def parse_source(path: Path, staging_dir: Path, stored_checksums: dict[str, str], *, file_tag: str,
+                 platform: str | None = None) -> ParsedSource:
+    """Stream one GEO file (or matrix); write the values of samples not stored identically already."""
     from ..geo.annotation import annotation_from_platform_table
     from ..geo.soft import PlatformRecord, SampleTable, SeriesRecord, iter_geo_records
 
-    spooled = SpooledSource(source_file=str(path), spool_dir=spool_root / uuid.uuid4().hex[:12])
-    spooled.spool_dir.mkdir(parents=True)
+    parsed = ParsedSource(source_file=str(path))
     if is_matrix_file(path):
         from ..matrix import iter_matrix_records
 
@@ -101,17 +104,17 @@ def spool_source(path: Path, spool_root: Path, *, platform: str | None = None) -
     else:
         records = iter_geo_records(path)
 
-    writer = _SpoolWriter(spooled.spool_dir)
+    writer = _ExpressionWriter(staging_dir, file_tag)
     seen: set[str] = set()
     current_series: str | None = None
     try:
         for record in records:
             if isinstance(record, SeriesRecord):
                 current_series = record.accession
-                spooled.series_rows.append(_series_row(record, path))
+                parsed.series_rows.append(_series_row(record, path))
             elif isinstance(record, PlatformRecord):
                 if record.table is not None and record.table.num_rows:
-                    spooled.platform_tables.append(annotation_from_platform_table(record.accession, record.table))
+                    parsed.platform_tables.append(annotation_from_platform_table(record.accession, record.table))
             elif isinstance(record, SampleTable):
                 sample = record.sample
                 if sample.accession in seen:
@@ -119,45 +122,62 @@ def spool_source(path: Path, spool_root: Path, *, platform: str | None = None) -
                 seen.add(sample.accession)
                 series = sample.series or current_series or _series_from_filename(path)
                 row = _sample_row(record, series, path)
-                writer.add(series, record)
-                spooled.sample_rows.append(row)
-                spooled.n_values += row["n_values"]
-                spooled.n_missing += row["n_missing"]
+                if stored_checksums.get(row["sample"]) != row["values_checksum"]:
+                    writer.add(series, record)
+                    parsed.written_samples.append(row["sample"])
+                parsed.sample_rows.append(row)
+                parsed.n_values += row["n_values"]
+                parsed.n_missing += row["n_missing"]
     finally:
-        writer.close()
-    if not spooled.sample_rows:
+        parsed.written_files = writer.close()
+    if not parsed.sample_rows:
         raise GeoFormatError(f"{path}: no sample tables found")
-    if not spooled.series_rows:
-        series_ids = sorted({r["series"] for r in spooled.sample_rows})
-        spooled.series_rows = [
+    if not parsed.series_rows:
+        series_ids = sorted({r["series"] for r in parsed.sample_rows})
+        parsed.series_rows = [
             {"series": s, "title": None, "summary": None,
-             "platforms": sorted({r["platform"] for r in spooled.sample_rows if r["series"] == s and r["platform"]}),
+             "platforms": sorted({r["platform"] for r in parsed.sample_rows if r["series"] == s and r["platform"]}),
              "source_file": str(path)} for s in series_ids
         ]
-    counts = {}
-    for row in spooled.sample_rows:
+    counts: dict[str, int] = {}
+    for row in parsed.sample_rows:
         counts[row["series"]] = counts.get(row["series"], 0) + 1
-    for series_row in spooled.series_rows:
+    for series_row in parsed.series_rows:
         series_row["n_samples"] = counts.get(series_row["series"], 0)
-    return spooled
+    return parsed
 
 
-class _SpoolWriter:
-    """Writes sample tables to Parquet files of a few dozen samples each (one Spark task per file)."""
+def _parse_task(task: tuple[int, str], *, staging_dir: str, stored_checksums: dict[str, str],
+                platform: str | None) -> ParsedSource:
+    """Runs in a Spark task: typed errors travel back as data, so the driver can re-raise them."""
+    index, path = task
+    try:
+        return parse_source(Path(path), Path(staging_dir), stored_checksums, file_tag=f"{index:04d}",
+                            platform=platform)
+    except LeukSparkError as error:
+        return ParsedSource(source_file=path, error=(type(error).__name__, str(error)))
+    except Exception as error:  # an unexpected failure: keep its traceback for the driver's message
+        return ParsedSource(source_file=path, error=("GeoFormatError",
+                            f"{path}: could not be read: {error}\n{traceback.format_exc(limit=5)}"))
+
+
+class _ExpressionWriter:
+    """Writes sample tables to Parquet files of a few dozen samples each (the table's data files)."""
 
     schema = pa.schema([
         ("series", pa.string()), ("sample", pa.string()), ("platform", pa.string()),
         ("probe_id", pa.string()), ("value", pa.float64()),
     ])
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, file_tag: str):
         self.directory = directory
+        self.file_tag = file_tag
         self.writer: pq.ParquetWriter | None = None
         self.samples_in_file = 0
-        self.file_index = 0
+        self.files: list[str] = []
 
     def add(self, series: str, record) -> None:
-        if self.writer is None or self.samples_in_file >= SAMPLES_PER_SPOOL_FILE:
+        if self.writer is None or self.samples_in_file >= SAMPLES_PER_FILE:
             self._roll()
         n = len(record.probe_id)
         table = pa.table({
@@ -171,16 +191,20 @@ class _SpoolWriter:
         self.samples_in_file += 1
 
     def _roll(self) -> None:
-        self.close()
-        path = self.directory / f"spool-{self.file_index:05d}.parquet"
-        self.writer = pq.ParquetWriter(path, self.schema, compression="snappy")
-        self.file_index += 1
+        self._close_current()
+        name = f"part-{self.file_tag}-{len(self.files):05d}.parquet"
+        self.writer = pq.ParquetWriter(self.directory / name, self.schema, compression="snappy")
+        self.files.append(name)
         self.samples_in_file = 0
 
-    def close(self) -> None:
+    def _close_current(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def close(self) -> list[str]:
+        self._close_current()
+        return list(self.files)
 
 
 def _constant(value: str | None, n: int) -> pa.Array:
@@ -246,11 +270,11 @@ class IngestPlan:
     replaced: list[str]
 
 
-def plan_samples(spooled: list[SpooledSource], stored_checksums: dict[str, str], on_conflict: str) -> IngestPlan:
+def plan_samples(parsed: list[ParsedSource], stored_checksums: dict[str, str], on_conflict: str) -> IngestPlan:
     """Decide per sample: new, unchanged (skipped) or changed (fail or replace, per config)."""
     to_write: dict[str, dict] = {}
     new, unchanged, replaced, conflicts = [], [], [], []
-    for source in spooled:
+    for source in parsed:
         for row in source.sample_rows:
             sample = row["sample"]
             previous = to_write.get(sample)
@@ -282,14 +306,6 @@ def plan_samples(spooled: list[SpooledSource], stored_checksums: dict[str, str],
 # ---------------------------------------------------------------------------------------
 # Spark side
 # ---------------------------------------------------------------------------------------
-def expression_frame(spark: SparkSession, spooled: list[SpooledSource], samples: list[str]) -> DataFrame:
-    """The spooled values of `samples`, read by Spark from the spool files."""
-    paths = [str(s.spool_dir) for s in spooled if s.spool_dir is not None]
-    frame = spark.read.schema(schemas.EXPRESSION).parquet(*paths)
-    wanted = spark.createDataFrame([(s,) for s in samples], "sample string")
-    return frame.join(F.broadcast(wanted), "sample", "left_semi").select(*schemas.EXPRESSION.fieldNames())
-
-
 def rows_frame(spark: SparkSession, rows: list[dict], schema, now: datetime | None = None) -> DataFrame:
     now = now or datetime.now(timezone.utc)
     names = schema.fieldNames()
@@ -324,44 +340,87 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         if not annotation_path.is_file():
             raise InputError(f"{annotation_path}: annotation file does not exist")
 
-    spool_root = Path(lake.path("_spool")) / uuid.uuid4().hex[:12]
+    stored: dict[str, str] = {}
+    if lake.exists("samples"):
+        stored = {r["sample"]: r["values_checksum"]
+                  for r in lake.read("samples").select("sample", "values_checksum").collect()}
+    staged = lake.new_staging("expression")
     try:
-        spooled = [spool_source(p, spool_root, platform=platform) for p in paths]
-        stored = {}
-        if lake.exists("samples"):
-            stored = {r["sample"]: r["values_checksum"]
-                      for r in lake.read("samples").select("sample", "values_checksum").collect()}
-        plan = plan_samples(spooled, stored, config["ingest"]["on_conflict"])
+        parsed = _parse_in_tasks(spark, paths, staged.directory, stored, platform)
+        plan = plan_samples(parsed, stored, config["ingest"]["on_conflict"])
+        _drop_second_copies(parsed, staged.directory)
 
-        annotation_tables = [t for s in spooled for t in s.platform_tables]
-        sample_platforms = sorted({r["platform"] for s in spooled for r in s.sample_rows if r["platform"]})
+        annotation_tables = [t for p in parsed for t in p.platform_tables]
+        sample_platforms = sorted({r["platform"] for p in parsed for r in p.sample_rows if r["platform"]})
         if annotation_path is not None:
             annotation_platform = platform or (sample_platforms[0] if len(sample_platforms) == 1 else None)
             annotation_tables.append(read_platform_annotation(annotation_path, platform=annotation_platform))
 
-        if plan.to_write:
-            lake.merge("expression", expression_frame(spark, spooled, sorted(plan.to_write)), ["sample"],
-                       operation="ingest")
-        probes = platform_probes_frame(spark, annotation_tables)
-        if probes is not None:
-            if annotation_path is not None:
-                lake.merge("platform_probes", probes, ["platform", "probe_id"], operation="annotate")
-            else:
-                lake.insert_new("platform_probes", probes, ["platform", "probe_id"], operation="ingest")
-        if plan.to_write:
-            lake.merge("samples", rows_frame(spark, list(plan.to_write.values()), schemas.SAMPLES),
-                       ["sample"], operation="ingest")
-        series_rows = _merge_series_rows(lake, [r for s in spooled for r in s.series_rows])
-        if plan.to_write or not lake.exists("series"):
-            lake.merge("series", rows_frame(spark, series_rows, schemas.SERIES), ["series"], operation="ingest")
-        return IngestReport(
-            sources=[str(p) for p in paths],
-            new_samples=plan.new, unchanged_samples=plan.unchanged, replaced_samples=plan.replaced,
-            n_values=sum(s.n_values for s in spooled), n_missing=sum(s.n_missing for s in spooled),
-            platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}),
-        )
-    finally:
-        shutil.rmtree(spool_root, ignore_errors=True)
+        # Replace rows of changed samples, and of samples whose rows an interrupted ingest left
+        # in `expression` without a `samples` row (they are "new" here but may have old rows).
+        written = sorted({s for p in parsed for s in p.written_samples})
+        replace_keys = spark.createDataFrame([(s,) for s in written], "sample string") if written else None
+        lake.commit_staged(staged, schemas.EXPRESSION, replace_keys=replace_keys, operation="ingest")
+    except BaseException:
+        lake.discard_staged(staged)
+        raise
+
+    probes = platform_probes_frame(spark, annotation_tables)
+    if probes is not None:
+        if annotation_path is not None:
+            lake.merge("platform_probes", probes, ["platform", "probe_id"], operation="annotate")
+        else:
+            lake.insert_new("platform_probes", probes, ["platform", "probe_id"], operation="ingest")
+    if plan.to_write:
+        lake.merge("samples", rows_frame(spark, list(plan.to_write.values()), schemas.SAMPLES),
+                   ["sample"], operation="ingest")
+    series_rows = _merge_series_rows(lake, [r for p in parsed for r in p.series_rows])
+    if plan.to_write or not lake.exists("series"):
+        lake.merge("series", rows_frame(spark, series_rows, schemas.SERIES), ["series"], operation="ingest")
+    return IngestReport(
+        sources=[str(p) for p in paths],
+        new_samples=plan.new, unchanged_samples=plan.unchanged, replaced_samples=plan.replaced,
+        n_values=sum(p.n_values for p in parsed), n_missing=sum(p.n_missing for p in parsed),
+        platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}),
+    )
+
+
+def _parse_in_tasks(spark: SparkSession, paths: list[Path], staging_dir: Path, stored: dict[str, str],
+                    platform: str | None) -> list[ParsedSource]:
+    """One Spark task per input file; the first typed error of any task is raised here."""
+    from functools import partial
+
+    from .. import errors as error_module
+
+    tasks = [(i, str(p.resolve())) for i, p in enumerate(paths)]
+    parse = partial(_parse_task, staging_dir=str(staging_dir), stored_checksums=stored, platform=platform)
+    parsed = spark.sparkContext.parallelize(tasks, len(tasks)).map(parse).collect()
+    for result in parsed:
+        if result.error is not None:
+            name, message = result.error
+            error_type = getattr(error_module, name, None)
+            if not (isinstance(error_type, type) and issubclass(error_type, LeukSparkError)):
+                error_type = GeoFormatError
+            raise error_type(message)
+    return parsed
+
+
+def _drop_second_copies(parsed: list[ParsedSource], staging_dir: Path) -> None:
+    """A sample written by two sources' tasks keeps only its last copy (the one plan_samples chose)."""
+    last_source = {}
+    for index, source in enumerate(parsed):
+        for sample in source.written_samples:
+            last_source[sample] = index
+    for index, source in enumerate(parsed):
+        extra = {s for s in source.written_samples if last_source[s] != index}
+        if not extra:
+            continue
+        for name in source.written_files:
+            path = staging_dir / name
+            table = pq.read_table(path)
+            keep = pc.invert(pc.is_in(table.column("sample"), pa.array(sorted(extra))))
+            pq.write_table(table.filter(keep), path, compression="snappy")
+        source.written_samples = [s for s in source.written_samples if s not in extra]
 
 
 def _merge_series_rows(lake: Lake, rows: list[dict]) -> list[dict]:
