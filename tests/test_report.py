@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -44,14 +44,20 @@ def synthetic_data(seed: int = 7, n_samples: int = 60, n_genes: int = 40):
     labels = np.array(["AML" if i % 5 < 2 else "ALL" for i in range(n_samples)])
     aml = labels == "AML"
     matrix = rng.normal(8.0, 1.0, size=(n_samples, n_genes))
-    matrix[:, :3] += np.where(aml, 1.5, -1.5)[:, None] * rng.uniform(0.5, 1.0, size=3)   # AML markers up in AML
-    matrix[:, 3:6] -= np.where(aml, 1.2, -1.2)[:, None] * rng.uniform(0.5, 1.0, size=3)  # ALL markers up in ALL
-    matrix[:, 10] += np.where(aml, 0.8, -0.8)
+    direction = np.where(aml, 1.0, -1.0)
+    direction[[3, 11]] *= -1  # two test samples that look like the other class: not every model is perfect
+    matrix[:, :3] += 1.5 * direction[:, None] * rng.uniform(0.5, 1.0, size=3)   # AML markers up in AML
+    matrix[:, 3:6] -= 1.2 * direction[:, None] * rng.uniform(0.5, 1.0, size=3)  # ALL markers up in ALL
+    matrix[:, 10] += 0.8 * direction
     matrix[rng.random(matrix.shape) < 0.02] = np.nan  # a few unmeasured values
     subtypes = np.where(aml, np.where(np.arange(n_samples) % 2 == 0, "AML with t(8;21)", "AML with inv(16)"),
                         np.where(np.arange(n_samples) % 3 == 0, "T-ALL", "c-ALL/Pre-B-ALL without t(9;22)"))
     is_test = np.arange(n_samples) % 4 == 3
-    folds = np.where(is_test, -1, np.arange(n_samples) % N_FOLDS)
+    # Stratified folds: each class's training samples dealt round-robin, so every fold has both.
+    folds = np.full(n_samples, -1)
+    for label in ("ALL", "AML"):
+        members = np.flatnonzero((labels == label) & ~is_test)
+        folds[members] = np.arange(members.size) % N_FOLDS
     return samples, genes, labels, subtypes, matrix, is_test, folds
 
 
