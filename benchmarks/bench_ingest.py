@@ -51,8 +51,9 @@ def main() -> None:
         rows.append((n, soft.stat().st_size / 1e6, ours, theirs))
     lines = [header("Ingest benchmark", "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:])), ""]
     lines.append("Each row: one GSE13159-shaped family SOFT (54,675 probes per sample, gzipped), "
-                 "ingested into a fresh lake (`leukspark ingest`: parse, spool, Spark write of "
-                 "`expression`, `samples`, `series`, `platform_probes` as Delta tables), and GEOparse "
+                 "ingested into a fresh lake (`leukspark ingest`: Spark start, one Spark task "
+                 "streaming the file and writing `expression` Parquet files, one delta-rs commit, then "
+                 "`samples`, `series`, `platform_probes`), and GEOparse "
                  "parsing the same file into its objects (no pivot). Peak memory is the process tree's "
                  "(JVM included).\n")
     lines.append("| samples | file (MB gz) | leukspark ingest (s) | peak (GB) | GEOparse parse (s) | peak (GB) | speed-up |")
