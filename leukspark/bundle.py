@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from types import MappingProxyType
@@ -105,13 +106,14 @@ def save_bundle(
     if model_name != spec.name:
         raise BundleError(f"model_name {model_name!r} does not match the spec's name {spec.name!r}")
     _check_label_mapping(label_mapping)
-    genes = _checked_gene_order(gene_order, preprocessor)
+    genes = _checked_gene_order(gene_order, preprocessor, spec.n_features(model))
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise BundleError(f"{directory}: refusing to overwrite an existing non-empty path")
     directory.parent.mkdir(parents=True, exist_ok=True)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the bundle from other users
         with open(staging / PREPROCESSOR_FILE, "wb") as handle:
             np.savez(handle, **preprocessor.to_arrays())
         (staging / GENES_FILE).write_text("".join(f"{gene}\n" for gene in genes), encoding="utf-8")
@@ -142,10 +144,12 @@ def save_bundle(
         if unlisted_model_files:
             raise BundleError(f"model {spec.name!r} wrote file(s) it did not report: {', '.join(unlisted_model_files)}")
         try:
-            manifest[_MANIFEST_SELF_CHECKSUM] = _manifest_checksum(manifest)
-            text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
+            # Round trip first, so the checksum covers exactly what load_bundle will parse.
+            manifest = json.loads(json.dumps(manifest, allow_nan=False, default=_numpy_scalar_to_python))
         except (TypeError, ValueError) as exc:
             raise BundleError(f"{MANIFEST_FILE}: params or extra are not plain JSON values: {exc}") from exc
+        manifest[_MANIFEST_SELF_CHECKSUM] = _manifest_checksum(manifest)
+        text = json.dumps(manifest, indent=2, sort_keys=True)
         (staging / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
 
         if directory.exists():
@@ -160,20 +164,33 @@ def save_bundle(
 def _check_label_mapping(label_mapping: Mapping[str, int]) -> None:
     # Every model outputs P(label 1); a bundle claiming otherwise would mislabel predictions.
     if dict(label_mapping) != dict(DEFAULT_LABEL_MAPPING):
-        raise BundleError(f"label_mapping must be {dict(DEFAULT_LABEL_MAPPING)} (AML is class 1), got {dict(label_mapping)}")
+        raise BundleError(
+            f"label_mapping must be {dict(DEFAULT_LABEL_MAPPING)} (AML is class 1), got {dict(label_mapping)}"
+        )
 
 
-def _checked_gene_order(gene_order: list[str], preprocessor: Preprocessor) -> list[str]:
+def _checked_gene_order(gene_order: list[str], preprocessor: Preprocessor, n_model_features: int) -> list[str]:
     genes = [str(gene) for gene in gene_order]
-    if len(genes) != preprocessor.n_features:
-        raise BundleError(f"gene_order has {len(genes)} genes but the preprocessor expects {preprocessor.n_features}")
-    bad = [gene for gene in genes if not gene or gene != gene.strip() or any(c in gene for c in "\r\n")]
+    if not len(genes) == preprocessor.n_features == n_model_features:
+        raise BundleError(
+            f"gene_order has {len(genes)} genes but the preprocessor expects {preprocessor.n_features} "
+            f"and the model {n_model_features}"
+        )
+    # genes.txt is one name per line: a name must survive that round trip unchanged.
+    bad = [gene for gene in genes if gene.splitlines() != [gene] or gene != gene.strip()]
     if bad:
         raise BundleError(f"gene names must be non-empty single-line text without surrounding spaces: {bad[0]!r}")
-    if len(set(genes)) != len(genes):
-        duplicate = next(gene for gene in genes if genes.count(gene) > 1)
-        raise BundleError(f"gene_order lists {duplicate!r} more than once")
+    duplicates = [gene for gene, count in Counter(genes).items() if count > 1]
+    if duplicates:
+        raise BundleError(f"gene_order lists {duplicates[0]!r} more than once ({len(duplicates)} duplicated names)")
     return genes
+
+
+def _numpy_scalar_to_python(value: Any) -> Any:
+    # np.int64 and friends (e.g. from pandas) are not JSON types; numpy arrays stay rejected.
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _library_versions() -> dict[str, str | None]:
@@ -196,14 +213,12 @@ def load_bundle(directory: Path) -> Bundle:
         raise BundleError(f"{directory}: bundle directory not found")
     manifest = _read_manifest(directory)
     _verify_files(directory, manifest["files"])
-    _require(
-        {manifest["gene_order_file"], manifest["preprocessor_file"], *manifest["model_files"]} <= set(manifest["files"]),
-        "manifest names a file it does not checksum",
-    )
+    named_files = {manifest["gene_order_file"], manifest["preprocessor_file"], *manifest["model_files"]}
+    _require(named_files <= set(manifest["files"]), "manifest names a file it does not checksum")
 
     genes_path = directory / manifest["gene_order_file"]
     try:
-        gene_order = genes_path.read_text(encoding="utf-8").splitlines()
+        gene_order = genes_path.read_text(encoding="utf-8").splitlines()  # names are checked line-safe on save
     except UnicodeDecodeError as exc:
         raise BundleError(f"{genes_path.name}: not UTF-8 text: {exc}") from exc
     if len(gene_order) != manifest["n_genes"]:
@@ -218,14 +233,15 @@ def load_bundle(directory: Path) -> Bundle:
     if preprocessor.n_features != len(gene_order):
         raise BundleError(f"{preprocessor_path.name}: {preprocessor.n_features} columns for {len(gene_order)} genes")
 
+    model_files = ", ".join(manifest["model_files"])
     try:
         spec = get_model(manifest["model_name"])
         model = spec.load(directory)
         n_model_features = spec.n_features(model)
     except LeukSparkError as exc:
-        raise BundleError(f"{', '.join(manifest['model_files'])}: {exc}") from exc
+        raise BundleError(f"{model_files}: {exc}") from exc
     if n_model_features != len(gene_order):
-        raise BundleError(f"{', '.join(manifest['model_files'])}: model expects {n_model_features} genes, bundle has {len(gene_order)}")
+        raise BundleError(f"{model_files}: model expects {n_model_features} genes, bundle has {len(gene_order)}")
     return Bundle(
         directory=directory,
         manifest=manifest,
@@ -264,6 +280,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     }  # fmt: skip
     for key, expected in expected_types.items():
         _require(isinstance(manifest.get(key), expected), f"key {key!r} is missing or not a {expected.__name__}")
+    _require(all(isinstance(name, str) for name in manifest["model_files"]), "model_files must be file names")
     for name, record in manifest["files"].items():
         _require(_is_plain_file_name(name) and name != MANIFEST_FILE, f"file name {name!r} is not allowed")
         _require(

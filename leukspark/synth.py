@@ -4,8 +4,10 @@ The MILE study (GEO series GSE13159, platform GPL570) is too large to ship and c
 downloaded here, so tests, benchmarks and demos run on a synthetic stand-in that has its
 shape and its metadata: the real GSM ids, titles and MILE classes of GSE13159, the real
 GPL570 probe ids and gene symbols, and log2-scale values from a simple generative model
-in which ALL and AML differ the way they do in real bone marrow (B-lymphoid vs myeloid
-marker genes, plus many weaker differences).
+in which ALL and AML differ the way they do in real bone marrow: strong B-lymphoid,
+T-lymphoid and myeloid marker genes, plus a broad lymphoid-vs-myeloid program in which
+about 12% of all genes are up in one lineage by a moderate amount (so that any sizeable
+probe subset holds hundreds of informative genes and the lineages separate in a PCA).
 
 :func:`write_synthetic_series` writes, into one directory:
 
@@ -19,7 +21,8 @@ The values are not measurements: every file says so in its series summary.
 
 Model, per probe ``p`` of gene ``g`` and sample ``s`` (values are log2 intensities)::
 
-    gene signal  S[g,s] = programs[g] . loading[s]      lineage programs (lymphoid, myeloid...)
+    gene signal  S[g,s] = programs[g] . loading[s]      lineage programs (broad lymphoid and
+                                                          myeloid ones, B, T, blast...)
                         + subtype[g, class(s)] * blast[s]  each MILE class shifts its own genes
                         + factors[g] . z[s]               low-rank biological variation
                         + idio[g] * N(0,1)               gene-specific variation
@@ -376,9 +379,13 @@ def _rebalance_for_forced(quotas: np.ndarray, forced: np.ndarray, sizes: np.ndar
 # --------------------------------------------------------------------------------------
 
 # Lineage programs: sets of genes that move together with a cell type's share of the
-# sample. Each has strong marker genes (log2 effects) and a number of random genes with
-# weak to moderate effects of either sign.
+# sample. The two broad programs ("lymphoid", "myeloid") carry the genome-wide lineage
+# difference: LINEAGE_GENE_SHARE of all genes with a symbol, each up in one of the two
+# lineages (see _gene_model). The narrower programs each have strong marker genes (log2
+# effects) and a number of random genes with weak to moderate effects of either sign.
 PROGRAMS = (
+    "lymphoid",  # any lymphoid cell, B or T, precursor or mature (broad program)
+    "myeloid",  # any myeloid cell, blast or maturing (broad program)
     "lymphoblast",  # precursor lymphoid blasts, B and T (TdT)
     "b_lineage",  # B cells at any stage
     "b_precursor",  # pre-B: surrogate light chain, CD10
@@ -401,16 +408,20 @@ PROGRAM_MARKERS: dict[str, dict[str, float]] = {
         "CAMP": 3.0, "CD14": 2.0,
     },
     "peripheral_blood": {},
+    "lymphoid": {},
+    "myeloid": {},
 }
 PROGRAM_RANDOM_GENES = {
+    "lymphoid": 0, "myeloid": 0,  # drawn as one lineage gene set instead (_gene_model)
     "lymphoblast": 250, "b_lineage": 120, "b_precursor": 60, "t_lineage": 100,
     "myeloid_blast": 300, "myeloid_mature": 120, "peripheral_blood": 60,
 }
 
-_B_PRECURSOR_ALL = {"lymphoblast": 1.0, "b_lineage": 1.0, "b_precursor": 1.0}
-_TYPICAL_AML = {"myeloid_blast": 1.0, "myeloid_mature": 0.3}
-#: Normal marrow: what a sample holds besides its leukemic blasts.
+_B_PRECURSOR_ALL = {"lymphoid": 1.0, "lymphoblast": 1.0, "b_lineage": 1.0, "b_precursor": 1.0}
+_TYPICAL_AML = {"myeloid": 1.0, "myeloid_blast": 1.0, "myeloid_mature": 0.3}
+#: Normal marrow: what a sample holds besides its leukemic blasts (mostly myeloid cells).
 NORMAL_MARROW = {
+    "lymphoid": 0.2, "myeloid": 0.7,
     "myeloid_blast": 0.25, "myeloid_mature": 0.8, "b_lineage": 0.15, "b_precursor": 0.05,
     "lymphoblast": 0.05, "t_lineage": 0.1,
 }
@@ -418,24 +429,32 @@ NORMAL_MARROW = {
 #: they matter (TdT-negative mature B-ALL, CD10-negative pro-B ALL, CD19+ AML t(8;21)...).
 CLASS_PROFILES: dict[str, dict[str, float]] = {
     "c-ALL/Pre-B-ALL without t(9;22)": _B_PRECURSOR_ALL,
-    "c-ALL/Pre-B-ALL with t(9;22)": {**_B_PRECURSOR_ALL, "myeloid_blast": 0.1},
+    "c-ALL/Pre-B-ALL with t(9;22)": {**_B_PRECURSOR_ALL, "myeloid": 0.1, "myeloid_blast": 0.1},
     "ALL with hyperdiploid karyotype": _B_PRECURSOR_ALL,
     "ALL with t(12;21)": _B_PRECURSOR_ALL,
     "ALL with t(1;19)": _B_PRECURSOR_ALL,
     "Pro-B-ALL with t(11q23)/MLL": {
+        "lymphoid": 0.9, "myeloid": 0.15,
         "lymphoblast": 1.0, "b_lineage": 0.8, "b_precursor": 0.2, "myeloid_blast": 0.15,
     },
-    "mature B-ALL with t(8;14)": {"lymphoblast": 0.2, "b_lineage": 1.1, "b_precursor": 0.5},
-    "T-ALL": {"lymphoblast": 1.0, "t_lineage": 1.0, "b_precursor": 0.2},
-    "AML with t(8;21)": {"myeloid_blast": 1.0, "myeloid_mature": 0.3, "b_lineage": 0.2},
-    "AML with t(15;17)": {"myeloid_blast": 1.3},
-    "AML with inv(16)/t(16;16)": {"myeloid_blast": 0.9, "myeloid_mature": 0.6},
-    "AML with t(11q23)/MLL": {"myeloid_blast": 0.7, "myeloid_mature": 0.7},
-    "AML complex aberrant karyotype": {"myeloid_blast": 0.9, "myeloid_mature": 0.2},
+    "mature B-ALL with t(8;14)": {
+        "lymphoid": 1.0, "lymphoblast": 0.2, "b_lineage": 1.1, "b_precursor": 0.5,
+    },
+    "T-ALL": {"lymphoid": 1.0, "lymphoblast": 1.0, "t_lineage": 1.0, "b_precursor": 0.2},
+    "AML with t(8;21)": {
+        "myeloid": 1.0, "lymphoid": 0.1,
+        "myeloid_blast": 1.0, "myeloid_mature": 0.3, "b_lineage": 0.2,
+    },
+    "AML with t(15;17)": {"myeloid": 1.0, "myeloid_blast": 1.3},
+    "AML with inv(16)/t(16;16)": {"myeloid": 1.0, "myeloid_blast": 0.9, "myeloid_mature": 0.6},
+    "AML with t(11q23)/MLL": {"myeloid": 1.0, "myeloid_blast": 0.7, "myeloid_mature": 0.7},
+    "AML complex aberrant karyotype": {
+        "myeloid": 1.0, "myeloid_blast": 0.9, "myeloid_mature": 0.2,
+    },
     "AML with normal karyotype + other abnormalities": _TYPICAL_AML,
-    "CLL": {"b_lineage": 1.0},
-    "CML": {"myeloid_blast": 0.4, "myeloid_mature": 1.2},
-    "MDS": {"myeloid_blast": 0.5, "myeloid_mature": 0.7},
+    "CLL": {"lymphoid": 1.0, "b_lineage": 1.0},
+    "CML": {"myeloid": 1.0, "myeloid_blast": 0.4, "myeloid_mature": 1.2},
+    "MDS": {"myeloid": 0.9, "myeloid_blast": 0.5, "myeloid_mature": 0.7},
     "Non-leukemia and healthy bone marrow": NORMAL_MARROW,
 }
 NON_LEUKEMIA_CLASS = "Non-leukemia and healthy bone marrow"
@@ -443,7 +462,21 @@ NON_LEUKEMIA_CLASS = "Non-leukemia and healthy bone marrow"
 PERIPHERAL_BLOOD_SHARE = {"CLL": 0.75, "CML": 0.5, NON_LEUKEMIA_CLASS: 0.1}
 DEFAULT_PERIPHERAL_BLOOD_SHARE = 0.2
 
+#: Share of the genes with a symbol (markers aside) that differ between the lymphoid and
+#: myeloid lineages, and the gamma distribution of their log2 effects (clipped).
+#: An effect is the gene's log2 change in a pure population of its lineage (diluted by
+#: normal marrow and the probe's response in a sample). With 12% of genes at a mean of 1
+#: (90% of effects in 0.27..2.1), the 3,000-probe demo keeps ~250 lineage genes among its
+#: ~2,200 single-gene ones, and the lineages split along a leading principal component, as
+#: in the real MILE data.
+LINEAGE_GENE_SHARE = 0.12
+LINEAGE_EFFECT_SHAPE = 3.0
+LINEAGE_EFFECT_MEAN = 1.0
+LINEAGE_EFFECT_RANGE = (0.25, 2.5)
 N_FACTORS = 8  # low-rank biological variation shared by many genes
+#: sd of every gene's loading on each factor: small enough that no factor outweighs the
+#: lineage program in a PCA (8 factors x 0.08**2 of variance per gene).
+FACTOR_LOADING_SD = 0.08
 N_CENTRES = 11  # laboratories: each adds its own small per-probe offset
 AMBIGUOUS_LINEAGE_SHARE = 0.02  # ALL/AML samples with a mixed-lineage profile
 MARKER_DROPOUT_RATE = 0.06  # a marker gene not expressed in a sample
@@ -515,11 +548,24 @@ def _gene_model(seed: int) -> _GeneModel:
         weights[rows, column] = random_effects(len(rows), 0.6)
         for symbol, effect in PROGRAM_MARKERS[program].items():
             weights[symbols[symbol], column] = effect
+    # The broad lineage program: a share of all genes, each up in lymphoid or in myeloid
+    # cells (random side), by a moderate amount.
+    n_lineage = int(round(LINEAGE_GENE_SHARE * len(ordinary_rows)))
+    rows = rng.choice(ordinary_rows, size=n_lineage, replace=False)
+    sizes = np.clip(
+        rng.gamma(LINEAGE_EFFECT_SHAPE, LINEAGE_EFFECT_MEAN / LINEAGE_EFFECT_SHAPE, n_lineage),
+        *LINEAGE_EFFECT_RANGE,
+    )
+    up_in_lymphoid = rng.random(n_lineage) < 0.5
+    weights[rows[up_in_lymphoid], PROGRAMS.index("lymphoid")] = sizes[up_in_lymphoid]
+    weights[rows[~up_in_lymphoid], PROGRAMS.index("myeloid")] = sizes[~up_in_lymphoid]
     for offset in range(n_classes):  # subtype signatures
         count = int(rng.integers(40, 121))
         rows = rng.choice(ordinary_rows, size=count, replace=False)
         weights[rows, n_programs + offset] = random_effects(count, 0.7)
-    weights[:, n_programs + n_classes :] = rng.normal(0.0, 0.12, size=(n_genes, N_FACTORS))
+    weights[:, n_programs + n_classes :] = rng.normal(
+        0.0, FACTOR_LOADING_SD, size=(n_genes, N_FACTORS)
+    )
     idio_sd = rng.uniform(0.1, 0.35, size=n_genes)
     return _GeneModel(
         index=index,

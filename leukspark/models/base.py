@@ -121,16 +121,17 @@ class Preprocessor:
 
     def fit(self, X: np.ndarray) -> "Preprocessor":
         """Learn imputation means and scaling from the training matrix ``X`` (NaN allowed)."""
-        training = as_feature_matrix(X, what="training matrix").astype(np.float64)
-        if training.shape[0] == 0:
+        # astype copies, so imputing in place below never touches the caller's array.
+        imputed = as_feature_matrix(X, what="training matrix").astype(np.float64)
+        if imputed.shape[0] == 0:
             raise ModelError("cannot fit the preprocessor on a training matrix with no samples")
-        missing = np.isnan(training)
-        observed = ~missing.all(axis=0)
+        missing = np.isnan(imputed)
+        counts = imputed.shape[0] - missing.sum(axis=0)
+        observed = counts > 0
         # Column means over observed values; all-NaN columns get 0 (they are zeroed anyway).
-        counts = (~missing).sum(axis=0)
-        sums = np.where(missing, 0.0, training).sum(axis=0)
-        means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-        imputed = np.where(missing, means, training)
+        sums = np.nansum(imputed, axis=0)
+        means = np.divide(sums, counts, out=np.zeros_like(sums), where=observed)
+        _fill_missing(imputed, missing, means)
 
         if self.scaler == "standard":
             center = imputed.mean(axis=0)
@@ -139,8 +140,8 @@ class Preprocessor:
             center = imputed.min(axis=0)
             scale = imputed.max(axis=0) - center
         else:
-            center = np.zeros(training.shape[1])
-            scale = np.ones(training.shape[1])
+            center = np.zeros(imputed.shape[1])
+            scale = np.ones(imputed.shape[1])
         # Exact constancy test: a rounding-noise std (1e-17) must not blow a constant up.
         constant = imputed.max(axis=0) == imputed.min(axis=0)
         scale = np.where(constant | ~observed, 1.0, scale)
@@ -154,11 +155,10 @@ class Preprocessor:
         """Impute and scale ``X`` with the training statistics; returns float32."""
         self._require_fitted()
         matrix = as_feature_matrix(X, n_features=self.n_features, error=PredictionError)
-        values = matrix.astype(np.float64)  # always a copy: the caller's array is untouched
-        missing = np.isnan(values)
-        if missing.any():
-            values = np.where(missing, self.impute_values, values)
-        values = (values - self.center) / self.scale
+        values = matrix.astype(np.float64)  # a copy: the in-place steps leave the caller's array alone
+        _fill_missing(values, np.isnan(values), self.impute_values)
+        values -= self.center
+        values /= self.scale
         values[:, ~self.observed_in_training] = 0.0
         return values.astype(np.float32)
 
@@ -197,6 +197,12 @@ class Preprocessor:
     def _require_fitted(self) -> None:
         if self.center is None:
             raise ModelError("the preprocessor is not fitted; call fit() on the training matrix first")
+
+
+def _fill_missing(values: np.ndarray, missing: np.ndarray, column_values: np.ndarray) -> None:
+    """Replace ``values[missing]`` in place by the value of each entry's column."""
+    rows, columns = np.nonzero(missing)
+    values[rows, columns] = column_values[columns]
 
 
 # --------------------------------------------------------------------------- model interface
@@ -275,19 +281,22 @@ class ModelSpec(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+# --------------------------------------------------------------------------- helpers for model modules
+
+
 def inner_split_center(X_inner_train: np.ndarray) -> np.ndarray:
     """Column means of the rows a model trains on inside its own validation/calibration split.
 
     ``fit`` receives data standardized on *all* its training rows, including the rows a
     model then holds out internally (SVM calibration folds, DNN early-stopping split).
-    With far more genes than samples that is a real leak: a held-out row is part of the
-    mean it was centered with, which shifts its dot product with any weight vector
-    learned from the other rows by about ``n_genes / n_samples`` per support vector, so
-    held-out scores come out systematically offset from truly unseen rows' scores
-    (a Platt sigmoid fitted on them then misplaces the 0.5 threshold). Re-centering both
-    parts on the inner training rows' mean removes the shared term; the shift is then
-    folded back into the model's intercept, so the fitted model still takes the
-    preprocessor's output unchanged.
+    With far more genes than samples this leaks: a held-out row is part of the mean it
+    was centered with, so its inner product with every inner training row is lowered
+    by roughly ``n_genes / n_samples`` compared with a truly unseen row. Held-out scores
+    of a weight vector learned from those rows then come out offset, and a Platt sigmoid
+    fitted on them misplaces the 0.5 threshold (accuracy 0.5-0.7 at AUC 0.98 in a
+    300 x 4,000 test). Re-centering both parts on the inner training rows' own mean
+    removes the shared term; the model folds the shift back into its intercept, so the
+    fitted model still takes the preprocessor's output unchanged.
     """
     return X_inner_train.mean(axis=0, dtype=np.float64).astype(X_inner_train.dtype)
 
@@ -381,11 +390,13 @@ class LinearProbabilityModel:
         return (self.slopes[:, None] * self.weights).mean(axis=0)
 
     def save(self, directory: Path) -> list[str]:
+        """Write the arrays as ``linear_model.npz``; returns the file name."""
         save_arrays(Path(directory) / self.FILE_NAME, {f.name: getattr(self, f.name) for f in fields(self)})
         return [self.FILE_NAME]
 
     @classmethod
     def load(cls, directory: Path) -> "LinearProbabilityModel":
+        """Read arrays written by :meth:`save` (``allow_pickle=False``)."""
         names = [f.name for f in fields(cls)]
         arrays = load_arrays(Path(directory) / cls.FILE_NAME, names)
         return cls(**{name: arrays[name].astype(np.float64) for name in names})

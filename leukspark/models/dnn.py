@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from leukspark.errors import ModelError
 from leukspark.models.base import ModelSpec, inner_split_center
-
-if TYPE_CHECKING:  # torch is imported lazily: see _torch()
-    import torch
-
 
 def _torch():
     # Imported on first use so that importing the registry (done by every Spark Python
@@ -54,6 +50,8 @@ def build_network(n_inputs: int, hidden_layers: Sequence[int], dropout: float, i
 
 def _layer_sizes(state_dict: dict) -> list[int]:
     """Input width followed by each Linear layer's output width, from the weight shapes."""
+    if not isinstance(state_dict, dict):
+        raise ModelError(f"dnn weights file holds a {type(state_dict).__name__}, not a state_dict")
     try:
         weight_keys = sorted(
             (key for key in state_dict if key.endswith(".weight")), key=lambda key: int(key.split(".")[0])
@@ -74,7 +72,9 @@ class DnnSpec(ModelSpec):
     ``validation_fraction`` of the training rows (stratified by class, chosen by the seed)
     never update the weights; training stops when their loss has not improved for
     ``patience`` epochs, and the weights of the best epoch are kept. Input dropout
-    regularises the ~20,000-wide first layer, which holds almost all parameters.
+    regularises the ~20,000-wide first layer, which holds almost all parameters. Both
+    parts are re-centered on the inner training rows (see ``inner_split_center``) so the
+    validation loss behaves like the loss on unseen samples.
     """
 
     name = "dnn"
@@ -82,11 +82,12 @@ class DnnSpec(ModelSpec):
         "hidden_layers": [256, 64],
         "dropout": 0.5,
         "input_dropout": 0.2,
-        "learning_rate": 1e-3,
+        "learning_rate": 3e-4,
         "weight_decay": 1e-2,
         "batch_size": 64,
-        "max_epochs": 100,
-        "patience": 10,
+        "max_epochs": 60,
+        "patience": 8,
+        "min_delta": 1e-3,
         "validation_fraction": 0.15,
     }
     FILE_NAME = "dnn_state_dict.pt"
@@ -106,8 +107,10 @@ class DnnSpec(ModelSpec):
             torch.manual_seed(seed)  # weight init and dropout masks
             shuffler = torch.Generator().manual_seed(seed)
             network = build_network(X.shape[1], hidden_layers, params["dropout"], params["input_dropout"])
+            # The fused kernel halves the epoch time on CPU: the optimizer step over the
+            # ~5M first-layer weights otherwise costs as much as the forward/backward pass.
             optimizer = torch.optim.AdamW(
-                network.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"]
+                network.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"], fused=True
             )
             loss_function = torch.nn.BCEWithLogitsLoss()
             features, targets = torch.from_numpy(X_fit), torch.from_numpy(y_fit.astype(np.float32))
@@ -123,13 +126,15 @@ class DnnSpec(ModelSpec):
                 network.eval()
                 with torch.no_grad():
                     val_loss = loss_function(network(val_features).squeeze(1), val_targets).item()
-                if val_loss < best_loss:
-                    best_loss, epochs_without_improvement = val_loss, 0
+                if val_loss < best_loss:  # keep the best weights, however small the gain...
                     best_state = {key: value.clone() for key, value in network.state_dict().items()}
-                else:
-                    epochs_without_improvement += 1
-                    if epochs_without_improvement >= params["patience"]:
-                        break
+                # ...but only a gain of min_delta counts as progress, so a slow creep
+                # along a plateau does not keep training (and the fit's time) going.
+                made_progress = val_loss < best_loss - params["min_delta"]
+                best_loss = min(best_loss, val_loss)
+                epochs_without_improvement = 0 if made_progress else epochs_without_improvement + 1
+                if epochs_without_improvement >= params["patience"]:
+                    break
             if best_state is None:
                 raise ModelError("dnn: validation loss was never finite; lower learning_rate")
             network.load_state_dict(best_state)

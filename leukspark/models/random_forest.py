@@ -32,7 +32,7 @@ class TreeEnsemble:
 
     left: np.ndarray  # int64 child indices into the flat table, -1 at leaves
     right: np.ndarray
-    feature: np.ndarray  # int64, meaningless at leaves
+    feature: np.ndarray  # int64 column index, 0 (unused) at leaves
     threshold: np.ndarray  # float64
     p_aml: np.ndarray  # float64 fraction of AML training samples in the node
     roots: np.ndarray  # int64, one per tree
@@ -54,7 +54,7 @@ class TreeEnsemble:
                 raise ModelError(f"random forest: {name} points outside the node table")
         if not np.array_equal(internal, self.right != LEAF):
             raise ModelError("random forest: a node has exactly one child")
-        if internal.any() and (self.feature[internal].min() < 0 or self.feature[internal].max() >= self.n_features):
+        if n_nodes and (self.feature.min() < 0 or self.feature.max() >= self.n_features):
             raise ModelError("random forest: a split uses a feature outside the input")
 
     @classmethod
@@ -68,7 +68,8 @@ class TreeEnsemble:
             internal = tree.children_left != LEAF
             parts["left"].append(np.where(internal, tree.children_left + offset, LEAF))
             parts["right"].append(np.where(internal, tree.children_right + offset, LEAF))
-            parts["feature"].append(tree.feature)
+            # sklearn marks leaves with feature -2; 0 keeps the (masked) leaf lookups in bounds.
+            parts["feature"].append(np.where(internal, tree.feature, 0))
             parts["threshold"].append(tree.threshold)
             counts = tree.value[:, 0, :]  # per-class (weighted) fractions of the node's samples
             parts["p_aml"].append(counts[:, aml_column] / counts.sum(axis=1))

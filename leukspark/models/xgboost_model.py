@@ -106,5 +106,7 @@ class XGBoostSpec(ModelSpec):
             raise ModelError(f"{self.MODEL_FILE}: cannot read the booster: {exc}") from exc
         in_range = selected_genes.size == 0 or (selected_genes.min() >= 0 and selected_genes.max() < n_features)
         if selected_genes.ndim != 1 or not in_range or classifier.n_features_in_ != selected_genes.size:
-            raise ModelError(f"{self.GENES_FILE}: gene indices do not match the booster's {classifier.n_features_in_} inputs")
+            raise ModelError(
+                f"{self.GENES_FILE}: gene indices do not match the booster's {classifier.n_features_in_} inputs"
+            )
         return GeneFilteredBooster(classifier, selected_genes, n_features)
