@@ -40,7 +40,6 @@ setup(
         "six",  # GEOparse 2.0.4 imports six without declaring it
         "PyYAML>=6",
         "matplotlib>=3.8",
-        "skops>=0.10",
     ],
     extras_require={
         "dev": ["pytest>=8", "psutil>=5.9", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],

@@ -86,7 +86,11 @@ def run_fanout(spark: SparkSession, tasks: pd.DataFrame, context: TrainingContex
     task_frame = spark.createDataFrame(keyed[["task_key", "model", "fold", "params"]])
 
     def run_task(group: pd.DataFrame) -> pd.DataFrame:
-        return _train_one(group.iloc[0], context)
+        from threadpoolctl import threadpool_limits
+
+        # Spark already runs one task per core: BLAS/OpenMP threads inside a task would oversubscribe.
+        with threadpool_limits(limits=1):
+            return _train_one(group.iloc[0], context)
 
     # Each task needs its own partition: no coalescing of the (tiny) task shuffle.
     previous = {key: spark.conf.get(key, None) for key in

@@ -1,0 +1,274 @@
+"""Model bundles: round trip, integrity checks, and refusal of unsafe or inconsistent content."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from leukspark.bundle import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    _file_record,
+    _manifest_checksum,
+    load_bundle,
+    save_bundle,
+)
+from leukspark.errors import BundleError, ModelError, PredictionError
+from leukspark.models import fit_and_predict, get_model
+
+MODEL_NAMES = ["logistic_regression", "linear_svm", "random_forest", "xgboost", "dnn"]
+FAST_PARAMS = {
+    "logistic_regression": {"C": 0.05},
+    "linear_svm": {},
+    "random_forest": {"n_estimators": 30},
+    "xgboost": {"n_estimators": 30, "max_genes": 100},
+    "dnn": {"hidden_layers": [32, 8], "max_epochs": 10},
+}
+N_GENES = 500
+GENES = [f"GENE{index:04d}" for index in range(N_GENES)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Raw (unscaled, with NaN) expression: 200 training rows and 60 rows to score."""
+    rng = np.random.default_rng(4)
+    y = (rng.random(260) < 0.45).astype(np.int8)
+    X = rng.normal(loc=6.0, scale=2.0, size=(260, N_GENES)).astype(np.float32)
+    X[:, :20] += (3.0 * y[:, None]).astype(np.float32)
+    X[rng.random(X.shape) < 0.02] = np.nan
+    return X[:200], y[:200], X[200:]
+
+
+@pytest.fixture(scope="module")
+def saved_bundles(tmp_path_factory, data):
+    """A pristine bundle per model, with the probabilities of the in-memory model."""
+    X_train, y_train, X_score = data
+    root = tmp_path_factory.mktemp("bundles")
+    bundles = {}
+    for name in MODEL_NAMES:
+        result = fit_and_predict(name, FAST_PARAMS[name], X_train, y_train, X_score, seed=3)
+        directory = save_bundle(
+            root / name,
+            model_name=name,
+            spec=get_model(name),
+            model=result.model,
+            preprocessor=result.preprocessor,
+            gene_order=GENES,
+            params=FAST_PARAMS[name],
+            run_id=f"run-{name}",
+            extra={"cv_accuracy": 0.99},
+        )
+        bundles[name] = (directory, result.probabilities)
+    return bundles
+
+
+@pytest.fixture(params=MODEL_NAMES)
+def bundle_copy(request, saved_bundles, tmp_path):
+    """A private copy of one model's bundle that a test may damage."""
+    source, _ = saved_bundles[request.param]
+    return shutil.copytree(source, tmp_path / request.param)
+
+
+def rewrite_manifest(directory, change):
+    """Edit the manifest and re-seal it, as a careless tool (or an attacker) could."""
+    path = directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest.pop("manifest_sha256")
+    change(manifest)
+    manifest["manifest_sha256"] = _manifest_checksum(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_round_trip_gives_identical_probabilities(name, saved_bundles, data):
+    directory, in_memory = saved_bundles[name]
+    bundle = load_bundle(directory)
+    np.testing.assert_array_equal(bundle.predict_proba(data[2]), in_memory)
+    assert bundle.model_name == name and bundle.run_id == f"run-{name}"
+    assert bundle.gene_order == GENES
+    assert bundle.label_mapping == {"ALL": 0, "AML": 1}
+    assert bundle.params == get_model(name).resolve_params(FAST_PARAMS[name])
+
+
+def test_manifest_records_everything_needed(saved_bundles):
+    directory, _ = saved_bundles["xgboost"]
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["model_name"] == "xgboost" and manifest["scaler"] == "standard"
+    assert manifest["gene_order_file"] == "genes.txt" and manifest["n_genes"] == N_GENES
+    assert manifest["extra"] == {"cv_accuracy": 0.99}
+    assert manifest["leukspark_version"] and manifest["created_utc"]
+    listed = set(manifest["files"])
+    on_disk = {path.name for path in directory.iterdir()} - {MANIFEST_FILE}
+    assert listed == on_disk == {"preprocessor.npz", "genes.txt", *manifest["model_files"]}
+    for name, record in manifest["files"].items():
+        assert record == _file_record(directory / name)
+    assert (directory / "genes.txt").read_text().splitlines() == GENES
+
+
+def test_model_files_use_safe_formats(saved_bundles):
+    model_files = {
+        name: json.loads((saved_bundles[name][0] / MANIFEST_FILE).read_text())["model_files"] for name in MODEL_NAMES
+    }
+    assert model_files == {
+        "logistic_regression": ["linear_model.npz"],
+        "linear_svm": ["linear_model.npz"],
+        "random_forest": ["random_forest.npz"],
+        "xgboost": ["xgboost_model.json", "xgboost_genes.npz"],
+        "dnn": ["dnn_state_dict.pt"],
+    }
+    for name in ("logistic_regression", "random_forest"):
+        with np.load(saved_bundles[name][0] / model_files[name][0], allow_pickle=False) as archive:
+            assert all(archive[key].dtype != object for key in archive.files)
+    json.loads((saved_bundles["xgboost"][0] / "xgboost_model.json").read_text())
+
+
+def test_scoring_checks_the_gene_count(saved_bundles):
+    bundle = load_bundle(saved_bundles["logistic_regression"][0])
+    with pytest.raises(PredictionError, match="expected 500"):
+        bundle.predict_proba(np.zeros((2, 499)))
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_tampering_one_byte_of_any_file_is_detected(bundle_copy):
+    for path in sorted(bundle_copy.iterdir()):
+        original = path.read_bytes()
+        tampered = bytearray(original)
+        tampered[len(tampered) // 2] ^= 0x01
+        path.write_bytes(bytes(tampered))
+        with pytest.raises(BundleError, match=path.name):
+            load_bundle(bundle_copy)
+        path.write_bytes(original)
+    load_bundle(bundle_copy)  # restored: loads again
+
+
+def test_an_edited_manifest_value_is_detected(bundle_copy):
+    path = bundle_copy / MANIFEST_FILE
+    text = path.read_text()
+    path.write_text(text.replace(f'"run-{bundle_copy.name}"', f'"run-{bundle_copy.name}X"'))
+    with pytest.raises(BundleError, match="manifest.json"):
+        load_bundle(bundle_copy)
+
+
+def test_an_extra_file_is_rejected(bundle_copy):
+    (bundle_copy / "notes.txt").write_text("hello")
+    with pytest.raises(BundleError, match="notes.txt"):
+        load_bundle(bundle_copy)
+
+
+def test_an_extra_directory_is_rejected(bundle_copy):
+    (bundle_copy / "cache").mkdir()
+    (bundle_copy / "cache" / "x.bin").write_bytes(b"\0")
+    with pytest.raises(BundleError, match="cache"):
+        load_bundle(bundle_copy)
+
+
+def test_a_removed_file_is_rejected(bundle_copy):
+    for path in sorted(bundle_copy.iterdir()):
+        original = path.read_bytes()
+        path.unlink()
+        with pytest.raises(BundleError, match=path.name):
+            load_bundle(bundle_copy)
+        path.write_bytes(original)
+
+
+def test_unknown_format_version_is_rejected(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    rewrite_manifest(directory, lambda manifest: manifest.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(BundleError, match="unknown format version 2"):
+        load_bundle(directory)
+
+
+def test_path_traversal_in_the_manifest_is_rejected(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    rewrite_manifest(directory, lambda manifest: manifest["files"].update({"../genes.txt": {"sha256": "0", "size": 1}}))
+    with pytest.raises(BundleError, match=r"\.\./genes\.txt"):
+        load_bundle(directory)
+
+
+def test_a_pickled_payload_is_refused_even_with_valid_checksums(saved_bundles, tmp_path):
+    """Checksums can be recomputed by whoever swaps a file; the loader itself must not unpickle."""
+    directory = shutil.copytree(saved_bundles["random_forest"][0], tmp_path / "bundle")
+    model_file = directory / "random_forest.npz"
+    np.savez(model_file, left=np.array([object()], dtype=object))
+    rewrite_manifest(directory, lambda manifest: manifest["files"].update({model_file.name: _file_record(model_file)}))
+    with pytest.raises(BundleError, match="random_forest.npz"):
+        load_bundle(directory)
+
+
+def test_missing_directory_is_a_bundle_error(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "absent")
+
+
+# --------------------------------------------------------------------------- saving
+
+
+@pytest.fixture(scope="module")
+def small_fit(data):
+    X_train, y_train, X_score = data
+    return fit_and_predict("logistic_regression", {}, X_train, y_train, X_score, seed=0)
+
+
+def save_small(directory, small_fit, **overrides):
+    arguments = dict(
+        model_name="logistic_regression",
+        spec=get_model("logistic_regression"),
+        model=small_fit.model,
+        preprocessor=small_fit.preprocessor,
+        gene_order=GENES,
+        params={},
+        run_id="r1",
+    )
+    arguments.update(overrides)
+    return save_bundle(directory, **arguments)
+
+
+def test_save_refuses_a_non_empty_directory(small_fit, tmp_path):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "old.txt").write_text("x")
+    with pytest.raises(BundleError, match="non-empty"):
+        save_small(tmp_path / "bundle", small_fit)
+
+
+def test_save_into_an_existing_empty_directory(small_fit, tmp_path):
+    (tmp_path / "bundle").mkdir()
+    load_bundle(save_small(tmp_path / "bundle", small_fit))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"gene_order": GENES[:-1]}, "499 genes"),
+        ({"gene_order": GENES[:-1] + ["bad\x1cname"]}, "single-line"),
+        ({"gene_order": GENES[:-1] + [" padded"]}, "surrounding spaces"),
+        ({"gene_order": ["DUP"] * N_GENES}, "'DUP' more than once"),
+        ({"gene_order": GENES[:-1] + ["bad\nname"]}, "single-line"),
+        ({"label_mapping": {"ALL": 1, "AML": 0}}, "AML is class 1"),
+        ({"model_name": "dnn"}, "does not match"),
+        ({"extra": {"weights": np.zeros(2)}}, "not plain JSON"),
+    ],
+)
+def test_save_rejects_inconsistent_input_and_leaves_nothing(overrides, message, small_fit, tmp_path):
+    with pytest.raises(BundleError, match=message):
+        save_small(tmp_path / "bundle", small_fit, **overrides)
+    assert list(tmp_path.iterdir()) == []  # no bundle, no staging leftovers
+
+
+def test_numpy_scalars_in_extra_are_stored_as_plain_json(small_fit, tmp_path):
+    extra = {"folds": np.int64(5), "auc": np.float32(0.5)}
+    bundle = load_bundle(save_small(tmp_path / "bundle", small_fit, extra=extra))
+    assert bundle.manifest["extra"] == {"folds": 5, "auc": 0.5}
+
+
+def test_save_rejects_unknown_params(small_fit, tmp_path):
+    with pytest.raises(ModelError, match="'depth'"):
+        save_small(tmp_path / "bundle", small_fit, params={"depth": 3})
