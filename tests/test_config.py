@@ -62,3 +62,12 @@ def test_config_hash_ignores_where_spark_runs_but_not_what_is_trained(tmp_path):
     retrained = load_config(overrides={"split.seed": 1})
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash(retrained)
+
+
+def test_model_defaults_in_conf_match_the_registry():
+    from leukspark.models import REGISTRY
+
+    params = load_config()["training"]["params"]
+    assert set(params) == set(REGISTRY)
+    for name, spec in REGISTRY.items():
+        assert spec.resolve_params(params[name]) == spec.default_params, name
