@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +18,9 @@ import yaml
 from .errors import ConfigError
 
 # conf/ lives at the repository root; leukspark/conf links to it so installs carry it too.
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "conf" / "default.yaml"
+# Read through importlib.resources: from a --py-files zip (spark-submit puts it first on the
+# driver's path too) the package has no files on disk, only entries of the zip.
+DEFAULT_CONFIG_PATH = files("leukspark").joinpath("conf/default.yaml")
 
 # Keys whose values are free-form mappings (their inner keys are not checked here).
 FREE_FORM_KEYS = {"spark.extra", "training.params"}

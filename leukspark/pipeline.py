@@ -89,12 +89,12 @@ class Pipeline:
         if not self.lake.exists("platform_probes"):
             raise TableError("no platform annotation in the lake: ingest a family SOFT or pass --annotation")
         platform_probes = self.lake.read("platform_probes")
+        labelled = self.lake.read("samples").select("sample", "platform").join(labels.select("sample"), "sample")
         gene_features, genes, probe_map = feature_stage.build_features(
-            expression, platform_probes, labels, self.config["features"])
+            expression, platform_probes, labelled, self.config["features"])
         self.lake.overwrite("genes", genes, operation=f"features {fingerprint}")
         self.lake.overwrite("gene_features", gene_features, operation=f"features {fingerprint}")
-        platforms = [r["platform"] for r in self.lake.read("samples")
-                     .join(labels.select("sample"), "sample", "left_semi").select("platform").distinct().collect()]
+        platforms = [r["platform"] for r in labelled.select("platform").distinct().collect()]
         summary = feature_stage.summarize_probe_map(platform_probes, probe_map, platforms)
         summary.genes_out = self.lake.read("genes").count()
         self.echo(summary.text())

@@ -252,7 +252,7 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path, max_mi
 
     from . import schemas
     from .bundle import load_bundle
-    from .stages.features import gene_values, probe_gene_map
+    from .stages.features import gene_values, probe_gene_map, scale_per_sample
 
     bundle = load_bundle(bundle_dir)
     settings = bundle.manifest["extra"].get("features", {})
@@ -261,6 +261,8 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path, max_mi
         expression = expression.where(F.col("series").isin(*series))
     probe_map = probe_gene_map(lake.read("platform_probes"), settings.get("multi_gene", "drop"))
     values = gene_values(expression, probe_map, settings.get("aggregate", "mean"))
+    if settings.get("scale_per_sample"):
+        values = scale_per_sample(values)
     wanted = spark.createDataFrame([(g,) for g in bundle.gene_order], "gene string")
     values = values.join(F.broadcast(wanted), "gene", "left_semi")
     bundle_path = str(bundle_dir)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 import pandas as pd
 
-# Package data sits next to this module; a path relative to the module works both from a
-# source checkout and from an installed copy (leukspark/data has no __init__.py, so
-# importlib.resources would need it to be a package).
-DATA_DIR = Path(__file__).resolve().parent / "data"
+# Package data sits next to this module. importlib.resources finds it in a source checkout,
+# an installed copy and a --py-files zip alike (a path built from __file__ does not work in a
+# zip); leukspark/data needs no __init__.py for files("leukspark").joinpath("data").
+DATA_DIR = files("leukspark").joinpath("data")
 MILE_SAMPLES_FILE = DATA_DIR / "GSE13159.info"
 GPL570_SYMBOLS_FILE = DATA_DIR / "GPL570_annot.csv"
 
@@ -93,7 +93,8 @@ def load_mile_samples() -> pd.DataFrame:
 @lru_cache(maxsize=1)
 def _read_gpl570_symbols() -> pd.DataFrame:
     # keep_default_na=False: a symbol such as "NA" must stay a string, not become NaN.
-    table = pd.read_csv(GPL570_SYMBOLS_FILE, dtype=str, keep_default_na=False)
+    with GPL570_SYMBOLS_FILE.open("rb") as handle:
+        table = pd.read_csv(handle, dtype=str, keep_default_na=False)
     if list(table.columns) != ["probe_id", "gene"]:
         raise ValueError(f"{GPL570_SYMBOLS_FILE}: unexpected columns {list(table.columns)}")
     return table

@@ -70,67 +70,73 @@ def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platfo
                            used_counts["probes"], used_counts["genes"])
 
 
-def gene_values(expression: DataFrame, probe_map: DataFrame, aggregate: str) -> DataFrame:
-    """(sample, gene, value): probes of one gene combined by `aggregate`; nulls are ignored."""
+def gene_values(expression: DataFrame, probe_map: DataFrame, aggregate: str, key: str = "gene") -> DataFrame:
+    """(sample, key, value): probes of one gene combined by `aggregate` in a groupBy; nulls are ignored.
+
+    `probe_map` holds (platform, probe_id, key); with key="position" the shuffle carries small
+    integers instead of gene names.
+    """
     if aggregate not in AGGREGATES:
         raise FeatureError(f"features.aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
-    joined = expression.join(F.broadcast(probe_map), ["platform", "probe_id"])
-    return joined.groupBy("sample", "gene").agg(AGGREGATES[aggregate]("value").alias("value"))
+    joined = expression.join(F.broadcast(probe_map.select("platform", "probe_id", key)), ["platform", "probe_id"])
+    return joined.groupBy("sample", key).agg(AGGREGATES[aggregate]("value").alias("value"))
 
 
-def scale_per_sample(values: DataFrame) -> DataFrame:
+def scale_per_sample(values: DataFrame, key: str = "gene") -> DataFrame:
     """Min-max each sample to 0..1 over its genes (the reference study's normalisation)."""
     bounds = values.groupBy("sample").agg(F.min("value").alias("lo"), F.max("value").alias("hi"))
     span = F.col("hi") - F.col("lo")
     return (values.join(bounds, "sample")
-            .select("sample", "gene",
+            .select("sample", key,
                     F.when(span > 0, (F.col("value") - F.col("lo")) / span).otherwise(F.lit(0.0)).alias("value")))
 
 
-def gene_table(probe_map: DataFrame, values: DataFrame) -> DataFrame:
-    """(position, gene, n_probes): every gene measured in at least one sample, in alphabetical order."""
-    measured = values.select("gene").distinct()
-    per_gene = probe_map.groupBy("gene").agg(F.countDistinct("platform", "probe_id").cast("int").alias("n_probes"))
-    ordered = measured.join(per_gene, "gene", "left").orderBy("gene")
-    # Gene count is ~20k: numbering on the driver keeps positions exact and deterministic.
-    rows = ordered.collect()
-    spark = values.sparkSession
-    return spark.createDataFrame([(i, r["gene"], r["n_probes"]) for i, r in enumerate(rows)],
-                                 "position int, gene string, n_probes int")
+def gene_table(probe_map: DataFrame, platforms: list[str]) -> DataFrame:
+    """(position, gene, n_probes): every gene the platforms' annotation maps a probe to, alphabetically.
+
+    Derived from the annotation, not from the values, so the 100 M-row expression table is read
+    once. Gene count is ~20k: numbering on the driver keeps positions exact and deterministic.
+    """
+    scoped = probe_map.where(F.col("platform").isin(*platforms))
+    rows = (scoped.groupBy("gene").agg(F.countDistinct("platform", "probe_id").cast("int").alias("n_probes"))
+            .orderBy("gene").collect())
+    return probe_map.sparkSession.createDataFrame(
+        [(i, r["gene"], r["n_probes"]) for i, r in enumerate(rows)], "position int, gene string, n_probes int")
 
 
-def feature_vectors(values: DataFrame, genes: DataFrame) -> DataFrame:
-    """(sample, features): one array per sample in the `genes` order; an unmeasured gene is NaN.
+def feature_vectors(values: DataFrame, n_genes: int) -> DataFrame:
+    """(sample, features) from (sample, position, value) rows; an unmeasured gene is NaN.
 
     Assembling a vector is a scatter by gene position, done per sample in a pandas UDF:
     linear in the number of genes, where Spark's map lookups would be quadratic.
     """
-    n_genes = genes.count()
     if n_genes == 0:
         raise FeatureError("no gene could be derived: check the platform annotation (platform_probes)")
-    positioned = values.join(F.broadcast(genes.select("gene", "position")), "gene").select("sample", "position", "value")
 
     def assemble(group: pd.DataFrame) -> pd.DataFrame:
         vector = np.full(n_genes, np.nan)
         vector[group["position"].to_numpy()] = group["value"].to_numpy(dtype=float)
         return pd.DataFrame({"sample": [group["sample"].iloc[0]], "features": [vector]})
 
-    return positioned.groupBy("sample").applyInPandas(assemble, schema="sample string, features array<double>")
+    return values.groupBy("sample").applyInPandas(assemble, schema="sample string, features array<double>")
 
 
 def build_features(expression: DataFrame, platform_probes: DataFrame, samples: DataFrame,
                    feature_config: dict) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Stage entry: (gene_features, genes, probe_map) for the samples in `samples`."""
+    """Stage entry: (gene_features, genes, probe_map) for `samples` (columns sample, platform)."""
     probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
-    scoped = expression.join(samples.select("sample"), "sample", "left_semi")
-    values = gene_values(scoped, probe_map, feature_config["aggregate"])
-    if feature_config["scale_per_sample"]:
-        values = scale_per_sample(values)
-    values = values.persist()
-    genes = gene_table(probe_map, values)
-    if genes.count() < feature_config["min_genes"]:
+    platforms = [r["platform"] for r in samples.select("platform").distinct().collect() if r["platform"]]
+    genes = gene_table(probe_map, platforms).localCheckpoint()
+    n_genes = genes.count()
+    if n_genes < feature_config["min_genes"]:
         raise FeatureError(
-            f"only {genes.count()} genes could be derived (features.min_genes is {feature_config['min_genes']}): "
-            "is the platform annotated? Pass --annotation with a probe-to-symbol file"
+            f"only {n_genes} genes could be derived for platform(s) {', '.join(platforms) or '-'} "
+            f"(features.min_genes is {feature_config['min_genes']}): is the platform annotated? "
+            "Pass --annotation with a probe-to-symbol file"
         )
-    return feature_vectors(values, genes), genes, probe_map
+    positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
+    scoped = expression.join(F.broadcast(samples.select("sample")), "sample", "left_semi")
+    values = gene_values(scoped, positioned_map, feature_config["aggregate"], key="position")
+    if feature_config["scale_per_sample"]:
+        values = scale_per_sample(values, key="position")
+    return feature_vectors(values, n_genes), genes, probe_map
