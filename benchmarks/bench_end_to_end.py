@@ -27,10 +27,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import header, measure  # noqa: E402
+from measure import WORK, header, measure, synthetic_series, write_results  # noqa: E402
 
-FULL_SAMPLES, PROBES = 2096, 54675
-WORK = HERE / "work"
+FULL_SAMPLES = 2096
 
 LEUKSPARK = """
 import json, sys, time
@@ -132,11 +131,7 @@ def main() -> None:
     rows = []
     for fraction in args.fractions:
         n = int(round(FULL_SAMPLES * fraction))
-        series_dir = WORK / f"series_{n}"
-        soft = series_dir / "GSE13159_family.soft.gz"
-        if not soft.exists():
-            measure(f"synth {n}", [sys.executable, "-m", "leukspark.cli", "synth", "--samples", str(n), "--probes",
-                                   str(PROBES), "--seed", "0", "--out", str(series_dir), "--no-matrix"])
+        soft = synthetic_series(n)
         lake = WORK / f"lake_e2e_{n}"
         shutil.rmtree(lake, ignore_errors=True)
         ours = measure(f"leukspark {n}", [sys.executable, "-c", LEUKSPARK, str(soft), str(lake), str(WORK / f"report_{n}")])
@@ -173,9 +168,7 @@ def main() -> None:
             lines.append(f"| {stage} | {power_exponent(sizes, mine):.2f} | {power_exponent(sizes, other):.2f} |")
     accuracy_lines = [f"- {n:,} samples, single process test accuracy: {r.get('test_accuracy')}" for n, _, _, _, r in rows]
     lines.append("\n" + "\n".join(accuracy_lines))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "end_to_end.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("end_to_end.md", lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import header, measure  # noqa: E402
+from measure import header, measure, write_results  # noqa: E402
 
 STEP = """
 import json, sys, time
@@ -52,9 +52,7 @@ def main() -> None:
     lines.append(f"| whole subprocess (incl. Spark start) | {run.seconds:.1f} |")
     lines.append(f"\nPeak memory of the process tree: {run.peak_gb:.2f} GB. Probes in {result['probes_in']:,}, "
                  f"used {result['probes_used']:,}, genes out {result['genes_out']:,}.")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "features.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("features.md", lines)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import header, measure  # noqa: E402
+from measure import WORK, header, measure, synthetic_series, write_results  # noqa: E402
 
-PROBES = 54675
-WORK = HERE / "work"
-RESULTS = HERE / "results"
-
-
-def series_for(n_samples: int) -> Path:
-    out = WORK / f"series_{n_samples}"
-    soft = out / "GSE13159_family.soft.gz"
-    if not soft.exists():
-        measure(f"synth {n_samples}", [sys.executable, "-m", "leukspark.cli", "synth", "--samples", str(n_samples),
-                                       "--probes", str(PROBES), "--seed", "0", "--out", str(out), "--no-matrix"])
-    return soft
 
 
 def main() -> None:
@@ -39,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
-        soft = series_for(n)
+        soft = synthetic_series(n)
         lake = WORK / f"lake_ingest_{n}"
         shutil.rmtree(lake, ignore_errors=True)
         ours = measure(f"leukspark ingest {n}", [sys.executable, "-m", "leukspark.cli", "ingest", str(soft),
@@ -63,9 +51,7 @@ def main() -> None:
         speedup = f"{theirs.seconds / ours.seconds:.2f}x" if theirs.returncode == 0 and ours.returncode == 0 else "-"
         lines.append(f"| {n:,} | {size:.0f} | {ours.seconds:.1f} | {ours.peak_gb:.2f} | {their_time} | "
                      f"{theirs.peak_gb:.2f} | {speedup} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("ingest.md", lines)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import header  # noqa: E402
+from measure import header, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -62,9 +62,7 @@ def main() -> None:
     lines.append(f"\nWhole `predict` path on {matrix_file.name} ({len(scored)} samples: parse, collapse "
                  f"probes to genes, load the best bundle, score): {whole * 1000:.0f} ms, "
                  f"{whole * 1000 / len(scored):.1f} ms per sample.")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "predict.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("predict.md", lines)
 
 
 if __name__ == "__main__":

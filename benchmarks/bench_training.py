@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import header, measure  # noqa: E402
+from measure import header, measure, write_results  # noqa: E402
 
 FANOUT = """
 import json, sys
@@ -93,9 +93,7 @@ def main() -> None:
     lines.append(f"\nSpeed-up of the fan-out: **{sequential.seconds / fanout.seconds:.2f}x** on 2 cores "
                  "(both walls include start-up: Spark session and Python imports).\n")
     lines.append(f"Leaderboard of the fan-out run {result['run']}:\n\n```\n{result['leaderboard']}\n```")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "training.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("training.md", lines)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from pathlib import Path
 import sys
 import threading
 import time
@@ -78,3 +79,25 @@ def header(title: str, command: str) -> str:
     load = ", ".join(f"{x:.1f}" for x in psutil.getloadavg())
     return (f"# {title}\n\n- machine: {machine_line()}\n- date: {now}\n- command: `{command}`\n"
             f"- load average at start: {load}\n")
+
+
+WORK = Path(__file__).resolve().parent / "work"
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL_PROBES = 54675
+
+
+def synthetic_series(n_samples: int, n_probes: int = FULL_PROBES) -> Path:
+    """A GSE13159-shaped family SOFT of `n_samples` (seed 0) in benchmarks/work, generated once."""
+    out = WORK / f"series_{n_samples}"
+    soft = out / "GSE13159_family.soft.gz"
+    if not soft.exists():
+        measure(f"synth {n_samples}", [sys.executable, "-m", "leukspark.cli", "synth", "--samples", str(n_samples),
+                                       "--probes", str(n_probes), "--seed", "0", "--out", str(out), "--no-matrix"])
+    return soft
+
+
+def write_results(name: str, lines: list[str]) -> None:
+    """Write benchmarks/results/<name> and echo it."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
