@@ -26,6 +26,9 @@ def build_session(config: dict, *, app_name: str | None = None) -> SparkSession:
     spark_conf = config["spark"]
     builder = SparkSession.builder.appName(app_name or spark_conf["app_name"])
     if not _launched_by_spark_submit():
+        if spark_conf["master"].startswith("local"):
+            # Local mode needs no network interface: binding to loopback avoids the hostname warnings.
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.master(spark_conf["master"]).config("spark.driver.memory", spark_conf["driver_memory"])
     settings = {
         "spark.sql.shuffle.partitions": str(spark_conf["shuffle_partitions"]),
