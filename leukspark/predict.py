@@ -177,7 +177,16 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
     probe_map = probe_to_gene_map(probes, bundle.manifest["extra"].get("features", {}).get("multi_gene", "drop"))
     matrix, _ = collapse_to_genes(values, probe_map, bundle.gene_order, bundle.manifest["extra"].get("features", {}))
     samples = list(dict.fromkeys(values["sample"]))
-    return score_matrix(bundle, samples, matrix, max_missing_fraction)
+    scored = score_matrix(bundle, samples, matrix, max_missing_fraction)
+    annotated = set(probes["platform"])
+    platform_of = values.drop_duplicates("sample").set_index("sample")["platform"]
+    for result in scored:
+        platform_id = platform_of.get(result.sample)
+        if platform_id not in annotated:
+            result.prediction, result.probability_AML = None, None
+            result.error = (f"platform {platform_id} has no probe annotation in the lake: "
+                            "the model cannot map its probes to genes (wrong platform?)")
+    return scored
 
 
 def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str | None = None,

@@ -215,3 +215,80 @@ def test_prediction_from_the_file_equals_the_recorded_test_predictions(run):
     for sample, row in recorded.iterrows():
         assert by_sample[sample].probability_AML == pytest.approx(row["probability_AML"], abs=1e-9)
         assert by_sample[sample].prediction == row["predicted"]
+
+
+def _probe_matrix(run, tmp_path, damage):
+    """A probes x samples CSV of three real samples, each damaged as asked."""
+    lake = run["lake"]
+    samples = sorted(lake.read("splits").where("set = 'test'").toPandas()["sample"])[:3]
+    rows = lake.read("expression").where(f"sample in ({','.join(repr(s) for s in samples)})").toPandas()
+    matrix = rows.pivot(index="probe_id", columns="sample", values="value")[samples]
+    for sample, fraction in damage.items():
+        probes = matrix.index.to_numpy()
+        drop = np.random.default_rng(0).choice(len(probes), int(round(fraction * len(probes))), replace=False)
+        matrix.loc[probes[drop], sample] = np.nan
+    path = tmp_path / "new_samples.csv"
+    matrix.to_csv(path)
+    return path, samples
+
+
+def test_prediction_fills_few_missing_genes_and_refuses_many(run, tmp_path):
+    from leukspark.predict import predict_file
+
+    outcome = run["outcome"]["train"]
+    _, (intact, few, many) = _probe_matrix(run, tmp_path, {})
+    path, _ = _probe_matrix(run, tmp_path, {few: 0.01, many: 0.5})
+    scored = {s.sample: s for s in predict_file(path, run["lake"].root, run_id=outcome.run_id, platform="GPL570")}
+    assert scored[intact].error is None and scored[intact].missing_genes == 0
+    assert scored[few].error is None and 0 < scored[few].missing_genes <= 0.05 * len(_genes(run))
+    assert scored[many].prediction is None and "missing" in scored[many].error
+    recorded = run["lake"].read("predictions").toPandas()
+    recorded = recorded[(recorded["run"] == outcome.run_id) & (recorded["fold"] == "test")
+                        & (recorded["model"] == outcome.best_model)].set_index("sample")
+    assert scored[intact].probability_AML == pytest.approx(recorded.loc[intact, "probability_AML"], abs=1e-9)
+
+
+def _genes(run):
+    return [r["gene"] for r in run["lake"].read("genes").collect()]
+
+
+def test_wrong_platform_and_empty_samples_get_errors_and_others_are_scored(run, tmp_path):
+    from leukspark.predict import predict_file
+
+    path, samples = _probe_matrix(run, tmp_path, {})
+    outcome = run["outcome"]["train"]
+    wrong = predict_file(path, run["lake"].root, run_id=outcome.run_id, platform="GPL96")
+    assert all(s.error and "platform GPL96" in s.error and s.prediction is None for s in wrong)
+    frame = pd.read_csv(path, index_col=0)
+    frame[samples[1]] = np.nan
+    frame.to_csv(path)
+    scored = {s.sample: s for s in predict_file(path, run["lake"].root, run_id=outcome.run_id, platform="GPL570")}
+    assert scored[samples[1]].error and "empty" in scored[samples[1]].error
+    assert scored[samples[0]].error is None and scored[samples[2]].error is None
+
+
+def test_predict_command_prints_json_lines(run, capsys):
+    from leukspark.cli import main
+
+    code = main(["predict", str(run["series"].series_matrix), "--lake", str(run["lake"].root), "--format", "jsonl"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert code == 0
+    assert {line["sample"] for line in lines} == set(run["series"].sample_ids)
+    assert all(line["prediction"] in ("ALL", "AML") and 0 <= line["probability_AML"] <= 1 for line in lines)
+
+
+def test_spark_batch_scoring_matches_recorded_predictions(run, spark):
+    from leukspark.predict import resolve_bundle_dir, score_series
+
+    lake, outcome = run["lake"], run["outcome"]["train"]
+    bundle_dir = resolve_bundle_dir(lake.root, outcome.run_id, None)
+    scored = score_series(spark, lake, None, bundle_dir, 0.05)
+    lake.append("scored_samples", scored, operation="predict")
+    stored = lake.read("scored_samples").toPandas().set_index("sample")
+    assert len(stored) == N_SAMPLES
+    recorded = lake.read("predictions").toPandas()
+    recorded = recorded[(recorded["run"] == outcome.run_id) & (recorded["fold"] == "test")
+                        & (recorded["model"] == outcome.best_model)]
+    for row in recorded.itertuples():
+        assert stored.loc[row.sample, "probability_AML"] == pytest.approx(row.probability_AML, abs=1e-9)
+        assert stored.loc[row.sample, "prediction"] == row.predicted
