@@ -319,14 +319,19 @@ class _DeltaRsEngine:
         staging_name, actions = self._stage(path, df)
         return self._commit(path, df.schema, actions, "overwrite", operation, staging_name)
 
+    def _copy_on_write(self, path: str, keys_df: DataFrame) -> tuple[list[str], DataFrame | None]:
+        """The active files holding any of the keys, and their rows without those keys."""
+        keys_df = keys_df.distinct()
+        touched = self._files_with_keys(path, keys_df)
+        if not touched:
+            return [], None
+        survivors = (self.spark.read.schema(self.spark_schema(path))
+                     .parquet(*[self._uri(path, f) for f in touched])
+                     .join(keys_df, keys_df.columns, "left_anti"))
+        return touched, survivors
+
     def merge(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo:
-        touched = self._files_with_keys(path, df.select(*keys).distinct())
-        survivors = None
-        if touched:
-            schema = self.spark_schema(path)
-            touched_uris = [self._uri(path, f) for f in touched]
-            survivors = (self.spark.read.schema(schema).parquet(*touched_uris)
-                         .join(df.select(*keys).distinct(), keys, "left_anti"))
+        touched, survivors = self._copy_on_write(path, df.select(*keys))
         to_write = df if survivors is None else survivors.select(*df.columns).unionByName(df)
         staging_name, actions = self._stage(path, to_write)
         return self._commit(path, df.schema, actions + self._removes(touched), "append", operation, staging_name)
@@ -336,12 +341,8 @@ class _DeltaRsEngine:
         actions = self._add_actions(path, staged.name)
         removes, survivors_name = [], None
         if replace_keys is not None and self.exists(path):
-            keys = replace_keys.columns
-            touched = self._files_with_keys(path, replace_keys.distinct())
+            touched, survivors = self._copy_on_write(path, replace_keys)
             if touched:
-                survivors = (self.spark.read.schema(self.spark_schema(path))
-                             .parquet(*[self._uri(path, f) for f in touched])
-                             .join(replace_keys.distinct(), keys, "left_anti"))
                 survivors_name, survivor_actions = self._stage(path, survivors)
                 actions += survivor_actions
                 removes = self._removes(touched)
@@ -356,12 +357,9 @@ class _DeltaRsEngine:
             raise
 
     def delete_keys(self, path: str, keys_df: DataFrame, keys: list[str], operation: str) -> CommitInfo | None:
-        touched = self._files_with_keys(path, keys_df.distinct())
+        touched, survivors = self._copy_on_write(path, keys_df.select(*keys))
         if not touched:
             return None
-        schema = self.spark_schema(path)
-        survivors = (self.spark.read.schema(schema).parquet(*[self._uri(path, f) for f in touched])
-                     .join(keys_df.distinct(), keys, "left_anti"))
         staging_name, actions = self._stage(path, survivors)
         return self._commit(path, survivors.schema, actions + self._removes(touched), "append", operation,
                             staging_name)
