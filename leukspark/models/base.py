@@ -354,8 +354,24 @@ def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- linear models
 
 
+class ArraysFile:
+    """Mixin for a dataclass of numpy arrays kept as one ``.npz`` named ``FILE_NAME`` (no pickle)."""
+
+    FILE_NAME: ClassVar[str]
+
+    def save(self, directory: Path) -> list[str]:
+        """Write every field to ``FILE_NAME``; returns the file name."""
+        save_arrays(Path(directory) / self.FILE_NAME, {f.name: getattr(self, f.name) for f in fields(self)})
+        return [self.FILE_NAME]
+
+    @classmethod
+    def read_arrays(cls, directory: Path) -> dict[str, np.ndarray]:
+        """The arrays written by :meth:`save`, one per field (``allow_pickle=False``)."""
+        return load_arrays(Path(directory) / cls.FILE_NAME, [f.name for f in fields(cls)])
+
+
 @dataclass(frozen=True)
-class LinearProbabilityModel:
+class LinearProbabilityModel(ArraysFile):
     """An average of sigmoid-calibrated linear scores, stored as plain arrays.
 
     ``P(AML) = mean_k sigmoid(slopes[k] * (X @ weights[k] + intercepts[k]) + offsets[k])``.
@@ -389,17 +405,11 @@ class LinearProbabilityModel:
         """Per-feature weight on the log-odds scale, averaged over members."""
         return (self.slopes[:, None] * self.weights).mean(axis=0)
 
-    def save(self, directory: Path) -> list[str]:
-        """Write the arrays as ``linear_model.npz``; returns the file name."""
-        save_arrays(Path(directory) / self.FILE_NAME, {f.name: getattr(self, f.name) for f in fields(self)})
-        return [self.FILE_NAME]
-
     @classmethod
     def load(cls, directory: Path) -> "LinearProbabilityModel":
         """Read arrays written by :meth:`save` (``allow_pickle=False``)."""
-        names = [f.name for f in fields(cls)]
-        arrays = load_arrays(Path(directory) / cls.FILE_NAME, names)
-        return cls(**{name: arrays[name].astype(np.float64) for name in names})
+        arrays = cls.read_arrays(directory)
+        return cls(**{name: values.astype(np.float64) for name, values in arrays.items()})
 
 
 class LinearModelSpec(ModelSpec):

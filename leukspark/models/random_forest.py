@@ -8,7 +8,7 @@ and the file on disk is a plain ``.npz``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,13 +16,13 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
 from leukspark.errors import ModelError
-from leukspark.models.base import ModelSpec, load_arrays, save_arrays
+from leukspark.models.base import ArraysFile, ModelSpec
 
 LEAF = -1  # sklearn's TREE_LEAF marker in children_left / children_right
 
 
 @dataclass(frozen=True)
-class TreeEnsemble:
+class TreeEnsemble(ArraysFile):
     """All trees of a forest in one flat node table.
 
     Node ``i`` splits on ``feature[i] <= threshold[i]`` (left) or goes right; a leaf has
@@ -102,16 +102,10 @@ class TreeEnsemble:
             raise ModelError("random forest: a tree is deeper than its recorded max_depth")
         return self.p_aml[nodes].mean(axis=1)
 
-    def save(self, directory: Path) -> list[str]:
-        """Write the node table as ``random_forest.npz``; returns the file name."""
-        save_arrays(Path(directory) / self.FILE_NAME, {f.name: getattr(self, f.name) for f in fields(self)})
-        return [self.FILE_NAME]
-
     @classmethod
     def load(cls, directory: Path) -> "TreeEnsemble":
         """Read a node table written by :meth:`save` (``allow_pickle=False``)."""
-        names = [f.name for f in fields(cls)]
-        arrays = load_arrays(Path(directory) / cls.FILE_NAME, names)
+        arrays = cls.read_arrays(directory)
         integer_fields = ("left", "right", "feature", "roots")
         return cls(
             **{name: arrays[name].astype(np.int64) for name in integer_fields},
