@@ -39,23 +39,24 @@ RULE_KEYS = {"field", "pattern", "label"}
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
     """Return the validated configuration: defaults, then `path`, then dotted `overrides`."""
-    config = _read_yaml(DEFAULT_CONFIG_PATH)
+    defaults = _read_yaml(DEFAULT_CONFIG_PATH)
+    config = copy.deepcopy(defaults)
     source = str(DEFAULT_CONFIG_PATH)
     if path is not None:
         user = _read_yaml(Path(path))
         source = str(path)
-        _check_keys(user, _read_yaml(DEFAULT_CONFIG_PATH), prefix="", source=source)
+        _check_keys(user, defaults, prefix="", source=source)
         config = _deep_merge(config, user)
     for dotted, value in (overrides or {}).items():
         _set_dotted(config, dotted, value)
-    validate_config(config, source=source)
+    validate_config(config, source=source, defaults=defaults)
     return config
 
 
-def validate_config(config: dict, source: str = "configuration") -> None:
+def validate_config(config: dict, source: str = "configuration", defaults: dict | None = None) -> None:
     """Raise ConfigError naming the first bad key of `config`."""
-    defaults = _read_yaml(DEFAULT_CONFIG_PATH)
-    _check_keys(config, defaults, prefix="", source=source)
+    _check_keys(config, defaults if defaults is not None else _read_yaml(DEFAULT_CONFIG_PATH), prefix="",
+                source=source)
     for dotted, allowed in CHOICES.items():
         value = get(config, dotted)
         if value not in allowed:

@@ -123,11 +123,10 @@ class Lake:
     def insert_new(self, table: str, df: DataFrame, keys: Sequence[str], *,
                    operation: str = "insert") -> CommitInfo | None:
         """Append only rows whose key is not stored yet (idempotent ingestion). None if nothing new."""
-        if self.exists(table):
-            stored_keys = self.read(table).select(*keys).distinct()
-            df = df.join(stored_keys, list(keys), "left_anti")
         if not self.exists(table):
             return self.append(table, df, operation=operation)
+        stored_keys = self.read(table).select(*keys).distinct()
+        df = df.join(stored_keys, list(keys), "left_anti")
         if df.limit(1).count() == 0:
             return None
         return self.append(table, df, operation=operation)
