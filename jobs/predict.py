@@ -11,7 +11,7 @@ import sys
 from leukspark.config import load_config
 from leukspark.errors import LeukSparkError
 from leukspark.lake import Lake
-from leukspark.predict import resolve_bundle_dir, score_series
+from leukspark.predict import ScoringPolicy, resolve_bundle_dir, score_series
 from leukspark.spark import build_session
 
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         spark = build_session(config, app_name="leukspark-predict")
         lake = Lake.from_config(spark, args.lake, config)
         bundle_dir = resolve_bundle_dir(args.lake, args.run, args.model)
-        scored = score_series(spark, lake, args.series, bundle_dir, config["predict"]["max_missing_gene_fraction"])
+        scored = score_series(spark, lake, args.series, bundle_dir, ScoringPolicy.from_config(config))
         commit = lake.append("scored_samples", scored, operation="predict")
         print(f"scored {commit.rows_written} sample(s) with {bundle_dir.parent.name}/{bundle_dir.name}")
         return 0

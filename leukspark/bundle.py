@@ -39,7 +39,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PREPROCESSOR_FILE = "preprocessor.npz"
 GENES_FILE = "genes.txt"
-RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE)
+INPUT_REFERENCE_FILE = "input_reference.npz"
+RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE, INPUT_REFERENCE_FILE)
 DEFAULT_LABEL_MAPPING = MappingProxyType({"ALL": 0, "AML": 1})
 _MANIFEST_SELF_CHECKSUM = "manifest_sha256"
 _RECORDED_LIBRARIES = ("numpy", "scikit-learn", "xgboost", "torch")
@@ -57,8 +58,10 @@ class Bundle:
         model: Any,
         preprocessor: Preprocessor,
         gene_order: list[str],
+        input_reference: dict[str, np.ndarray] | None = None,
     ):
         self.directory = directory
+        self.input_reference = input_reference
         self.manifest = manifest
         self.spec = spec
         self.model = model
@@ -75,6 +78,21 @@ class Bundle:
         NaN entries are imputed with the training means by the bundled preprocessor.
         """
         return self.spec.predict_proba(self.model, self.preprocessor.transform(X))
+
+    @property
+    def used_genes(self) -> np.ndarray:
+        """Mask of the genes the model reads (only these count as missing in a sample)."""
+        return self.spec.used_features(self.model)
+
+    @property
+    def feature_settings(self) -> dict[str, Any]:
+        """How probes became genes at training: transform, floor, aggregate, multi_gene, ..."""
+        return self.manifest["extra"].get("features", {})
+
+    @property
+    def training_inputs(self) -> dict[str, Any]:
+        """Platforms and value scales of the training samples, and the input-check ranges."""
+        return self.manifest["extra"].get("training_inputs", {})
 
     def __repr__(self) -> str:
         return f"Bundle(model_name={self.model_name!r}, run_id={self.run_id!r}, genes={len(self.gene_order)})"
@@ -95,6 +113,7 @@ def save_bundle(
     label_mapping: Mapping[str, int] = DEFAULT_LABEL_MAPPING,
     run_id: str,
     extra: Mapping[str, Any] | None = None,
+    input_reference: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a bundle to ``directory`` (which must not exist or be empty); return its path.
 
@@ -117,6 +136,9 @@ def save_bundle(
         with open(staging / PREPROCESSOR_FILE, "wb") as handle:
             np.savez(handle, **preprocessor.to_arrays())
         (staging / GENES_FILE).write_text("".join(f"{gene}\n" for gene in genes), encoding="utf-8")
+        if input_reference is not None:
+            with open(staging / INPUT_REFERENCE_FILE, "wb") as handle:
+                np.savez(handle, **{key: np.asarray(value, dtype=np.float64) for key, value in input_reference.items()})
         model_files = list(spec.save(model, staging))
         clashes = sorted(set(model_files) & set(RESERVED_FILES))
         if clashes:
@@ -128,9 +150,11 @@ def save_bundle(
             "run_id": str(run_id),
             "params": spec.resolve_params(params),
             "scaler": preprocessor.scaler,
+            "normalize": preprocessor.normalizer.method,
             "gene_order_file": GENES_FILE,
             "n_genes": len(genes),
             "preprocessor_file": PREPROCESSOR_FILE,
+            "input_reference_file": INPUT_REFERENCE_FILE if input_reference is not None else None,
             "model_files": model_files,
             "label_mapping": dict(label_mapping),
             "positive_class": leukspark.POSITIVE_CLASS,
@@ -227,7 +251,8 @@ def load_bundle(directory: Path) -> Bundle:
     preprocessor_path = directory / manifest["preprocessor_file"]
     try:
         with np.load(preprocessor_path, allow_pickle=False) as archive:
-            preprocessor = Preprocessor.from_arrays({key: archive[key] for key in archive.files}, manifest["scaler"])
+            preprocessor = Preprocessor.from_arrays({key: archive[key] for key in archive.files}, manifest["scaler"],
+                                                    manifest.get("normalize", "none"))
     except (LeukSparkError, OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{preprocessor_path.name}: {exc}") from exc
     if preprocessor.n_features != len(gene_order):
@@ -249,7 +274,25 @@ def load_bundle(directory: Path) -> Bundle:
         model=model,
         preprocessor=preprocessor,
         gene_order=gene_order,
+        input_reference=_read_input_reference(directory, manifest, len(gene_order)),
     )
+
+
+def _read_input_reference(directory: Path, manifest: Mapping[str, Any], n_genes: int) -> dict | None:
+    name = manifest.get("input_reference_file")
+    if not name:
+        return None
+    from leukspark.input_check import ARRAY_KEYS
+
+    _require(name in manifest["files"], "manifest names a file it does not checksum")
+    try:
+        with np.load(directory / name, allow_pickle=False) as archive:
+            arrays = {key: np.asarray(archive[key], dtype=np.float64) for key in ARRAY_KEYS}
+    except (KeyError, OSError, ValueError, EOFError) as exc:
+        raise BundleError(f"{name}: {exc}") from exc
+    if any(array.shape != (n_genes,) for array in arrays.values()):
+        raise BundleError(f"{name}: arrays do not have one entry per gene ({n_genes})")
+    return arrays
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     reporting = run.add_mutually_exclusive_group()
     reporting.add_argument("--report", metavar="DIR", help="report folder (default: <lake>/reports/<run>)")
     reporting.add_argument("--no-report", action="store_true", help="do not write a report")
-    run.add_argument("--test-fraction", type=float, help="held-out test fraction (default from config: 0.2)")
+    run.add_argument("--test-fraction", type=float,
+                     help="held-out test fraction (default from config: 0.2; 0: cross-validation only, the "
+                          "final models fit on every sample)")
 
     predict = commands.add_parser(
         "predict", help="score new samples with a trained model bundle",
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model name (default: the run's best model)")
     predict.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     predict.add_argument("--platform", help="platform of a probe x sample matrix (e.g. GPL570)")
+    predict.add_argument("--annotation", help="probe-to-symbol file (CSV, GPL SOFT or GEO .annot) for a probe matrix "
+                                              "or a platform the lake has no annotation for; names the platform too")
     predict.add_argument("--write", action="store_true", help="also append the scores to the scored_samples table")
 
     report = commands.add_parser("report", help="write a run's HTML report with its plots",

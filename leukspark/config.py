@@ -31,6 +31,9 @@ CHOICES = {
     "features.aggregate": {"mean", "median", "max"},
     "features.multi_gene": {"drop", "first", "each"},
     "training.scaler": {"standard", "minmax", "none"},
+    "training.best_by": {"accuracy", "roc_auc", "f1", "sensitivity", "specificity", "precision"},
+    "features.transform": {"auto", "log2", "none"},
+    "features.normalize": {"none", "quantile", "rank"},
 }
 
 LABELS = {"ALL", "AML"}
@@ -64,8 +67,14 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
                 f"{source}: {dotted} must be one of {', '.join(sorted(allowed))}; got {value!r}"
             )
     fraction = get(config, "split.test_fraction")
-    if not 0 < fraction < 1:
-        raise ConfigError(f"{source}: split.test_fraction must be between 0 and 1; got {fraction}")
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"{source}: split.test_fraction must be in [0, 1) (0: cross-validation only); "
+                          f"got {fraction}")
+    for dotted in ("predict.min_shared_gene_fraction", "predict.range_margin"):
+        if not 0 <= get(config, dotted) <= 1:
+            raise ConfigError(f"{source}: {dotted} must be between 0 and 1; got {get(config, dotted)}")
+    if get(config, "features.log_floor") <= 0:
+        raise ConfigError(f"{source}: features.log_floor must be positive; got {get(config, 'features.log_floor')}")
     if get(config, "split.folds") < 2:
         raise ConfigError(f"{source}: split.folds must be at least 2; got {get(config, 'split.folds')}")
     missing_fraction = get(config, "predict.max_missing_gene_fraction")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -74,10 +75,31 @@ def matrix_sample_ids(path: Path) -> list[str]:
     return [str(c) for c in read_matrix(path).columns]
 
 
+# Affymetrix probe set ids: "1007_s_at", "AFFX-BioB-5_at", "M27891_at", "U22376_cds2_s_at".
+_AFFY_PROBE = re.compile(r"(^AFFX-)|(_at$)|(_st$)", re.IGNORECASE)
+
+
+def looks_like_probe_ids(row_ids) -> bool:
+    """True when most rows are Affymetrix probe set ids rather than gene symbols."""
+    ids = [str(i) for i in row_ids][:5000]
+    return bool(ids) and sum(bool(_AFFY_PROBE.search(i)) for i in ids) > 0.5 * len(ids)
+
+
 def iter_matrix_records(path: Path, platform: str | None = None) -> Iterator:
-    """SeriesRecord, PlatformRecord (gene-symbol rows map to themselves), then one SampleTable per column."""
+    """SeriesRecord, PlatformRecord (gene-symbol rows map to themselves), then one SampleTable per column.
+
+    With `platform` the rows are that platform's probe ids (the annotation comes from the lake
+    or --annotation). Without it the rows must be gene symbols: probe ids there would become
+    "genes" that no other cohort has, so they are refused.
+    """
     frame = read_matrix(path)
     series = path.name.split(".")[0]
+    if platform is None and looks_like_probe_ids(frame.index):
+        raise GeoFormatError(
+            f"{path}: the rows are probe ids (e.g. {frame.index[0]!r}), not gene symbols: pass --annotation "
+            "with the platform's probe-to-symbol file (CSV, GPL SOFT or GEO .annot), or --platform GPL... "
+            "when the lake already holds that platform's annotation"
+        )
     platform_id = platform or GENE_SYMBOL_PLATFORM
     yield SeriesRecord(accession=series, title=f"matrix {path.name}", summary=None, platforms=[platform_id],
                        sample_ids=[str(c) for c in frame.columns], attributes={})

@@ -89,7 +89,8 @@ class Pipeline:
         if not self.lake.exists("platform_probes"):
             raise TableError("no platform annotation in the lake: ingest a family SOFT or pass --annotation")
         platform_probes = self.lake.read("platform_probes")
-        labelled = self.lake.read("samples").select("sample", "platform").join(labels.select("sample"), "sample")
+        labelled = (self.lake.read("samples").select("sample", "platform", "value_scale")
+                    .join(labels.select("sample"), "sample"))
         gene_features, genes, probe_map = feature_stage.build_features(
             expression, platform_probes, labelled, self.config["features"])
         self.lake.overwrite("genes", genes, operation=f"features {fingerprint}")
@@ -136,10 +137,11 @@ class Pipeline:
                          for r in splits.itertuples(index=False)},
             seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
             feature_settings=dict(self.config["features"]),
+            training_inputs=self._training_inputs(splits),
         )
-        tasks = train_stage.plan_tasks(cfg["models"], self.config["split"]["folds"], cfg["params"])
-        self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x "
-                  f"{self.config['split']['folds']} folds + final) as Spark tasks")
+        folds = split_stage.n_folds(splits)
+        tasks = train_stage.plan_tasks(cfg["models"], folds, cfg["params"])
+        self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x {folds} folds + final) as Spark tasks")
         task_rows = train_stage.run_fanout(self.spark, tasks, context)
         predictions = task_rows.toPandas()
         metrics = train_stage.metric_rows(predictions)
@@ -153,18 +155,34 @@ class Pipeline:
             predictions[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=f"train {run_id}")
         self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS),
                          operation=f"train {run_id}")
-        board = train_stage.leaderboard(metrics)
-        best = str(board.index[0])
+        best = str(train_stage.leaderboard(metrics, cfg["best_by"]).index[0])
         self._record_run(run_id, started, splits, len(genes), best, bundle_dir)
-        text = train_stage.format_leaderboard(metrics)
+        text = train_stage.format_leaderboard(metrics, cfg["best_by"])
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
 
+    def _training_inputs(self, splits: pd.DataFrame) -> dict:
+        """Platforms and model-scale values of the training samples, for checks at prediction."""
+        from .scale import model_scale
+
+        train = self.spark.createDataFrame([(s,) for s in splits.loc[splits["set"] == "train", "sample"]],
+                                           "sample string")
+        rows = (self.lake.read("samples").join(F.broadcast(train), "sample")
+                .select("platform", "value_scale").distinct().collect())
+        transform = self.config["features"]["transform"]
+        return {
+            "platforms": sorted({r["platform"] for r in rows if r["platform"]}),
+            "input_scales": sorted({r["value_scale"] or "unknown" for r in rows}),
+            "model_scales": sorted({model_scale(r["value_scale"] or "unknown", transform) for r in rows}),
+        }
+
     def _change_rows(self, results: pd.DataFrame, previous_run: str) -> pd.DataFrame:
-        """Per model and metric: this run's test value minus the previous run's (fold 'change_vs_previous')."""
-        previous = (self.lake.read("results").where((F.col("run") == previous_run) & (F.col("fold") == "test"))
+        """Per model and metric: this run's test value (CV mean without a test set) minus the previous
+        run's (fold 'change_vs_previous')."""
+        fold = "test" if (results["fold"] == "test").any() else "cv_mean"
+        previous = (self.lake.read("results").where((F.col("run") == previous_run) & (F.col("fold") == fold))
                     .select("model", "metric", F.col("value").alias("previous")).toPandas())
-        current = results[results["fold"] == "test"]
+        current = results[results["fold"] == fold]
         merged = current.merge(previous, on=["model", "metric"], how="inner")
         merged = merged.assign(fold="change_vs_previous", value=merged["value"] - merged["previous"],
                                params=f"previous run {previous_run}")

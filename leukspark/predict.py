@@ -34,12 +34,36 @@ class ScoredSample:
     probability_AML: float | None
     missing_genes: int
     error: str | None = None
+    input_scale: str | None = None            # detected scale of the input values
+    shared_gene_fraction: float | None = None  # share of the model's genes the sample has
+    warning: str | None = None                 # scored, but unlike the training samples
 
     def record(self) -> dict:
+        context = {"input_scale": self.input_scale} if self.input_scale else {}
         if self.error:
-            return {"sample": self.sample, "error": self.error}
-        return {"sample": self.sample, "prediction": self.prediction,
-                "probability_AML": round(float(self.probability_AML), 6), "missing_genes": self.missing_genes}
+            return {"sample": self.sample, "error": self.error, **context}
+        record = {"sample": self.sample, "prediction": self.prediction,
+                  "probability_AML": round(float(self.probability_AML), 6), "missing_genes": self.missing_genes,
+                  **context}
+        if self.shared_gene_fraction is not None:
+            record["shared_gene_fraction"] = round(self.shared_gene_fraction, 4)
+        if self.warning:
+            record["warning"] = self.warning
+        return record
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    """When a sample is scored, refused or flagged (the `predict` section of the configuration)."""
+
+    max_missing_fraction: float = 0.05   # same platform as training: more missing = damaged sample
+    min_shared_fraction: float = 0.5     # another platform: scored on the shared genes above this
+    range_margin: float = 0.25           # input check: slack around the training range
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ScoringPolicy":
+        cfg = config["predict"]
+        return cls(cfg["max_missing_gene_fraction"], cfg["min_shared_gene_fraction"], cfg["range_margin"])
 
 
 # -- small tables straight from Delta (no Spark session needed) ---------------------------
@@ -113,25 +137,89 @@ def collapse_to_genes(values: pd.DataFrame, probe_map: pd.DataFrame, gene_order:
     return matrix, np.isfinite(matrix).sum(axis=1)
 
 
-def score_matrix(bundle, samples: list[str], matrix: np.ndarray, max_missing_fraction: float) -> list[ScoredSample]:
-    n_genes = len(bundle.gene_order)
-    missing = n_genes - np.isfinite(matrix).sum(axis=1)
-    scorable = missing <= max_missing_fraction * n_genes
+def to_model_scale(values: pd.DataFrame, feature_settings: dict) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Probe values (sample, platform, probe_id, value) on the model's scale, and each sample's
+    detected input scale: the same per-sample decision as the features stage at training."""
+    from .scale import detect_scale, needs_log, to_log2, transform_settings, value_quantiles
+
+    transform, floor = transform_settings(feature_settings)
+    scales, parts = {}, []
+    for sample, part in values.groupby("sample", sort=False):
+        scales[sample] = detect_scale(value_quantiles(part["value"].to_numpy(dtype=float)))
+        if needs_log(scales[sample], transform):
+            part = part.assign(value=to_log2(part["value"].to_numpy(dtype=float), floor))
+        parts.append(part)
+    return (pd.concat(parts, ignore_index=True) if parts else values), scales
+
+
+def _scale_error(bundle, input_scale: str | None) -> str | None:
+    """Why a sample's values cannot be put on the scale the model was trained on, if they cannot."""
+    from .scale import model_scale, transform_settings
+
+    trained_on = bundle.training_inputs.get("model_scales")
+    if not trained_on or input_scale is None:
+        return None
+    transform, _ = transform_settings(bundle.feature_settings)
+    arrives_as = model_scale(input_scale, transform)
+    if arrives_as in trained_on or arrives_as == "unknown":
+        return None
+    return (f"values are on a {input_scale} scale and stay {arrives_as} under the model's features.transform "
+            f"({transform}), but the model was trained on {'/'.join(trained_on)} values: transform the input, "
+            "or retrain with features.transform: auto")
+
+
+def _coverage_error(bundle, platform: str | None, measured: int, n_used: int, policy: ScoringPolicy) -> str | None:
+    """Refuse a sample that lacks too many of the genes the model reads."""
+    if measured == 0:
+        return "no model gene measured: empty sample, or a platform this model was not trained on"
+    trained_platforms = bundle.training_inputs.get("platforms") or [platform]
+    missing = n_used - measured
+    if platform in trained_platforms:
+        if missing > policy.max_missing_fraction * n_used:
+            return (f"{missing} of {n_used} model genes are missing (more than {policy.max_missing_fraction:.0%}): "
+                    "wrong platform or annotation?")
+        return None
+    if measured < policy.min_shared_fraction * n_used:
+        return (f"platform {platform} shares {measured} of the model's {n_used} genes "
+                f"({measured / n_used:.0%}), below predict.min_shared_gene_fraction "
+                f"({policy.min_shared_fraction:.0%}) for a model trained on {', '.join(trained_platforms)}")
+    return None
+
+
+def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: ScoringPolicy | float = ScoringPolicy(),
+                 *, platforms: dict | None = None, scales: dict | None = None) -> list[ScoredSample]:
+    """Score gene vectors in `bundle.gene_order`; a sample that cannot be scored gets an error.
+
+    Only genes the model reads count as missing. A sample of another platform than the
+    training samples is scored through the genes the two share (the others are filled with
+    the training means); each scored sample is checked against the training distribution.
+    """
+    from .input_check import out_of_range
+
+    if not isinstance(policy, ScoringPolicy):
+        policy = ScoringPolicy(max_missing_fraction=float(policy))
+    platforms, scales = platforms or {}, scales or {}
+    used = bundle.used_genes
+    n_used = int(used.sum())
+    measured = np.isfinite(matrix[:, used]).sum(axis=1)
+    ranges = bundle.training_inputs.get("input_check")
     results: list[ScoredSample] = []
-    # float32, as in training: the same sample then gets the same probability on both paths.
-    probabilities = bundle.predict_proba(matrix[scorable].astype(np.float32)) if scorable.any() else np.array([])
-    scores = iter(probabilities)
-    for sample, n_missing, ok in zip(samples, missing, scorable):
-        if not ok:
-            error = (f"{int(n_missing)} of {n_genes} model genes are missing "
-                     f"(more than {max_missing_fraction:.0%}): wrong platform or annotation?")
-            if n_missing == n_genes:
-                error = "no model gene measured: empty sample, or a platform this model was not trained on"
-            results.append(ScoredSample(sample, None, None, int(n_missing), error))
-            continue
-        probability = float(next(scores))
-        results.append(ScoredSample(sample, POSITIVE_CLASS if probability >= 0.5 else NEGATIVE_CLASS,
-                                    probability, int(n_missing)))
+    for sample, row, n_measured in zip(samples, matrix, measured):
+        scale = scales.get(sample)
+        error = _scale_error(bundle, scale) or _coverage_error(bundle, platforms.get(sample), int(n_measured),
+                                                               n_used, policy)
+        result = ScoredSample(sample, None, None, int(n_used - n_measured), error, scale,
+                              float(n_measured) / max(1, n_used))
+        if error is None and bundle.input_reference is not None and ranges:
+            result.warning = out_of_range(row, bundle.input_reference, ranges, policy.range_margin)
+        results.append(result)
+    scorable = [r.error is None for r in results]
+    if any(scorable):
+        # float32, as in training: the same sample then gets the same probability on both paths.
+        probabilities = bundle.predict_proba(matrix[np.array(scorable)].astype(np.float32))
+        for result, probability in zip([r for r in results if r.error is None], probabilities):
+            result.probability_AML = float(probability)
+            result.prediction = POSITIVE_CLASS if probability >= 0.5 else NEGATIVE_CLASS
     return results
 
 
@@ -164,33 +252,48 @@ def sample_tables_from_file(path: Path, platform: str | None = None):
     return pd.concat(frames, ignore_index=True), platforms
 
 
-def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None, model: str | None = None,
-                 platform: str | None = None, max_missing_fraction: float = 0.05) -> list[ScoredSample]:
-    from .bundle import load_bundle
-
-    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
-    values, file_platforms = sample_tables_from_file(path, platform)
-    platforms_needed = sorted(values["platform"].dropna().unique())
-    probes = read_small_table(lake_root, "platform_probes", filters=[("platform", platforms_needed)])
-    if file_platforms:
-        probes = pd.concat([probes] + [p[~p["platform"].isin(probes["platform"])] for p in file_platforms])
-    probe_map = probe_to_gene_map(probes, bundle.manifest["extra"].get("features", {}).get("multi_gene", "drop"))
-    matrix, _ = collapse_to_genes(values, probe_map, bundle.gene_order, bundle.manifest["extra"].get("features", {}))
+def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: ScoringPolicy) -> list[ScoredSample]:
+    """Probe values (sample, platform, probe_id, value) -> scale decision, genes, scores."""
+    settings = bundle.feature_settings
+    values, scales = to_model_scale(values, settings)
+    probe_map = probe_to_gene_map(probes, settings.get("multi_gene", "drop"))
+    matrix, _ = collapse_to_genes(values, probe_map, bundle.gene_order, settings)
     samples = list(dict.fromkeys(values["sample"]))
-    scored = score_matrix(bundle, samples, matrix, max_missing_fraction)
+    platform_of = values.drop_duplicates("sample").set_index("sample")["platform"].to_dict()
+    scored = score_matrix(bundle, samples, matrix, policy, platforms=platform_of, scales=scales)
     annotated = set(probes["platform"])
-    platform_of = values.drop_duplicates("sample").set_index("sample")["platform"]
     for result in scored:
-        platform_id = platform_of.get(result.sample)
-        if platform_id not in annotated:
-            result.prediction, result.probability_AML = None, None
-            result.error = (f"platform {platform_id} has no probe annotation in the lake: "
-                            "the model cannot map its probes to genes (wrong platform?)")
+        if platform_of.get(result.sample) not in annotated:
+            result.prediction, result.probability_AML, result.warning = None, None, None
+            result.error = (f"platform {platform_of.get(result.sample)} has no probe annotation in the lake: "
+                            "the model cannot map its probes to genes (wrong platform? pass --annotation)")
     return scored
 
 
+def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None, model: str | None = None,
+                 platform: str | None = None, annotation: str | Path | None = None,
+                 policy: ScoringPolicy | None = None) -> list[ScoredSample]:
+    """Score every sample of a GEO or matrix file. Probe annotations come from the file itself,
+    `annotation` (which also names the platform of a probe matrix) and the lake, in that order."""
+    from .bundle import load_bundle
+    from .geo.annotation import annotation_platform_name, read_platform_annotation
+
+    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
+    if annotation is not None and platform is None:
+        platform = annotation_platform_name(Path(annotation))
+    values, file_platforms = sample_tables_from_file(path, platform)
+    if annotation is not None:
+        file_platforms.append(read_platform_annotation(Path(annotation), platform=platform).to_pandas())
+    platforms_needed = sorted(values["platform"].dropna().unique())
+    probes = read_small_table(lake_root, "platform_probes", filters=[("platform", platforms_needed)])
+    if file_platforms:
+        given = pd.concat(file_platforms, ignore_index=True)
+        probes = pd.concat([given, probes[~probes["platform"].isin(given["platform"])]], ignore_index=True)
+    return score_values(bundle, values, probes, policy or ScoringPolicy())
+
+
 def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str | None = None,
-                             model: str | None = None, max_missing_fraction: float = 0.05) -> list[ScoredSample]:
+                             model: str | None = None, policy: ScoringPolicy | None = None) -> list[ScoredSample]:
     from .bundle import load_bundle
 
     bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
@@ -199,19 +302,17 @@ def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str 
         raise PredictionError(f"series {series} has no samples in the lake at {lake_root}")
     probes = read_small_table(lake_root, "platform_probes",
                               filters=[("platform", sorted(values["platform"].dropna().unique()))])
-    settings = bundle.manifest["extra"].get("features", {})
-    probe_map = probe_to_gene_map(probes, settings.get("multi_gene", "drop"))
-    matrix, _ = collapse_to_genes(values, probe_map, bundle.gene_order, settings)
-    return score_matrix(bundle, list(dict.fromkeys(values["sample"])), matrix, max_missing_fraction)
+    return score_values(bundle, values, probes, policy or ScoringPolicy())
 
 
 def format_records(scored: list[ScoredSample], output_format: str) -> str:
     if output_format == "jsonl":
         return "\n".join(json.dumps(s.record()) for s in scored)
-    lines = [f"{'sample':<14}{'prediction':<12}{'probability_AML':>16}{'missing':>9}  error"]
+    lines = [f"{'sample':<14}{'prediction':<12}{'probability_AML':>16}{'missing':>9}{'scale':>8}  error / warning"]
     for s in scored:
         probability = "" if s.probability_AML is None else f"{s.probability_AML:.4f}"
-        lines.append(f"{s.sample:<14}{s.prediction or '-':<12}{probability:>16}{s.missing_genes:>9}  {s.error or ''}")
+        lines.append(f"{s.sample:<14}{s.prediction or '-':<12}{probability:>16}{s.missing_genes:>9}"
+                     f"{s.input_scale or '-':>8}  {s.error or s.warning or ''}")
     return "\n".join(lines)
 
 
@@ -219,22 +320,21 @@ def predict_command(args) -> int:
     from .config import load_config
 
     config = load_config(args.config)
-    threshold = config["predict"]["max_missing_gene_fraction"]
+    policy = ScoringPolicy.from_config(config)
     model = args.model or (None if config["predict"]["model"] == "best" else config["predict"]["model"])
     source = Path(args.source).expanduser()
     if source.exists():
         scored = predict_file(source, args.lake, run_id=args.run, model=model, platform=args.platform,
-                              max_missing_fraction=threshold)
+                              annotation=getattr(args, "annotation", None), policy=policy)
     else:
-        scored = predict_series_from_lake(args.lake, args.source, run_id=args.run, model=model,
-                                          max_missing_fraction=threshold)
+        scored = predict_series_from_lake(args.lake, args.source, run_id=args.run, model=model, policy=policy)
     print(format_records(scored, args.format))
     if args.write:
-        write_scores(args, config, scored)
+        write_scores(args, config, scored, model)
     return 0 if all(s.error is None for s in scored) else 3
 
 
-def write_scores(args, config, scored: list[ScoredSample]) -> None:
+def write_scores(args, config, scored: list[ScoredSample], model: str | None) -> None:
     """Append scores to `scored_samples` (a Spark session is started only for this)."""
     from datetime import datetime, timezone
 
@@ -242,18 +342,19 @@ def write_scores(args, config, scored: list[ScoredSample]) -> None:
     from .lake import Lake
     from .spark import build_session
 
-    bundle_dir = resolve_bundle_dir(args.lake, args.run, args.model)
+    bundle_dir = resolve_bundle_dir(args.lake, args.run, model)  # the bundle that scored them
     spark = build_session(config)
     lake = Lake.from_config(spark, args.lake, config)
     now = datetime.now(timezone.utc)
     rows = [(now, bundle_dir.parent.name, bundle_dir.name, s.sample, str(args.source), s.probability_AML,
-             s.prediction, s.missing_genes, s.error) for s in scored]
+             s.prediction, s.missing_genes, s.error, s.input_scale, s.warning) for s in scored]
     lake.append("scored_samples", spark.createDataFrame(rows, schemas.SCORED_SAMPLES), operation="predict")
     print(f"appended {len(rows)} row(s) to scored_samples", file=sys.stderr)
 
 
 # -- the Spark batch path -----------------------------------------------------------------
-def score_series(spark, lake, series: list[str] | None, bundle_dir: Path, max_missing_fraction: float):
+def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
+                 policy: ScoringPolicy | float = ScoringPolicy()):
     """Spark job: collapse and score every sample of `series` (all when None); returns scored_samples rows."""
     from datetime import datetime, timezone
 
@@ -261,19 +362,23 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path, max_mi
 
     from . import schemas
     from .bundle import load_bundle
-    from .stages.features import gene_values, probe_gene_map, scale_per_sample
+    from .scale import transform_settings
+    from .stages.features import gene_values, probe_gene_map, scale_per_sample, to_model_scale as spark_model_scale
 
     bundle = load_bundle(bundle_dir)
-    settings = bundle.manifest["extra"].get("features", {})
-    expression = lake.read("expression")
+    settings = bundle.feature_settings
+    samples = lake.read("samples").select("sample", "platform", "value_scale", "series")
     if series:
-        expression = expression.where(F.col("series").isin(*series))
+        samples = samples.where(F.col("series").isin(*series))
+    transform, floor = transform_settings(settings)
+    expression = spark_model_scale(lake.read("expression"), samples, {"transform": transform, "log_floor": floor})
     probe_map = probe_gene_map(lake.read("platform_probes"), settings.get("multi_gene", "drop"))
     values = gene_values(expression, probe_map, settings.get("aggregate", "mean"))
     if settings.get("scale_per_sample"):
         values = scale_per_sample(values)
     wanted = spark.createDataFrame([(g,) for g in bundle.gene_order], "gene string")
     values = values.join(F.broadcast(wanted), "gene", "left_semi")
+    inputs = {r["sample"]: (r["platform"], r["value_scale"]) for r in samples.collect()}  # one row per sample
     bundle_path = str(bundle_dir)
     run_id, model_name, now = bundle.run_id, bundle.model_name, datetime.now(timezone.utc)
 
@@ -285,8 +390,9 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path, max_mi
         identity = pd.DataFrame({"platform": "", "probe_id": scorer.gene_order, "gene": scorer.gene_order})
         matrix, _ = collapse_to_genes(frame[["sample", "platform", "probe_id", "value"]], identity,
                                       scorer.gene_order, {"aggregate": "mean"})
-        samples = list(dict.fromkeys(frame["sample"]))
-        scored = score_matrix(scorer, samples, matrix, max_missing_fraction)
+        names = list(dict.fromkeys(frame["sample"]))
+        scored = score_matrix(scorer, names, matrix, policy, platforms={n: inputs[n][0] for n in names},
+                              scales={n: inputs[n][1] for n in names})
         return pd.DataFrame({
             "scored_at": now, "run": run_id, "model": model_name,
             "sample": [s.sample for s in scored], "source": "lake",
@@ -294,6 +400,8 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path, max_mi
             "prediction": [s.prediction for s in scored],
             "missing_genes": [s.missing_genes for s in scored],
             "error": [s.error for s in scored],
+            "input_scale": [s.input_scale for s in scored],
+            "warning": [s.warning for s in scored],
         })
 
     return values.groupBy("sample").applyInPandas(score_groups, schema=schemas.SCORED_SAMPLES)

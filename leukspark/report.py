@@ -76,8 +76,10 @@ class RunData:
     n_genes_table: int | None   # rows of the genes table, counted only when the run lacks n_genes
     metrics: pd.DataFrame       # wide: model, fold, accuracy, ..., fit_seconds (CV folds and test)
     cv_summary: pd.DataFrame    # index model, columns (metric, "mean"|"std")
-    predictions: pd.DataFrame   # the run's test-set predictions
+    predictions: pd.DataFrame   # the run's test-set predictions (out-of-fold ones in a CV-only run)
     models: list[str]           # best first (leaderboard order)
+    evaluated_on: str = "test set"
+    best_by: str = "accuracy"
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ def write_report(spark: SparkSession, lake: Lake, run_id: str, out_dir: Path, co
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report_cfg = config["report"]
-    data = load_run_data(lake, run_id)
+    data = load_run_data(lake, run_id, config["training"]["best_by"])
     figures = FigureWriter(out_dir)
 
     embedding = gene_embedding_inputs(spark, lake, data)
@@ -112,8 +114,11 @@ def write_report(spark: SparkSession, lake: Lake, run_id: str, out_dir: Path, co
 # ---------------------------------------------------------------------------------------
 # reading the lake
 # ---------------------------------------------------------------------------------------
-def load_run_data(lake: Lake, run_id: str) -> RunData:
-    """The run's record, metrics and test predictions plus the label and split tables."""
+def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData:
+    """The run's record, metrics and test predictions plus the label and split tables.
+
+    A cross-validation-only run has no test set: its figures use the out-of-fold predictions.
+    """
     run_rows = lake.read("runs").where(F.col("run") == run_id).collect()
     if not run_rows:
         raise TableError(f"run {run_id} is not in the runs table")
@@ -123,10 +128,11 @@ def load_run_data(lake: Lake, run_id: str) -> RunData:
     if results.empty:
         raise TableError(f"the results table has no rows for run {run_id}")
     metrics = wide_metrics(results)
-    predictions = (lake.read("predictions")
-                   .where((F.col("run") == run_id) & (F.col("fold") == TEST_FOLD))
-                   .select("model", "sample", "probability_AML", "predicted", "truth").toPandas())
-    board = leaderboard(metrics)
+    predictions = (lake.read("predictions").where(F.col("run") == run_id)
+                   .select("model", "fold", "sample", "probability_AML", "predicted", "truth").toPandas())
+    tested = (predictions["fold"] == TEST_FOLD).any()
+    predictions = predictions[(predictions["fold"] == TEST_FOLD) == tested].drop(columns="fold")
+    board = leaderboard(metrics, best_by)
     return RunData(
         run_id=run_id,
         run=run,
@@ -139,6 +145,8 @@ def load_run_data(lake: Lake, run_id: str) -> RunData:
         cv_summary=cv_summary(results),
         predictions=predictions,
         models=[str(m) for m in board.index],
+        evaluated_on="test set" if tested else "out-of-fold predictions (cross-validation only)",
+        best_by=best_by,
     )
 
 
@@ -230,7 +238,7 @@ def summary_section(data: RunData, report_cfg: dict) -> Section:
         ("Excluded samples", len(data.excluded)),
         ("Genes", n_genes),
         ("Models", f"{len(data.models)}: {', '.join(data.models)}"),
-        ("Best model (test accuracy)", run.get("best_model") or (data.models[0] if data.models else None)),
+        (f"Best model (mean CV {data.best_by})", run.get("best_model") or (data.models[0] if data.models else None)),
         ("Report settings", f"t-SNE perplexity {report_cfg['tsne_perplexity']}, "
                             f"top genes {report_cfg['top_genes']}"),
         ("Report generated", _format_time(datetime.now(timezone.utc))),
@@ -425,7 +433,7 @@ def confusion_on_test_set(predictions: pd.DataFrame, model: str) -> pd.DataFrame
 def confusion_section(data: RunData, figures: FigureWriter) -> Section:
     models = [m for m in data.models if (data.predictions["model"] == m).any()]
     if not models:
-        return Section("confusion", "Confusion matrices (test set)", "<p>No test predictions for this run.</p>")
+        return Section("confusion", f"Confusion matrices ({data.evaluated_on})", "<p>No predictions for this run.</p>")
     n_cols = min(3, len(models))
     n_rows = -(-len(models) // n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.3 * n_rows), layout="constrained",
@@ -444,9 +452,9 @@ def confusion_section(data: RunData, figures: FigureWriter) -> Section:
         ax.set_title(f"{model}\naccuracy {accuracy:.3f} (n = {counts.sum()})", fontsize=10)
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
-    fig.suptitle("Confusion matrices on the test set (AML = positive class)")
-    img = figures.save(fig, "confusion_matrices.png", "test-set confusion matrix of each model")
-    return Section("confusion", "Confusion matrices (test set)", img)
+    fig.suptitle(f"Confusion matrices on the {data.evaluated_on} (AML = positive class)")
+    img = figures.save(fig, "confusion_matrices.png", f"confusion matrix of each model on the {data.evaluated_on}")
+    return Section("confusion", f"Confusion matrices ({data.evaluated_on})", img)
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,8 +484,8 @@ def roc_curves_on_test_set(predictions: pd.DataFrame,
 def roc_section(data: RunData, figures: FigureWriter) -> Section:
     curves = roc_curves_on_test_set(data.predictions, data.models)
     if not curves:
-        return Section("roc", "ROC curves (test set)",
-                       "<p>No ROC curve: the test set lacks predictions or one of the classes.</p>")
+        return Section("roc", f"ROC curves ({data.evaluated_on})",
+                       "<p>No ROC curve: the predictions lack one of the classes.</p>")
     colours = model_colours(data.models)
     # Good models share the same curve (up the left edge, along the top): drawing each
     # later one thinner on top of the earlier ones keeps every colour visible.
@@ -498,18 +506,18 @@ def roc_section(data: RunData, figures: FigureWriter) -> Section:
         ax.grid(True, alpha=0.3)
     full.set_xlim(-0.04, 1.04)  # room for the thick lines along the edges
     full.set_ylim(-0.04, 1.04)
-    full.set_title("ROC curves on the test set")
+    full.set_title(f"ROC curves on the {data.evaluated_on}")
     full.legend(loc="lower right", fontsize=9)
     if zoomed:
         zoom = axes[0, 1]
         zoom.set_xlim(-0.01, ROC_ZOOM[0])
         zoom.set_ylim(ROC_ZOOM[1], 1.01)
         zoom.set_title("zoom on the top-left corner")
-    img = figures.save(fig, "roc_curves.png", "test-set ROC curve of each model")
+    img = figures.save(fig, "roc_curves.png", f"ROC curve of each model on the {data.evaluated_on}")
     note = ("<p>" + ("Right: the top-left corner enlarged, where good models differ. " if zoomed else "")
             + "Overlapping curves are drawn thinner on top of thicker ones (best model widest), so each colour "
               "stays visible where models agree.</p>")
-    return Section("roc", "ROC curves (test set)", note + img)
+    return Section("roc", f"ROC curves ({data.evaluated_on})", note + img)
 
 
 # ---------------------------------------------------------------------------------------
@@ -566,15 +574,15 @@ LEADERBOARD_COLUMNS = ("model", "test accuracy", "errors", "ROC AUC", "F1", "sen
                        "CV accuracy", "fit seconds")
 
 
-def leaderboard_frame(metrics: pd.DataFrame) -> pd.DataFrame:
+def leaderboard_frame(metrics: pd.DataFrame, best_by: str = "accuracy") -> pd.DataFrame:
     """`train.leaderboard` (best first) with the test sensitivity and specificity added."""
-    board = leaderboard(metrics)
+    board = leaderboard(metrics, best_by)
     test = metrics[metrics["fold"] == TEST_FOLD].set_index("model")
     return board.assign(test_sensitivity=test["sensitivity"], test_specificity=test["specificity"])
 
 
 def leaderboard_section(data: RunData) -> Section:
-    board = leaderboard_frame(data.metrics)
+    board = leaderboard_frame(data.metrics, data.best_by)
     header = "".join(f"<th>{_esc(c)}</th>" for c in LEADERBOARD_COLUMNS)
     rows = []
     for rank, (model, r) in enumerate(board.iterrows()):
@@ -583,8 +591,9 @@ def leaderboard_section(data: RunData) -> Section:
                  _mean_std(r.cv_accuracy_mean, r.cv_accuracy_std), _num(r.fit_seconds, 2)]
         css = " class='best'" if rank == 0 else ""
         rows.append(f"<tr{css}>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    body = ("<p>Test-set metrics of the final fit of each model (trained on the whole training set), "
-            "best test accuracy first; CV accuracy is the mean ± std over the cross-validation folds.</p>"
+    body = (f"<p>Models ranked by their mean cross-validation {_esc(data.best_by)} (the test set does not "
+            "choose the model); test-set metrics of the final fit of each model (trained on the whole training "
+            "set; — in a cross-validation-only run); CV accuracy is the mean ± std over the folds.</p>"
             f"<table class='grid' id='leaderboard-table'><tr>{header}</tr>{''.join(rows)}</table>")
     return Section("leaderboard", "Leaderboard", body)
 

@@ -16,6 +16,7 @@ SERIES = _schema(
     ("summary", StringType(), True),
     ("platforms", ArrayType(StringType()), True),
     ("n_samples", LongType(), True),
+    ("value_scale", StringType(), True),
     ("source_file", StringType(), True),
     ("ingested_at", TimestampType(), True),
 )
@@ -32,6 +33,8 @@ SAMPLES = _schema(
     ("n_values", LongType(), True),
     ("n_missing", LongType(), True),
     ("values_checksum", StringType(), True),
+    ("value_scale", StringType(), True),
+    ("value_quantiles", ArrayType(DoubleType()), True),
     ("source_file", StringType(), True),
     ("ingested_at", TimestampType(), True),
 )
@@ -114,6 +117,8 @@ SCORED_SAMPLES = _schema(
     ("prediction", StringType(), True),
     ("missing_genes", IntegerType(), True),
     ("error", StringType(), True),
+    ("input_scale", StringType(), True),
+    ("warning", StringType(), True),
 )
 
 RUNS = _schema(

@@ -12,6 +12,7 @@ Multi-gene probes are written ``A /// B`` in all of them; they become lists.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ from leukspark.geo.soft import (
     iter_geo_records,
 )
 
-__all__ = ["ANNOTATION_SCHEMA", "annotation_from_platform_table", "read_platform_annotation"]
+__all__ = ["ANNOTATION_SCHEMA", "annotation_from_platform_table", "annotation_platform_name",
+           "read_platform_annotation"]
 
 ANNOTATION_SCHEMA = pa.schema(
     [
@@ -66,6 +68,26 @@ def read_platform_annotation(path, platform: str | None = None) -> pa.Table:
         raise GeoFormatError(f"{path}: a {file_format.replace('_', ' ')} file has no platform table")
     records = _platform_records(path)
     return _annotation_from_records(path, records, platform)
+
+
+def annotation_platform_name(path) -> str:
+    """A stable platform name for the probes an annotation file describes.
+
+    A GEO file names its platform; for a CSV the GPL accession in the file name is used
+    ("GPL80_annotation.csv" -> GPL80), else the file name without its suffixes, so that the
+    same annotation always gives the same platform and a second cohort joins the first.
+    """
+    path = require_file(path)
+    if detect_format(path) != "csv":
+        platforms = [record.accession for record in _platform_records(path)]
+        if len(platforms) == 1:
+            return platforms[0]
+        raise GeoFormatError(f"{path}: holds {len(platforms)} platforms ({platforms}): pass --platform to pick one")
+    match = re.search(r"GPL\d+", path.name, re.IGNORECASE)
+    if match:
+        return match.group(0).upper()
+    stem = path.name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem) or "ANNOTATED"
 
 
 def annotation_from_platform_table(platform: str, table: pa.Table) -> pa.Table:

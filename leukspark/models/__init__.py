@@ -80,6 +80,7 @@ def fit_and_predict(
     X_eval: np.ndarray,
     seed: int,
     scaler: str = "standard",
+    normalize: str = "none",
 ) -> FitResult:
     """Fit the preprocessor and the model on the training rows, then score ``X_eval``.
 
@@ -89,8 +90,10 @@ def fit_and_predict(
     spec = get_model(model_name)
     resolved = spec.resolve_params(params)  # fail on a bad key before any work is done
     started = time.perf_counter()
-    preprocessor = Preprocessor(scaler).fit(X_train)
+    preprocessor = Preprocessor(scaler, normalize).fit(X_train)
     model = spec.fit(preprocessor.transform(X_train), y_train, resolved, seed)
     fit_seconds = time.perf_counter() - started
-    probabilities = spec.predict_proba(model, preprocessor.transform(X_eval))
+    # A cross-validation-only run's final fit has nothing to evaluate.
+    probabilities = (spec.predict_proba(model, preprocessor.transform(X_eval)) if len(X_eval)
+                     else np.empty(0))
     return FitResult(probabilities, fit_seconds, preprocessor, model, resolved)

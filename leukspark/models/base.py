@@ -23,6 +23,7 @@ from scipy.special import expit
 from leukspark.errors import ModelError, PredictionError
 
 SCALERS = ("standard", "minmax", "none")
+NORMALIZERS = ("none", "quantile", "rank")
 
 
 # --------------------------------------------------------------------------- validation
@@ -104,10 +105,13 @@ class Preprocessor:
 
     _ARRAY_KEYS = ("impute_values", "center", "scale", "observed_in_training")
 
-    def __init__(self, scaler: str = "standard"):
+    def __init__(self, scaler: str = "standard", normalize: str = "none"):
         if scaler not in SCALERS:
             raise ModelError(f"unknown scaler {scaler!r}; known: {', '.join(SCALERS)}")
+        if normalize not in NORMALIZERS:
+            raise ModelError(f"unknown normalisation {normalize!r}; known: {', '.join(NORMALIZERS)}")
         self.scaler = scaler
+        self.normalizer = SampleNormalizer(normalize)
         self.impute_values: np.ndarray | None = None  # training means (0 where never observed)
         self.center: np.ndarray | None = None
         self.scale: np.ndarray | None = None
@@ -125,6 +129,7 @@ class Preprocessor:
         imputed = as_feature_matrix(X, what="training matrix").astype(np.float64)
         if imputed.shape[0] == 0:
             raise ModelError("cannot fit the preprocessor on a training matrix with no samples")
+        imputed = self.normalizer.fit(imputed).transform(imputed)
         missing = np.isnan(imputed)
         counts = imputed.shape[0] - missing.sum(axis=0)
         observed = counts > 0
@@ -155,7 +160,7 @@ class Preprocessor:
         """Impute and scale ``X`` with the training statistics; returns float32."""
         self._require_fitted()
         matrix = as_feature_matrix(X, n_features=self.n_features, error=PredictionError)
-        values = matrix.astype(np.float64)  # a copy: the in-place steps leave the caller's array alone
+        values = self.normalizer.transform(matrix.astype(np.float64))  # a copy: steps below work in place
         _fill_missing(values, np.isnan(values), self.impute_values)
         values -= self.center
         values /= self.scale
@@ -169,15 +174,17 @@ class Preprocessor:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted state as plain numeric arrays (for ``np.savez``)."""
         self._require_fitted()
-        return {key: np.array(getattr(self, key)) for key in self._ARRAY_KEYS}
+        arrays = {key: np.array(getattr(self, key)) for key in self._ARRAY_KEYS}
+        return {**arrays, **self.normalizer.to_arrays()}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str) -> "Preprocessor":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str, normalize: str = "none") -> "Preprocessor":
         """Rebuild a fitted preprocessor from :meth:`to_arrays` output."""
         missing_keys = [key for key in cls._ARRAY_KEYS if key not in arrays]
         if missing_keys:
             raise ModelError(f"preprocessor arrays lack {', '.join(missing_keys)}")
-        preprocessor = cls(scaler)
+        preprocessor = cls(scaler, normalize)
+        preprocessor.normalizer.load_arrays(arrays)
         n_features = np.asarray(arrays["center"]).shape[0] if np.ndim(arrays["center"]) == 1 else None
         for key in cls._ARRAY_KEYS:
             array = np.asarray(arrays[key])
@@ -197,6 +204,85 @@ class Preprocessor:
     def _require_fitted(self) -> None:
         if self.center is None:
             raise ModelError("the preprocessor is not fitted; call fit() on the training matrix first")
+
+
+class SampleNormalizer:
+    """Per-sample normalisation that does not depend on the other samples of a batch.
+
+    ``quantile`` maps each sample's values, by rank, onto a reference distribution: the mean
+    of the training samples' sorted values (fitted on training rows only and stored in the
+    bundle), as frozen quantile normalisation does. ``rank`` maps them to (rank + 0.5) / n.
+    Either way a sample scored alone gets exactly the values it gets inside its batch, which
+    is what makes scores comparable across labs and platforms. NaN (unmeasured genes) stays
+    NaN and is ranked among the measured values only.
+    """
+
+    ARRAY_KEY = "quantile_reference"
+
+    def __init__(self, method: str = "none"):
+        self.method = method
+        self.reference: np.ndarray | None = None  # sorted reference values, one per grid point
+
+    def fit(self, X: np.ndarray) -> "SampleNormalizer":
+        if self.method == "quantile":
+            grid = _grid(X.shape[1])
+            self.reference = np.mean([_sorted_at(row, grid) for row in X], axis=0)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        if self.method == "none":
+            return X
+        if self.method == "quantile" and self.reference is None:
+            raise ModelError("the quantile normaliser is not fitted")
+        out = np.full(X.shape, np.nan)
+        for i, row in enumerate(X):
+            measured = ~np.isnan(row)
+            if not measured.any():
+                continue
+            positions = (_average_ranks(row[measured]) + 0.5) / measured.sum()
+            if self.method == "rank":
+                out[i, measured] = positions
+            else:
+                out[i, measured] = np.interp(positions, _grid(self.reference.size), self.reference)
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {self.ARRAY_KEY: self.reference} if self.method == "quantile" else {}
+
+    def load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.method != "quantile":
+            return
+        if self.ARRAY_KEY not in arrays:
+            raise ModelError(f"preprocessor arrays lack {self.ARRAY_KEY} (quantile normalisation)")
+        reference = np.asarray(arrays[self.ARRAY_KEY], dtype=np.float64)
+        if reference.ndim != 1 or not np.isfinite(reference).all():
+            raise ModelError(f"preprocessor array {self.ARRAY_KEY!r} must be a finite vector")
+        self.reference = reference.copy()
+
+
+def _grid(n: int) -> np.ndarray:
+    return (np.arange(n) + 0.5) / n
+
+
+def _sorted_at(row: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """A sample's sorted measured values, read off at the quantile levels of `grid`."""
+    values = np.sort(row[~np.isnan(row)])
+    if values.size == 0:
+        raise ModelError("a training sample has no measured gene: cannot fit quantile normalisation")
+    return np.interp(grid, _grid(values.size), values)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing their mean rank (so equal values stay equal)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    first = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    group = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], values.size]
+    ranks = np.empty(values.size)
+    ranks[order] = ((starts + ends - 1) / 2.0)[group]
+    return ranks
 
 
 def _fill_missing(values: np.ndarray, missing: np.ndarray, column_values: np.ndarray) -> None:
@@ -256,6 +342,10 @@ class ModelSpec(ABC):
     def feature_weights(self, model: Any) -> np.ndarray | None:
         """Per-input-feature weight (linear models), or None when the model has none."""
         return None
+
+    def used_features(self, model: Any) -> np.ndarray:
+        """Boolean mask of the input genes the model reads; prediction counts only these as missing."""
+        return np.ones(self.n_features(model), dtype=bool)
 
     @abstractmethod
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any:
@@ -426,6 +516,9 @@ class LinearModelSpec(ModelSpec):
 
     def load(self, directory: Path) -> LinearProbabilityModel:
         return LinearProbabilityModel.load(directory)
+
+    def used_features(self, model: LinearProbabilityModel) -> np.ndarray:
+        return (model.weights != 0).any(axis=0)
 
     def feature_weights(self, model: LinearProbabilityModel) -> np.ndarray:
         """Log-odds weight of each input (standardized) feature; positive favours AML."""

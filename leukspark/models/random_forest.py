@@ -139,6 +139,11 @@ class RandomForestSpec(ModelSpec):
     def n_features(self, model: TreeEnsemble) -> int:
         return model.n_features
 
+    def used_features(self, model: TreeEnsemble) -> np.ndarray:
+        mask = np.zeros(model.n_features, dtype=bool)
+        mask[model.feature[model.left != LEAF]] = True
+        return mask
+
     def save(self, model: TreeEnsemble, directory: Path) -> list[str]:
         return model.save(directory)
 

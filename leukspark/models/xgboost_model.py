@@ -86,6 +86,11 @@ class XGBoostSpec(ModelSpec):
     def n_features(self, model: GeneFilteredBooster) -> int:
         return model.n_features
 
+    def used_features(self, model: GeneFilteredBooster) -> np.ndarray:
+        mask = np.zeros(model.n_features, dtype=bool)
+        mask[model.selected_genes] = True
+        return mask
+
     def save(self, model: GeneFilteredBooster, directory: Path) -> list[str]:
         """Write the booster as XGBoost JSON (data only; loading it runs no code) and the gene indices."""
         model.classifier.save_model(Path(directory) / self.MODEL_FILE)

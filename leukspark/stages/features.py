@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..errors import FeatureError
+from ..scale import LINEAR, UNKNOWN, needs_log
 
 AGGREGATES = {
     "mean": F.mean,
@@ -121,22 +122,88 @@ def feature_vectors(values: DataFrame, n_genes: int) -> DataFrame:
     return values.groupBy("sample").applyInPandas(assemble, schema="sample string, features array<double>")
 
 
+def to_model_scale(expression: DataFrame, samples: DataFrame, feature_config: dict) -> DataFrame:
+    """Expression of `samples` only, log2-transformed where `features.transform` says so.
+
+    `samples` carries each sample's detected `value_scale` (from ingest); a linear sample is
+    floored at `features.log_floor` and log2-transformed before probes are combined, since a
+    mean of linear signals is dominated by the brightest probe.
+    """
+    transform, floor = feature_config["transform"], float(feature_config["log_floor"])
+    needs_log(UNKNOWN, transform)  # validates the setting
+    if transform == "none":
+        return expression.join(F.broadcast(samples.select("sample")), "sample", "left_semi")
+    logged = F.lit(True) if transform == "log2" else F.coalesce(F.col("value_scale") == LINEAR, F.lit(False))
+    flags = samples.select("sample", logged.alias("_log"))
+    value = F.when(F.col("_log") & F.col("value").isNotNull(), F.log2(F.greatest(F.col("value"), F.lit(floor))))
+    return (expression.join(F.broadcast(flags), "sample")
+            .withColumn("value", value.otherwise(F.col("value"))).drop("_log"))
+
+
+def measured_positions(vectors: DataFrame) -> np.ndarray:
+    """Sorted gene positions with a value in at least one of `vectors`' samples.
+
+    Each partition ORs its vectors' finite masks; only those masks (one per partition) reach
+    the driver, never the matrix.
+    """
+    def masks(batches):
+        for batch in batches:
+            if len(batch):
+                stacked = np.vstack(batch["features"].to_numpy())
+                yield pd.DataFrame({"measured": [np.isfinite(stacked).any(axis=0)]})
+
+    rows = vectors.select("features").mapInPandas(masks, schema="measured array<boolean>").collect()
+    if not rows:
+        return np.array([], dtype=int)
+    return np.flatnonzero(np.logical_or.reduce([np.asarray(r["measured"], dtype=bool) for r in rows]))
+
+
+def keep_positions(vectors: DataFrame, genes: DataFrame, positions: np.ndarray) -> tuple[DataFrame, DataFrame]:
+    """Vectors and gene table restricted to `positions`, renumbered 0..n-1 in the same order."""
+    keep = np.asarray(positions, dtype=np.int64)
+
+    def slice_vectors(batches):
+        for batch in batches:
+            yield batch.assign(features=[np.asarray(v, dtype=float)[keep] for v in batch["features"]])
+
+    sliced = vectors.mapInPandas(slice_vectors, schema="sample string, features array<double>")
+    spark = genes.sparkSession
+    renumbered = spark.createDataFrame([(int(i), int(p)) for i, p in enumerate(keep)], "new int, position int")
+    kept_genes = (genes.join(F.broadcast(renumbered), "position")
+                  .select(F.col("new").alias("position"), "gene", "n_probes"))
+    return sliced, kept_genes
+
+
 def build_features(expression: DataFrame, platform_probes: DataFrame, samples: DataFrame,
                    feature_config: dict) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Stage entry: (gene_features, genes, probe_map) for `samples` (columns sample, platform)."""
+    """Stage entry: (gene_features, genes, probe_map) for `samples` (sample, platform, value_scale).
+
+    The gene universe is what was measured: genes of the annotation that no sample has a value
+    for are left out, so a model never carries (and prediction never asks for) a gene the data
+    did not have.
+    """
     probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
     platforms = [r["platform"] for r in samples.select("platform").distinct().collect() if r["platform"]]
     genes = gene_table(probe_map, platforms).localCheckpoint()
     n_genes = genes.count()
-    if n_genes < feature_config["min_genes"]:
-        raise FeatureError(
-            f"only {n_genes} genes could be derived for platform(s) {', '.join(platforms) or '-'} "
-            f"(features.min_genes is {feature_config['min_genes']}): is the platform annotated? "
-            "Pass --annotation with a probe-to-symbol file"
-        )
+    _require_genes(n_genes, platforms, feature_config, "could be derived")
     positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
-    scoped = expression.join(F.broadcast(samples.select("sample")), "sample", "left_semi")
+    scoped = to_model_scale(expression, samples, feature_config)
     values = gene_values(scoped, positioned_map, feature_config["aggregate"], key="position")
     if feature_config["scale_per_sample"]:
         values = scale_per_sample(values, key="position")
-    return feature_vectors(values, n_genes), genes, probe_map
+    vectors = feature_vectors(values, n_genes).localCheckpoint()
+    measured = measured_positions(vectors)
+    _require_genes(len(measured), platforms, feature_config, "have values")
+    if len(measured) < n_genes:
+        vectors, genes = keep_positions(vectors, genes, measured)
+    return vectors, genes, probe_map
+
+
+def _require_genes(n_genes: int, platforms: list[str], feature_config: dict, what: str) -> None:
+    if n_genes < feature_config["min_genes"]:
+        raise FeatureError(
+            f"only {n_genes} genes {what} for platform(s) {', '.join(platforms) or '-'} "
+            f"(features.min_genes is {feature_config['min_genes']}): is the platform annotated, and do "
+            "its probe ids match the data's? Pass --annotation with a probe-to-symbol file"
+        )

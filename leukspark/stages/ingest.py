@@ -25,10 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from .. import schemas
 from ..errors import DuplicateSampleError, GeoFormatError, InputError, LeukSparkError
 from ..lake import Lake
+from ..scale import detect_scale, series_scale, value_quantiles
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +233,7 @@ def values_checksum(probe_ids, values) -> str:
 
 def _sample_row(record, series: str, path: Path) -> dict:
     sample = record.sample
+    quantiles = value_quantiles(record.value.to_numpy(zero_copy_only=False))
     return {
         "sample": sample.accession,
         "series": series,
@@ -243,6 +246,8 @@ def _sample_row(record, series: str, path: Path) -> dict:
         "n_values": int(len(record.probe_id)),
         "n_missing": int(record.n_missing),
         "values_checksum": values_checksum(record.probe_id, record.value),
+        "value_scale": detect_scale(quantiles),
+        "value_quantiles": quantiles,
         "source_file": str(path),
     }
 
@@ -340,6 +345,7 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         if not annotation_path.is_file():
             raise InputError(f"{annotation_path}: annotation file does not exist")
 
+    platform = _matrix_platform(paths, annotation_path, platform)
     stored: dict[str, str] = {}
     if lake.exists("samples"):
         stored = {r["sample"]: r["values_checksum"]
@@ -383,6 +389,15 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         n_values=sum(p.n_values for p in parsed), n_missing=sum(p.n_missing for p in parsed),
         platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}),
     )
+
+
+def _matrix_platform(paths: list[Path], annotation_path: Path | None, platform: str | None) -> str | None:
+    """The platform of matrix inputs: --platform, else the one the --annotation file describes."""
+    if platform or annotation_path is None or not any(is_matrix_file(p) for p in paths):
+        return platform
+    from ..geo.annotation import annotation_platform_name
+
+    return annotation_platform_name(annotation_path)
 
 
 def _parse_in_tasks(spark: SparkSession, paths: list[Path], staging_dir: Path, stored: dict[str, str],
@@ -432,10 +447,13 @@ def _merge_series_rows(lake: Lake, rows: list[dict]) -> list[dict]:
             known["platforms"] = sorted(set(known["platforms"]) | set(row["platforms"]))
         else:
             merged[row["series"]] = dict(row)
+    counts, scales = {}, {}
     if lake.exists("samples"):
-        counts = {r["series"]: r["count"] for r in lake.read("samples").groupBy("series").count().collect()}
-    else:
-        counts = {}
+        stored = (lake.read("samples").groupBy("series")
+                  .agg(F.count("*").alias("count"), F.collect_set("value_scale").alias("scales")).collect())
+        counts = {r["series"]: r["count"] for r in stored}
+        scales = {r["series"]: list(r["scales"]) for r in stored}
     for series, row in merged.items():
         row["n_samples"] = max(counts.get(series, 0), row.get("n_samples") or 0)
+        row["value_scale"] = series_scale(scales.get(series, []))
     return list(merged.values())

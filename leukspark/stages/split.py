@@ -28,12 +28,26 @@ def stratified_split(labels: pd.DataFrame, test_fraction: float, folds: int, see
     counts = frame["label"].value_counts()
     if len(counts) < 2:
         raise SplitError(f"a split needs both ALL and AML samples; got {counts.to_dict()}")
-    if counts.min() < folds + 1:
+    if test_fraction == 0:  # cross-validation only: every sample trains, the folds give the estimate
+        return _with_folds(frame, frame.iloc[0:0], folds, seed)
+    if counts.min() < 3:
         raise SplitError(
-            f"too few samples of class {counts.idxmin()} ({counts.min()}) for a test set and {folds} folds"
+            f"too few samples of class {counts.idxmin()} ({counts.min()}) for a test set and folds: "
+            "use --test-fraction 0 (cross-validation only)"
         )
     train, test = train_test_split(frame, test_size=test_fraction, stratify=frame["label"], random_state=seed)
     return _with_folds(train, test, folds, seed)
+
+
+def effective_folds(train_labels: pd.Series, folds: int) -> int:
+    """`folds`, or fewer when a class has fewer training samples than that (at least 2)."""
+    smallest = int(train_labels.value_counts().min()) if len(train_labels) else 0
+    if smallest < 2:
+        raise SplitError(
+            f"cross-validation needs at least 2 training samples of each class; "
+            f"got {train_labels.value_counts().to_dict()}"
+        )
+    return min(folds, smallest)
 
 
 def given_split(labels: pd.DataFrame, assignment: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
@@ -58,6 +72,7 @@ def extend_split(stored: pd.DataFrame, labels: pd.DataFrame, test_fraction: floa
     fresh = labels[~labels["sample"].isin(stored["sample"])]
     if fresh.empty:
         return kept[["sample", "set", "fold", "label"]].sort_values("sample").reset_index(drop=True)
+    folds = n_folds(stored) or folds  # new samples join the folds the stored split has
     if fresh["label"].nunique() < 2 or fresh["label"].value_counts().min() < folds + 1:
         # Too few new samples to stratify on their own: they all go to training, fold by position.
         added = fresh[["sample", "label"]].sort_values("sample").assign(set=TRAIN)
@@ -66,6 +81,12 @@ def extend_split(stored: pd.DataFrame, labels: pd.DataFrame, test_fraction: floa
         added = stratified_split(fresh, test_fraction, folds, seed + 1)
     return (pd.concat([kept[["sample", "set", "fold", "label"]], added[["sample", "set", "fold", "label"]]])
             .sort_values("sample").reset_index(drop=True))
+
+
+def n_folds(split: pd.DataFrame) -> int:
+    """How many CV folds a stored split has (fewer than asked when a class was small)."""
+    folds = split.loc[split["set"] == TRAIN, "fold"].dropna()
+    return int(folds.max()) + 1 if len(folds) else 0
 
 
 def split_frame(spark, split: pd.DataFrame) -> DataFrame:
@@ -78,7 +99,9 @@ def split_summary(split: pd.DataFrame) -> str:
     table = split.assign(part=np.where(split["set"] == TEST, "test",
                                        "fold " + split["fold"].astype("float").fillna(-1).astype(int).astype(str)))
     counts = table.groupby(["part", "label"]).size().unstack(fill_value=0)
-    lines = [f"train {int((split['set'] == TRAIN).sum())}, test {int((split['set'] == TEST).sum())}"]
+    lines = [f"train {int((split['set'] == TRAIN).sum())}, test {int((split['set'] == TEST).sum())}, "
+             f"{n_folds(split)} cross-validation folds"
+             + ("" if (split["set"] == TEST).any() else " (cross-validation only: no test set)")]
     lines += [f"  {part:<7} ALL {row.get('ALL', 0):>5}  AML {row.get('AML', 0):>5}" for part, row in counts.iterrows()]
     return "\n".join(lines)
 
@@ -86,7 +109,7 @@ def split_summary(split: pd.DataFrame) -> str:
 def _with_folds(train: pd.DataFrame, test: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
     train = train.sort_values("sample").reset_index(drop=True)
     fold_of = np.full(len(train), -1)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splitter = StratifiedKFold(n_splits=effective_folds(train["label"], folds), shuffle=True, random_state=seed)
     for fold, (_, held_out) in enumerate(splitter.split(train["sample"], train["label"])):
         fold_of[held_out] = fold
     train = train.assign(set=TRAIN, fold=fold_of)

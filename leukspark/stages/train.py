@@ -47,6 +47,7 @@ class TrainingContext:
     scaler: str
     bundle_root: str | None
     feature_settings: dict | None = None   # how probes became genes; saved in bundles for prediction
+    training_inputs: dict | None = None    # platforms and value scales of the training samples
 
 
 def plan_tasks(models: list[str], n_folds: int, param_overrides: dict) -> pd.DataFrame:
@@ -149,15 +150,20 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
     truth = np.array([context.assignments[s][2] for s in samples], dtype=object)
     y_train = (truth[train_mask] == POSITIVE_CLASS).astype(np.int64)
     params = json.loads(task["params"])
+    normalize = (context.feature_settings or {}).get("normalize", "none")
     result = fit_and_predict(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
-                             seed=context.seed, scaler=context.scaler)
+                             seed=context.seed, scaler=context.scaler, normalize=normalize)
     if task["fold"] == TEST_FOLD and context.bundle_root:
         from ..bundle import save_bundle
+        from ..input_check import fit_reference
 
+        reference, ranges = fit_reference(matrix[train_mask])
+        inputs = {**(context.training_inputs or {}), "input_check": ranges}
         save_bundle(Path(context.bundle_root) / task["model"], model_name=task["model"],
                     spec=get_model(task["model"]), model=result.model, preprocessor=result.preprocessor,
                     gene_order=list(context.gene_order), params=result.params, run_id=context.run_id,
-                    extra={"features": context.feature_settings or {}})
+                    extra={"features": context.feature_settings or {}, "training_inputs": inputs},
+                    input_reference=reference)
     probabilities = np.asarray(result.probabilities, dtype=np.float64)
     return pd.DataFrame({
         "run": context.run_id,
@@ -209,36 +215,57 @@ def results_rows(metrics: pd.DataFrame, *, run_id: str, run_time, config_hash: s
     return frame[schemas.RESULTS.fieldNames()]
 
 
-def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Test metrics per model with the CV mean accuracy, best test accuracy first."""
-    test = metrics[metrics["fold"] == TEST_FOLD].set_index("model")
+def leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> pd.DataFrame:
+    """Per model: CV mean and std of the metrics, and the test metrics when the run has a test set.
+
+    Ordered best first by the CV mean of `best_by` (ties: CV ROC AUC, then the smaller CV std):
+    the test set never chooses the model, so its accuracy stays an unbiased estimate of the
+    model that is deployed.
+    """
     cv = metrics[metrics["fold"] != TEST_FOLD].groupby("model")
     board = pd.DataFrame({
-        "test_accuracy": test["accuracy"],
-        "test_roc_auc": test["roc_auc"],
-        "test_f1": test["f1"],
-        "test_errors": (test["fp"] + test["fn"]).astype(int),
+        "cv_rank_metric": cv[best_by].mean(),
+        "cv_rank_metric_std": cv[best_by].std(ddof=1).fillna(0.0),
         "cv_accuracy_mean": cv["accuracy"].mean(),
         "cv_accuracy_std": cv["accuracy"].std(ddof=1),
-        "fit_seconds": test["fit_seconds"],
+        "cv_roc_auc_mean": cv["roc_auc"].mean(),
     })
-    return board.sort_values(["test_accuracy", "test_roc_auc", "cv_accuracy_mean"], ascending=False)
+    test = metrics[metrics["fold"] == TEST_FOLD].set_index("model")
+    board = board.assign(
+        test_accuracy=test["accuracy"], test_roc_auc=test["roc_auc"], test_f1=test["f1"],
+        test_errors=(test["fp"] + test["fn"]), fit_seconds=test["fit_seconds"],
+    )
+    return board.sort_values(["cv_rank_metric", "cv_roc_auc_mean", "cv_rank_metric_std"],
+                             ascending=[False, False, True], kind="stable")
 
 
-def format_leaderboard(metrics: pd.DataFrame) -> str:
+def has_test_set(metrics: pd.DataFrame) -> bool:
+    return bool((metrics["fold"] == TEST_FOLD).any())
+
+
+def format_leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> str:
     from ..metrics import confusion_table
 
-    board = leaderboard(metrics)
-    lines = [f"{'model':<22}{'test acc':>9}{'errors':>8}{'ROC AUC':>9}{'F1':>8}{'CV acc':>16}{'fit s':>8}"]
+    board = leaderboard(metrics, best_by)
+    tested = has_test_set(metrics)
+    lines = [f"models ranked by mean cross-validation {best_by}"
+             + ("; test metrics of the final fits" if tested else " (cross-validation only: no test set)"),
+             f"{'model':<22}{'CV acc':>16}{'CV AUC':>8}" + (f"{'test acc':>10}{'errors':>8}{'ROC AUC':>9}{'F1':>8}"
+                                                          f"{'fit s':>8}" if tested else "")]
     for model, row in board.iterrows():
-        lines.append(f"{model:<22}{row.test_accuracy:>9.4f}{int(row.test_errors):>8d}{row.test_roc_auc:>9.4f}"
-                     f"{row.test_f1:>8.4f}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}"
-                     f"{row.fit_seconds:>8.1f}")
-    test = metrics[metrics["fold"] == TEST_FOLD].set_index("model")
+        line = f"{model:<22}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}{row.cv_roc_auc_mean:>8.4f}"
+        if tested:
+            line += (f"{row.test_accuracy:>10.4f}{int(row.test_errors):>8d}{row.test_roc_auc:>9.4f}"
+                     f"{row.test_f1:>8.4f}{row.fit_seconds:>8.1f}")
+        lines.append(line)
+    evaluated = metrics[metrics["fold"] == TEST_FOLD] if tested else (
+        metrics[metrics["fold"] != TEST_FOLD].groupby("model")[["tp", "fp", "tn", "fn"]].sum().reset_index())
+    where = "the test set" if tested else "all cross-validation folds"
+    evaluated = evaluated.set_index("model")
     for model in board.index:
-        r = test.loc[model]
+        r = evaluated.loc[model]
         # confusion_table labels rows "actual AML/ALL" and columns "predicted AML/ALL".
         y_true = [1] * int(r.tp + r.fn) + [0] * int(r.tn + r.fp)
         y_pred = [1] * int(r.tp) + [0] * int(r.fn) + [0] * int(r.tn) + [1] * int(r.fp)
-        lines.append(f"\n{model}: confusion matrix on the test set\n{confusion_table(y_true, y_pred).to_string()}")
+        lines.append(f"\n{model}: confusion matrix on {where}\n{confusion_table(y_true, y_pred).to_string()}")
     return "\n".join(lines)
