@@ -10,8 +10,9 @@ the training samples' two summaries span:
 * spread: the median absolute deviation of those z-scores around the shift: a sample that
   is compressed or blown up relative to the training data (linear vs log values).
 
-A sample outside the training range, widened by `predict.range_margin` of its width, is
-scored but flagged with a `warning`. Both summaries are medians over the genes a sample has,
+A sample outside the training range is scored but flagged with a `warning`; the range is
+widened by `predict.range_margin`: of its width (at least that many z-units) for the shift,
+as a factor (1 + margin) for the spread, which is a ratio. Both summaries are medians over the genes a sample has,
 so a sample of another platform that shares only part of the genes is judged fairly.
 """
 
@@ -50,11 +51,18 @@ def sample_summary(values: np.ndarray, reference: dict[str, np.ndarray]) -> tupl
 def out_of_range(values: np.ndarray, reference: dict[str, np.ndarray], ranges: dict[str, list[float]],
                  margin: float) -> str | None:
     """A warning naming what lies outside the training range, or None."""
+    shift, spread = sample_summary(values, reference)
+    limits = {
+        # An offset: the range widened by the margin of its width, and by at least margin z-units.
+        "shift": (ranges["shift"][0] - max(margin * np.ptp(ranges["shift"]), margin),
+                  ranges["shift"][1] + max(margin * np.ptp(ranges["shift"]), margin)),
+        # A ratio: a sample is compressed or stretched by a factor.
+        "spread": (ranges["spread"][0] / (1 + margin), ranges["spread"][1] * (1 + margin)),
+    }
     problems = []
-    for name, value in zip(("shift", "spread"), sample_summary(values, reference)):
+    for name, value in (("shift", shift), ("spread", spread)):
         lo, hi = ranges[name]
-        slack = margin * (hi - lo)
-        if not np.isfinite(value) or not lo - slack <= value <= hi + slack:
+        if not np.isfinite(value) or not limits[name][0] <= value <= limits[name][1]:
             problems.append(f"{name} {value:.2f} outside the training range [{lo:.2f}, {hi:.2f}]")
     if not problems:
         return None
