@@ -31,6 +31,11 @@ _BYTE_ORDER_MARKS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-
                      (codecs.BOM_UTF16_BE, "utf-16"))
 
 
+def text_encoding(head: bytes) -> str:
+    """The encoding a file's first bytes announce with a byte-order mark; UTF-8 without one."""
+    return next((name for mark, name in _BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8")
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     if not path.is_file():
         raise InputError(f"{path}: matrix file does not exist")
@@ -41,7 +46,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     except (OSError, EOFError) as error:
         raw.close()
         raise GeoFormatError(f"{path}: cannot be read: {error}") from None
-    encoding = next((name for mark, name in _BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8")
+    encoding = text_encoding(head)
     # newline="" lets the csv module see line ends inside quoted cells.
     return io.TextIOWrapper(raw, encoding=encoding, newline="")
 

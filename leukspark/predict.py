@@ -168,8 +168,9 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
                  platform: str | None = None, max_missing_fraction: float = 0.05) -> list[ScoredSample]:
     from .bundle import load_bundle
 
-    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
+    # The input first: a malformed file is refused for what it is, whatever the lake holds.
     values, file_platforms = sample_tables_from_file(path, platform)
+    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
     platforms_needed = sorted(values["platform"].dropna().unique())
     probes = read_small_table(lake_root, "platform_probes", filters=[("platform", platforms_needed)])
     if file_platforms:
