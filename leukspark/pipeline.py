@@ -310,7 +310,7 @@ def _read_split_file(path: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, sep=None, engine="python")
     except (pd.errors.EmptyDataError, pd.errors.ParserError, csv.Error, UnicodeDecodeError) as error:
-        raise SplitError(f"{path}: not a readable CSV split file: {str(error).splitlines()[0]}") from None
+        raise SplitError(f"{path}: not a readable CSV split file: {' '.join(str(error).split())}") from None
     frame.columns = [c.strip().lower() for c in frame.columns]
     if not {"sample", "set"} <= set(frame.columns):
         raise SplitError(f"{path}: a split file needs columns 'sample' and 'set' (train/test)")

@@ -90,3 +90,18 @@ def test_utf16_without_a_byte_order_mark_and_latin1_are_refused(tmp_path):
     latin = tmp_path / "b.csv"
     latin.write_bytes("gene,S1\nCD\xe9,1\n".encode("latin-1"))
     assert "not UTF-8" in refusal(latin, InputError)
+
+
+@pytest.mark.parametrize("text, encoding, complaint", [
+    ("gene,S1,S2\nTP53,1,2\nMPO,3\n", "utf-8", "line 3: 2 fields"),
+    ("", "utf-8", "the file is empty"),
+    ("gene,S1,S2\nTP53,1,2\n", "utf-16-le", "UTF-16"),
+])
+def test_predict_refuses_a_bad_matrix_in_one_line_before_opening_the_lake(tmp_path, capsys, text, encoding,
+                                                                          complaint):
+    from leukspark.cli import main
+
+    path = write(tmp_path, "new_samples.csv", text, encoding)
+    assert main(["predict", str(path), "--lake", str(tmp_path / "no_lake")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"leukspark predict: error: {path}") and error.count("\n") == 1 and complaint in error
