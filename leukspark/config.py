@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import checks
 from .errors import ConfigError
 
 # conf/ lives at the repository root; leukspark/conf links to it so installs carry it too.
@@ -34,6 +35,21 @@ CHOICES = {
     "training.best_by": {"accuracy", "roc_auc", "f1", "sensitivity", "specificity", "precision"},
     "features.transform": {"auto", "log2", "none"},
     "features.normalize": {"none", "quantile", "rank"},
+}
+
+# Ranges of numeric settings (their types come from the defaults). A test fraction of 0
+# means cross-validation only, with no held-out set.
+RANGES = {
+    "spark.shuffle_partitions": checks.integer(1),
+    "features.min_genes": checks.integer(1),
+    "split.test_fraction": checks.number(0, 1, high_open=True),
+    "split.folds": checks.integer(2),
+    "predict.max_missing_gene_fraction": checks.number(0, 1),
+    "predict.min_shared_gene_fraction": checks.number(0, 1),
+    "predict.range_margin": checks.number(0, 1),
+    "features.log_floor": checks.positive(),
+    "report.tsne_perplexity": checks.positive(),
+    "report.top_genes": checks.integer(1),
 }
 
 LABELS = {"ALL", "AML"}
@@ -66,24 +82,10 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
             raise ConfigError(
                 f"{source}: {dotted} must be one of {', '.join(sorted(allowed))}; got {value!r}"
             )
-    fraction = get(config, "split.test_fraction")
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"{source}: split.test_fraction must be in [0, 1) (0: cross-validation only); "
-                          f"got {fraction}")
-    for dotted in ("predict.min_shared_gene_fraction", "predict.range_margin"):
-        if not 0 <= get(config, dotted) <= 1:
-            raise ConfigError(f"{source}: {dotted} must be between 0 and 1; got {get(config, dotted)}")
-    if get(config, "features.log_floor") <= 0:
-        raise ConfigError(f"{source}: features.log_floor must be positive; got {get(config, 'features.log_floor')}")
-    if get(config, "split.folds") < 2:
-        raise ConfigError(f"{source}: split.folds must be at least 2; got {get(config, 'split.folds')}")
-    missing_fraction = get(config, "predict.max_missing_gene_fraction")
-    if not 0 <= missing_fraction <= 1:
-        raise ConfigError(
-            f"{source}: predict.max_missing_gene_fraction must be between 0 and 1; got {missing_fraction}"
-        )
-    if not get(config, "training.models"):
-        raise ConfigError(f"{source}: training.models must name at least one model")
+    for dotted, check in RANGES.items():
+        if (problem := check.problem(get(config, dotted))) is not None:
+            raise ConfigError(f"{source}: {dotted} {problem}")
+    _check_models(config["training"], source)
     _check_label_rules(config["labels"]["rules"], source)
 
 
@@ -152,7 +154,31 @@ def _same_kind(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _check_models(training: dict, source: str) -> None:
+    """Model names and their parameters, checked by each model's own declaration."""
+    from .models import REGISTRY  # imported here: it loads scikit-learn
+
+    known = ", ".join(sorted(REGISTRY))
+    models = training["models"]
+    if not models:
+        raise ConfigError(f"{source}: training.models must name at least one model")
+    for index, name in enumerate(models):
+        if not isinstance(name, str) or name not in REGISTRY:
+            raise ConfigError(f"{source}: training.models[{index}]: unknown model {name!r}; known models: {known}")
+        if name in models[:index]:
+            raise ConfigError(f"{source}: training.models[{index}]: model {name} is listed twice")
+    for name, params in training["params"].items():
+        if name not in REGISTRY:
+            raise ConfigError(f"{source}: training.params.{name}: unknown model; known models: {known}")
+        if not isinstance(params, dict):
+            raise ConfigError(f"{source}: training.params.{name} must be a mapping; got {params!r}")
+        if (problem := REGISTRY[name].param_problem(params)) is not None:
+            raise ConfigError(f"{source}: training.params.{name}.{problem[0]} {problem[1]}")
+
+
 def _check_label_rules(rules: list, source: str) -> None:
+    if not rules:
+        raise ConfigError(f"{source}: labels.rules must hold at least one rule (a --labels file replaces them)")
     for index, rule in enumerate(rules):
         where = f"{source}: labels.rules[{index}]"
         if not isinstance(rule, dict):

@@ -7,8 +7,11 @@ platform's probe ids, collapsed to genes through its annotation like any GEO ser
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
 import io
+import math
 import re
 from pathlib import Path
 from typing import Iterator
@@ -18,57 +21,141 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import GeoFormatError, InputError
-from .geo.soft import PlatformRecord, SampleRecord, SampleTable, SeriesRecord
+from .geo.soft import (MISSING_VALUE_TOKENS, PlatformRecord, SampleRecord, SampleTable, SeriesRecord,
+                       infinite_value_error)
 
 GENE_SYMBOL_PLATFORM = "GENE_SYMBOLS"
+
+
+# A byte-order mark tells the encoding (Excel saves "Unicode text" as UTF-16 with one).
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                     (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def text_encoding(head: bytes) -> str:
+    """The encoding a file's first bytes announce with a byte-order mark; UTF-8 without one."""
+    return next((name for mark, name in _BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
     if not path.is_file():
         raise InputError(f"{path}: matrix file does not exist")
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    raw = gzip.open(path) if path.name.lower().endswith(".gz") else open(path, "rb")
+    try:
+        head = raw.read(4)
+        raw.seek(0)
+    except (OSError, EOFError) as error:
+        raw.close()
+        raise GeoFormatError(f"{path}: cannot be read: {error}") from None
+    encoding = text_encoding(head)
+    # newline="" lets the csv module see line ends inside quoted cells.
+    return io.TextIOWrapper(raw, encoding=encoding, newline="")
 
 
 def read_matrix(path: Path) -> pd.DataFrame:
     """Features x samples, as floats; the index holds probe ids or gene symbols."""
     name = path.name.lower().removesuffix(".gz")
+    is_gct = name.endswith(".gct")
     with _open_text(path) as handle:
-        if name.endswith(".gct"):
-            version = handle.readline().strip()
-            if not version.startswith("#1.2"):
-                raise GeoFormatError(f"{path}: line 1: a GCT file starts with '#1.2'; got {version[:30]!r}")
-            handle.readline()  # "rows cols"
-            frame = pd.read_csv(handle, sep="\t", index_col=0, dtype=str)
-            frame = frame.drop(columns=[c for c in frame.columns if c.lower() == "description"])
-            header_lines = 3
-        else:
-            sep = "\t" if name.endswith(".tsv") else ","
-            frame = pd.read_csv(handle, sep=sep, index_col=0, dtype=str)
-            header_lines = 1
-    if frame.empty or frame.shape[1] == 0:
+        try:
+            declared = _gct_dimensions(handle, path) if is_gct else None
+            header, rows, lines = _read_cells(handle, "\t" if is_gct or name.endswith(".tsv") else ",", path,
+                                              first_line=3 if is_gct else 1)
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): "
+                             "save it as UTF-8") from None
+        except (OSError, EOFError, csv.Error) as error:  # a damaged gzip stream or CSV quoting
+            raise GeoFormatError(f"{path}: cannot be read: {error}") from None
+    frame = pd.DataFrame(rows, columns=header, dtype=str).set_index(header[0])
+    frame = frame.drop(columns=[c for c in frame.columns if is_gct and c.lower() == "description"])
+    if frame.shape[1] == 0:
         raise GeoFormatError(f"{path}: no sample columns found")
+    if frame.empty:
+        raise GeoFormatError(f"{path}: no data rows below the header")
+    if declared is not None:
+        _check_gct_dimensions(declared, frame.shape, path)
     if frame.index.has_duplicates:
         duplicate = frame.index[frame.index.duplicated()][0]
         raise GeoFormatError(f"{path}: row id {duplicate!r} appears more than once")
-    if frame.columns.has_duplicates:
-        duplicate = frame.columns[frame.columns.duplicated()][0]
-        raise GeoFormatError(f"{path}: sample {duplicate!r} appears more than once")
-    return _to_numbers(frame, path, header_lines)
+    return _to_numbers(frame, path, lines)
 
 
-def _to_numbers(frame: pd.DataFrame, path: Path, header_lines: int) -> pd.DataFrame:
-    missing = frame.isna() | frame.isin(["null", "NULL", "NA", "NaN", "nan", "N/A", ""])
+def _read_cells(handle, sep: str, path: Path, first_line: int) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """Header, data rows and each row's line number; a row of another width than the header is refused."""
+    reader = csv.reader(handle, delimiter=sep)
+    header = next(reader, None)
+    if header is None:
+        raise GeoFormatError(f"{path}: the file is empty" if first_line == 1 else f"{path}: no header line")
+    if "\x00" in "".join(header):
+        raise GeoFormatError(f"{path}: line {first_line}: the header holds NUL characters "
+                             "(UTF-16 without a byte-order mark?): save the file as UTF-8")
+    _check_header(header, path, first_line)
+    rows, lines = [], []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        line = first_line - 1 + reader.line_num
+        if len(row) != len(header):
+            raise GeoFormatError(f"{path}: line {line}: {len(row)} fields, but the header (line {first_line}) "
+                                 f"has {len(header)}")
+        rows.append(row)
+        lines.append(line)
+    return header, rows, np.array(lines, dtype=np.int64)
+
+
+def _check_header(header: list[str], path: Path, line: int) -> None:
+    # pandas would rename a repeated column to 'S1.1' and store it as a sample of that name.
+    seen: dict[str, int] = {}
+    for column, name in enumerate(header[1:], start=2):
+        if not name.strip():
+            raise GeoFormatError(f"{path}: line {line}: column {column} has no sample name")
+        if name in seen:
+            raise GeoFormatError(f"{path}: line {line}: sample column {name!r} appears twice "
+                                 f"(columns {seen[name]} and {column})")
+        seen[name] = column
+
+
+def _gct_dimensions(handle, path: Path) -> tuple[int, int]:
+    """Lines 1 and 2 of a GCT: the '#1.2' version and the declared 'rows<TAB>samples'."""
+    version = handle.readline().strip()
+    if not version.startswith("#1.2"):
+        raise GeoFormatError(f"{path}: line 1: a GCT file starts with '#1.2'; got {version[:30]!r}")
+    text = handle.readline().strip()
+    parts = text.split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise GeoFormatError(f"{path}: line 2: the GCT dimension line must be two integers "
+                             f"(rows, samples); got {text[:40]!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _check_gct_dimensions(declared: tuple[int, int], shape: tuple[int, int], path: Path) -> None:
+    for what, said, found in zip(("rows", "samples"), declared, shape):
+        if said != found:
+            raise GeoFormatError(f"{path}: line 2: the GCT dimension line declares {said} {what}, "
+                                 f"but the file holds {found}")
+
+
+def _to_numbers(frame: pd.DataFrame, path: Path, lines: np.ndarray) -> pd.DataFrame:
+    missing = frame.isna() | frame.isin(MISSING_VALUE_TOKENS)
     numbers = frame.apply(pd.to_numeric, errors="coerce")
-    bad = numbers.isna() & ~missing
+    # pandas reads 'inf' as infinity but '1e400' as not-a-number: both are refused as infinite.
+    bad = (numbers.isna() & ~missing) | np.isinf(numbers)
     if bad.to_numpy().any():
         row, column = np.argwhere(bad.to_numpy())[0]
-        raise GeoFormatError(
-            f"{path}: line {row + header_lines + 1}: sample {frame.columns[column]}: "
-            f"value {frame.iat[row, column]!r} is not a number"
-        )
+        text = frame.iat[row, column]
+        where = dict(sample=frame.columns[column], probe=frame.index[row], line=int(lines[row]), text=text)
+        if _is_infinite(text):
+            raise infinite_value_error(path, **where)
+        raise GeoFormatError(f"{path}, sample {where['sample']}, line {where['line']}: probe {where['probe']}: "
+                             f"value {text!r} is not a number")
     return numbers.astype(float)
+
+
+def _is_infinite(text: str) -> bool:
+    try:
+        return math.isinf(float(text))
+    except ValueError:
+        return False
 
 
 def matrix_sample_ids(path: Path) -> list[str]:

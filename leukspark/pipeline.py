@@ -7,6 +7,7 @@ logic of their own.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -22,8 +23,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from . import __version__, schemas
-from .config import config_hash
-from .errors import LabelError, SplitError, TableError
+from .config import RANGES, config_hash
+from .errors import ConfigError, InputError, LabelError, SplitError, TableError
 from .lake import Lake
 from .stages import features as feature_stage
 from .stages import labels as label_stage
@@ -65,6 +66,8 @@ class Pipeline:
         samples = self.lake.read("samples")
         if label_file:
             given = label_stage.read_label_file(self.spark, label_file, sample_order=sample_order)
+            if note := label_stage.check_label_samples(samples, given, label_file, self.config["labels"]["strict"]):
+                self.echo(note)
             labels, excluded = label_stage.labels_from_table(samples, given)
         else:
             labels, excluded = label_stage.assign_labels(samples, self.config["labels"])
@@ -282,6 +285,8 @@ class Pipeline:
         """ingest -> labels -> features -> split -> train -> report, stopping after `until`."""
         if until not in STAGES:
             raise ValueError(f"--until must be one of {', '.join(STAGES)}")
+        check_run_arguments(test_fraction=test_fraction, label_file=label_file, split_file=split_file,
+                            annotation=annotation)
         last = STAGES.index(until) if until != "train" or report_dir is None else STAGES.index("report")
         outcome: dict = {}
         steps = [
@@ -305,8 +310,25 @@ def new_run_id() -> str:
     return f"run-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
 
 
+def check_run_arguments(*, test_fraction: float | None = None, label_file: str | None = None,
+                        split_file: str | None = None, annotation: str | None = None) -> None:
+    """Refuse bad run arguments before any stage writes: a late failure would leave tables rewritten."""
+    if test_fraction is not None and (problem := RANGES["split.test_fraction"].problem(test_fraction)):
+        raise ConfigError(f"--test-fraction {problem}")
+    for option, path in (("--labels", label_file), ("--split-file", split_file), ("--annotation", annotation)):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise InputError(f"{option} {path}: no such file")
+    if label_file and not label_file.lower().endswith(".cls"):
+        label_stage.read_label_rows(label_file)  # a .cls needs the matrix's sample order: checked at labels
+    if split_file:
+        _read_split_file(split_file)
+
+
 def _read_split_file(path: str) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep=None, engine="python")
+    try:
+        frame = pd.read_csv(path, sep=None, engine="python")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, csv.Error, UnicodeDecodeError) as error:
+        raise SplitError(f"{path}: not a readable CSV split file: {' '.join(str(error).split())}") from None
     frame.columns = [c.strip().lower() for c in frame.columns]
     if not {"sample", "set"} <= set(frame.columns):
         raise SplitError(f"{path}: a split file needs columns 'sample' and 'set' (train/test)")

@@ -278,10 +278,11 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
     from .bundle import load_bundle
     from .geo.annotation import annotation_platform_name, read_platform_annotation
 
-    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
     if annotation is not None and platform is None:
         platform = annotation_platform_name(Path(annotation))
+    # The input first: a malformed file is refused for what it is, whatever the lake holds.
     values, file_platforms = sample_tables_from_file(path, platform)
+    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
     if annotation is not None:
         file_platforms.append(read_platform_annotation(Path(annotation), platform=platform).to_pandas())
     platforms_needed = sorted(values["platform"].dropna().unique())

@@ -33,12 +33,53 @@ def test_defaults_load_and_user_file_merges_over_them(tmp_path):
     ("labels:\n  rules:\n    - {field: title, pattern: '(', label: ALL}\n", "labels.rules[0].pattern"),
     ("labels:\n  rules:\n    - {field: title, label: ALL}\n", "labels.rules[0]"),
     ("training:\n  models: []\n", "training.models"),
+    ("split:\n  test_fraction: 1.0\n", "split.test_fraction"),
+    ("split:\n  test_fraction: -0.1\n", "split.test_fraction"),
+    ("split:\n  folds: 1\n", "split.folds"),
+    ("features:\n  min_genes: 0\n", "features.min_genes"),
+    ("labels:\n  rules: []\n", "labels.rules"),
+    ("labels:\n  strict: yes please\n", "labels.strict"),
+    ("training:\n  models: [logistic_regression, random_tree]\n", "training.models[1]"),
+    ("training:\n  models: [dnn, xgboost, dnn]\n", "training.models[2]"),
+    ("training:\n  params:\n    logistic_regression: {C: abc}\n", "training.params.logistic_regression.C"),
+    ("training:\n  params:\n    linear_svm: {C: -1}\n", "training.params.linear_svm.C"),
+    ("training:\n  params:\n    random_forest: {n_estimators: 0}\n", "training.params.random_forest.n_estimators"),
+    ("training:\n  params:\n    random_forest: {n_trees: 10}\n", "training.params.random_forest.n_trees"),
+    ("training:\n  params:\n    xgboost: {subsample: 1.5}\n", "training.params.xgboost.subsample"),
+    ("training:\n  params:\n    dnn: {dropout: 1.5}\n", "training.params.dnn.dropout"),
+    ("training:\n  params:\n    dnn: {hidden_layers: []}\n", "training.params.dnn.hidden_layers"),
+    ("training:\n  params:\n    dnn: {batch_size: 6.5}\n", "training.params.dnn.batch_size"),
+    ("training:\n  params:\n    random_tree: {depth: 3}\n", "training.params.random_tree"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, text))
     assert key in str(error.value)
     assert "run.yaml" in str(error.value)
+
+
+def test_a_test_fraction_of_zero_is_valid_cross_validation_only(tmp_path):
+    assert load_config(write(tmp_path, "split:\n  test_fraction: 0\n"))["split"]["test_fraction"] == 0
+
+
+def test_model_parameters_in_range_and_null_where_allowed_load(tmp_path):
+    config = load_config(write(tmp_path, "training:\n  params:\n    random_forest: {max_features: 0.3, max_depth: 8}\n"
+                                         "    logistic_regression: {class_weight: balanced, C: 2}\n"))
+    assert config["training"]["params"]["random_forest"]["max_features"] == 0.3
+    assert config["training"]["params"]["random_forest"]["n_estimators"] == 300  # default kept
+
+
+@pytest.mark.parametrize("command", [["run", "--input", "x.soft"], ["predict", "x.soft"], ["ingest", "x.soft"]])
+def test_the_cli_prints_a_bad_setting_as_one_line_before_starting_anything(tmp_path, capsys, command):
+    from leukspark.cli import main
+
+    bad = write(tmp_path, "training:\n  params:\n    dnn: {dropout: 1.5}\n")
+    lake = tmp_path / "lake"
+    assert main([*command, "--lake", str(lake), "--config", str(bad)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "Traceback" not in error
+    assert error.startswith(f"leukspark {command[0]}: error:") and "training.params.dnn.dropout" in error
+    assert not lake.exists()
 
 
 def test_missing_file_and_bad_yaml_are_clear(tmp_path):
@@ -54,6 +95,8 @@ def test_unknown_model_parameter_fails_before_training():
 
     with pytest.raises(ModelError, match="n_trees"):
         plan_tasks(["random_forest"], 5, {"random_forest": {"n_trees": 10}})
+    with pytest.raises(ModelError, match="'n_estimators' must be an integer >= 1; got 0"):
+        plan_tasks(["random_forest"], 5, {"random_forest": {"n_estimators": 0}})
 
 
 def test_config_hash_ignores_where_spark_runs_but_not_what_is_trained(tmp_path):

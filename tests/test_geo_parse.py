@@ -525,3 +525,31 @@ def test_stopping_early_ends_the_reader_thread(gse781_path):
     assert isinstance(next(records), SeriesRecord)
     records.close()
     assert threading.active_count() == before
+
+
+INFINITE_SPELLINGS = ["inf", "1e400", "-Infinity", "Inf"]
+
+
+@pytest.mark.parametrize("token", INFINITE_SPELLINGS)
+def test_infinite_value_in_sample_soft_names_sample_line_and_probe(tmp_path, gsm11805_lines, token):
+    lines = list(gsm11805_lines)
+    bad_index = _index_of(lines, "!sample_table_begin") + 5
+    probe, _, *rest = lines[bad_index].split("\t")
+    lines[bad_index] = "\t".join([probe, token, *rest])
+    message = _error_for(_write_text(tmp_path / "GSM11805.txt", lines))
+    assert "GSM11805" in message and f"line {bad_index + 1}" in message and probe in message
+    assert f"{token!r} is infinite" in message
+
+
+@pytest.mark.parametrize("token", INFINITE_SPELLINGS)
+def test_infinite_value_in_series_matrix_names_sample_line_and_probe(tmp_path, geo_data_dir, token):
+    lines = _raw_lines(geo_data_dir / "GSE37587_series_matrix.txt.gz")
+    header_index = _index_of(lines, "!series_matrix_table_begin") + 1
+    sample = lines[header_index].split("\t")[3].strip('"')
+    bad_index = header_index + 700
+    cells = lines[bad_index].split("\t")
+    cells[3] = token
+    lines[bad_index] = "\t".join(cells)
+    message = _error_for(_write_text(tmp_path / "GSE37587_series_matrix.txt", lines))
+    assert sample in message and f"line {bad_index + 1}" in message and cells[0].strip('"') in message
+    assert f"{token!r} is infinite" in message

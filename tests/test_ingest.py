@@ -171,3 +171,38 @@ def test_rerun_after_crash_between_commits_leaves_no_duplicates(spark, lake, con
     expected = count_sample_rows(Path(source))
     per_sample = {r["sample"]: r["count"] for r in lake.read("expression").groupBy("sample").count().collect()}
     assert per_sample == expected
+
+
+def _small_settings(tmp_path) -> str:
+    path = tmp_path / "small.yaml"
+    path.write_text("spark: {shuffle_partitions: 4, driver_memory: 4g}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("inf.csv", "gene,S1,S2\nTP53,1,2\nMPO,3,-inf\n", ["sample S2", "line 3", "probe MPO", "'-inf' is infinite"]),
+    ("big.tsv", "gene\tS1\tS2\nTP53\t1e400\t2\n", ["sample S1", "line 2", "probe TP53", "'1e400' is infinite"]),
+    ("ragged.csv", "gene,S1,S2\nTP53,1,2\nMPO,3\n", ["line 3: 2 fields", "has 3"]),
+    ("empty.csv", "", ["the file is empty"]),
+    ("twice.csv", "gene,S1,S1\nTP53,1,2\n", ["line 1", "'S1' appears twice"]),
+])
+def test_the_cli_refuses_a_bad_matrix_in_one_line_and_writes_nothing(spark, tmp_path, capsys, name, text, expected):
+    from leukspark.cli import main
+
+    path = tmp_path / name
+    path.write_text(text)
+    lake = tmp_path / "lake"
+    assert main(["ingest", str(path), "--lake", str(lake), "--config", _small_settings(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"leukspark ingest: error: {path}") and error.count("\n") == 1
+    assert all(part in error for part in expected), error
+    assert not any((lake / table / "_delta_log").exists() for table in ("samples", "expression", "series"))
+
+
+def test_a_utf16_matrix_with_a_byte_order_mark_is_ingested(spark, lake, config, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("gene,S1,S2\nTP53,1.5,2\nMPO,3,NA\n".encode("utf-16"))
+    report = ingest_sources(spark, lake, [str(path)], config)
+    assert sorted(report.new_samples) == ["S1", "S2"] and report.n_missing == 1
+    values = {(r["sample"], r["probe_id"]): r["value"] for r in lake.read("expression").collect()}
+    assert values[("S1", "TP53")] == 1.5 and values[("S2", "MPO")] is None

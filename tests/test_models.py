@@ -89,6 +89,27 @@ def test_invalid_param_value_is_a_model_error(problem):
         fit_and_predict("logistic_regression", {"C": -1.0}, X_train, y_train, X_eval, seed=0)
 
 
+def test_every_parameter_of_every_model_declares_its_check():
+    for name, spec in REGISTRY.items():
+        assert set(spec.param_checks) == set(spec.default_params), name
+        assert spec.param_problem(spec.default_params) is None, name
+
+
+@pytest.mark.parametrize("name, params, key", [
+    ("logistic_regression", {"C": "abc"}, "C"),
+    ("linear_svm", {"calibration_folds": 1}, "calibration_folds"),
+    ("random_forest", {"max_features": 1.5}, "max_features"),
+    ("random_forest", {"n_jobs": 0}, "n_jobs"),
+    ("xgboost", {"learning_rate": 0}, "learning_rate"),
+    ("dnn", {"dropout": 1.5}, "dropout"),
+    ("dnn", {"hidden_layers": [64, 0]}, "hidden_layers"),
+    ("dnn", {"max_epochs": True}, "max_epochs"),
+])
+def test_a_parameter_of_wrong_type_or_range_fails_before_fitting(name, params, key):
+    with pytest.raises(ModelError, match=f"model '{name}': parameter '{key}' must be"):
+        get_model(name).resolve_params(params)
+
+
 def test_registering_a_clashing_name_fails():
     class Impostor(DnnSpec):
         name = "logistic_regression"

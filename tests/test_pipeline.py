@@ -277,6 +277,47 @@ def test_predict_command_prints_json_lines(run, capsys):
     assert all(line["prediction"] in ("ALL", "AML") and 0 <= line["probability_AML"] <= 1 for line in lines)
 
 
+def _table_versions(lake) -> dict:
+    return {t: lake.version(t) for t in lake.catalog if lake.exists(t)}
+
+
+@pytest.mark.parametrize("token", ["inf", "-Infinity", "1e400"])
+def test_predict_refuses_a_file_with_an_infinite_value_naming_the_sample_and_writes_nothing(run, tmp_path,
+                                                                                           capsys, token):
+    from leukspark.cli import main
+
+    path, samples = _probe_matrix(run, tmp_path, {})
+    lines = path.read_text().splitlines()
+    probe, *cells = lines[7].split(",")
+    cells[1] = token
+    lines[7] = ",".join([probe, *cells])
+    path.write_text("\n".join(lines) + "\n")
+    before = _table_versions(run["lake"])
+    code = main(["predict", str(path), "--lake", str(run["lake"].root), "--platform", "GPL570", "--write"])
+    output = capsys.readouterr()
+    assert code == 2 and output.out == ""
+    assert output.err.count("\n") == 1 and "Traceback" not in output.err
+    assert f"sample {samples[1]}" in output.err and f"probe {probe}" in output.err and "line 8" in output.err
+    assert _table_versions(run["lake"]) == before
+
+
+@pytest.mark.parametrize("argument", ["1.5", "1", "-0.1"])
+def test_a_bad_test_fraction_is_refused_before_any_table_is_rewritten(run, tmp_path, capsys, argument):
+    from leukspark.cli import main
+
+    lake = run["lake"]
+    before = _table_versions(lake)
+    assert {"genes", "gene_features", "splits"} <= set(before)
+    settings = tmp_path / "small.yaml"
+    settings.write_text("spark: {shuffle_partitions: 4, driver_memory: 4g}\n")
+    code = main(["run", "--input", str(run["series"].family_soft), "--lake", str(lake.root), "--config",
+                 str(settings), "--test-fraction", argument, "--no-report"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert error.startswith("leukspark run: error: --test-fraction must be a number in [0, 1)")
+    assert _table_versions(lake) == before
+
+
 def test_spark_batch_scoring_matches_recorded_predictions(run, spark):
     from leukspark.predict import resolve_bundle_dir, score_series
 

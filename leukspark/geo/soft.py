@@ -132,6 +132,15 @@ def _format_error(path, message: str, *, sample: str | None = None, line: int | 
     return GeoFormatError(f"{', '.join(where)}: {message}")
 
 
+def infinite_value_error(path, *, sample: str | None, probe: str | None, line: int | None,
+                         text: str) -> GeoFormatError:
+    """The one answer every reader gives to 'inf', '-Infinity', '1e400': no measurement is infinite."""
+    return _format_error(
+        path, f"probe {probe}: value {text!r} is infinite (not a measurement): fix or blank it",
+        sample=sample, line=line,
+    )
+
+
 def require_file(path) -> Path:
     """``path`` as a Path; InputError naming it if it is missing or not a file."""
     path = Path(path)
@@ -706,6 +715,12 @@ def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: st
     probe_id = _single_chunk(table.column(0))
     value = _nan_to_null(_single_chunk(table.column(1)))
     _check_probe_ids(probe_id, rows, first_line + 1, path=path, sample=sample)
+
+    def locate(row: int) -> tuple[int, str]:
+        line = _line_of_row(rows, first_line + 1, row)
+        return line, _row_text(rows, line - first_line - 1).split("\t")[value_index]
+
+    _refuse_infinite(value, probe_id, path=path, sample=sample, locate=locate)
     return probe_id, value
 
 
@@ -834,6 +849,21 @@ def _check_probe_ids(probe_id: pa.Array, rows: bytes, first_line: int, *, path: 
             path, "empty ID_REF (probe id)", sample=sample,
             line=_line_of_row(rows, first_line, row),
         )
+
+
+def _refuse_infinite(values: pa.Array, probe_id: pa.Array, *, path: Path, sample: str, locate) -> None:
+    """Raise for the first value that parsed as +-infinity; ``locate(row)`` gives its (line, cell text)."""
+    infinite = pc.is_inf(values)
+    if not pc.any(infinite).as_py():
+        return
+    row = int(np.flatnonzero(pc.fill_null(infinite, False).to_numpy(zero_copy_only=False))[0])
+    line, text = locate(row)
+    raise infinite_value_error(path, sample=sample, probe=probe_id[row].as_py(), line=line, text=_unquote(text))
+
+
+def _row_text(rows: bytes, offset: int) -> str:
+    """Line ``offset`` (0-based) of a table block, decoded."""
+    return rows.split(b"\n")[offset].rstrip(b"\r").decode("utf-8", "replace")
 
 
 def _line_of_row(rows: bytes, first_line: int, row_index: int) -> int:
@@ -1025,6 +1055,8 @@ def _matrix_sample_tables(
         sample = _sample_record(gsm, attributes, series.accession, path)
         values = _single_chunk(table.column(column)) if table is not None else pa.array([], pa.float64())
         values = _nan_to_null(values)
+        _refuse_infinite(values, probe_id, path=path, sample=gsm,
+                         locate=lambda row, column=column: _find_matrix_cell(path, header_line, row, column))
         if sample.data_row_count is not None and sample.data_row_count != len(values):
             raise _format_error(
                 path,
@@ -1036,6 +1068,25 @@ def _matrix_sample_tables(
             sample=sample, probe_id=probe_id, value=values,
             n_missing=values.null_count, first_line=header_line,
         )
+
+
+def _find_matrix_cell(path: Path, header_line: int, row_index: int, column: int) -> tuple[int | None, str]:
+    """(line, text) of a series-matrix cell, found by reading the file again.
+
+    Only the error path calls this: the table's text is not kept while it streams.
+    """
+    reader = _LineReader(path)
+    try:
+        seen = -1
+        while (line := reader.next_line()) is not None:
+            # Rows are counted as pyarrow counts them: it skips empty lines only.
+            if reader.line_no > header_line and line:
+                seen += 1
+                if seen == row_index:
+                    return reader.line_no, line.split("\t")[column]
+    finally:
+        reader.close()
+    return None, "?"
 
 
 def _matrix_row_pieces(first_rows: bytes, first_rows_line: int, pieces):

@@ -39,6 +39,9 @@ def register(spec: ModelSpec) -> None:
     """Add ``spec`` to the registry under ``spec.name``; a clashing name is a ModelError."""
     if not isinstance(spec, ModelSpec):
         raise ModelError(f"can only register ModelSpec instances, got {type(spec).__name__}")
+    undeclared = sorted(set(spec.default_params) - set(getattr(spec, "param_checks", {})))
+    if undeclared:
+        raise ModelError(f"model {spec.name!r} declares no param_checks for {', '.join(undeclared)}")
     existing = REGISTRY.get(spec.name)
     if existing is not None and type(existing) is not type(spec):
         raise ModelError(f"model name {spec.name!r} is already registered by {type(existing).__name__}")

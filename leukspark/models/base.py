@@ -20,10 +20,16 @@ from typing import Any, ClassVar, Iterable, Mapping
 import numpy as np
 from scipy.special import expit
 
+from leukspark import checks
+from leukspark.checks import Check
 from leukspark.errors import ModelError, PredictionError
 
 SCALERS = ("standard", "minmax", "none")
 NORMALIZERS = ("none", "quantile", "rank")
+
+# Parameter checks several models share (scikit-learn's and XGBoost's accepted values).
+CLASS_WEIGHT = checks.one_of(None, "balanced", types=(dict,))
+N_JOBS = checks.integer(1, special=(-1,))
 
 
 # --------------------------------------------------------------------------- validation
@@ -304,18 +310,31 @@ class ModelSpec(ABC):
 
     name: ClassVar[str]
     default_params: ClassVar[dict[str, Any]]
+    #: The accepted type and range of every parameter in ``default_params``; config load
+    #: checks them, so a bad value fails before Spark starts, not inside a training task.
+    param_checks: ClassVar[dict[str, Check]]
+
+    def param_problem(self, params: Mapping[str, Any] | None) -> tuple[str, str] | None:
+        """``(parameter, reason)`` for the first unknown or invalid parameter, or None."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.default_params), key=str)
+        if unknown:
+            return str(unknown[0]), (f"is not a parameter of model {self.name!r}; "
+                                     f"known: {', '.join(sorted(self.default_params))}")
+        for key, value in params.items():
+            reason = self.param_checks[key].problem(value)
+            if reason is not None:
+                return key, reason
+        return None
 
     def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Defaults overridden by ``params``; an unknown key is a ModelError naming it."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.default_params))
-        if unknown:
-            raise ModelError(
-                f"unknown parameter(s) {', '.join(map(repr, unknown))} for model {self.name!r}; "
-                f"known: {', '.join(sorted(self.default_params))}"
-            )
+        """Defaults overridden by ``params``; an unknown key or a bad value is a ModelError naming it."""
+        problem = self.param_problem(params)
+        if problem is not None:
+            key, reason = problem
+            raise ModelError(f"model {self.name!r}: parameter {key!r} {reason}")
         resolved = copy.deepcopy(self.default_params)
-        resolved.update(params)
+        resolved.update(params or {})
         return resolved
 
     def fit(self, X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None, seed: int) -> Any:

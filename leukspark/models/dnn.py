@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from leukspark import checks
 from leukspark.errors import ModelError
 from leukspark.models.base import ModelSpec, inner_split_center
 
@@ -89,6 +90,18 @@ class DnnSpec(ModelSpec):
         "patience": 8,
         "min_delta": 1e-3,
         "validation_fraction": 0.15,
+    }
+    param_checks = {
+        "hidden_layers": checks.list_of(checks.integer(1)),
+        "dropout": checks.number(0, 1, high_open=True),
+        "input_dropout": checks.number(0, 1, high_open=True),
+        "learning_rate": checks.positive(),
+        "weight_decay": checks.number(0),
+        "batch_size": checks.integer(1),
+        "max_epochs": checks.integer(1),
+        "patience": checks.integer(1),
+        "min_delta": checks.number(0),
+        "validation_fraction": checks.number(0, 1, low_open=True, high_open=True),
     }
     FILE_NAME = "dnn_state_dict.pt"
     _SCORING_BATCH = 4096  # rows per forward pass when scoring; bounds activation memory

@@ -10,7 +10,8 @@ from scipy.special import expit
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
-from leukspark.models.base import LinearModelSpec, LinearProbabilityModel, inner_split_center
+from leukspark import checks
+from leukspark.models.base import CLASS_WEIGHT, LinearModelSpec, LinearProbabilityModel, inner_split_center
 
 
 def fit_platt_sigmoid(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -57,6 +58,13 @@ class LinearSvmSpec(LinearModelSpec):
         "tol": 1e-4,
         "class_weight": None,
         "calibration_folds": 3,
+    }
+    param_checks = {
+        "C": checks.positive(),
+        "max_iter": checks.integer(1),
+        "tol": checks.positive(),
+        "class_weight": CLASS_WEIGHT,
+        "calibration_folds": checks.integer(2),
     }
 
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> LinearProbabilityModel:

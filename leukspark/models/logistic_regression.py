@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from leukspark.models.base import LinearModelSpec, LinearProbabilityModel
+from leukspark import checks
+from leukspark.models.base import CLASS_WEIGHT, LinearModelSpec, LinearProbabilityModel
 
 
 class LogisticRegressionSpec(LinearModelSpec):
@@ -20,6 +21,8 @@ class LogisticRegressionSpec(LinearModelSpec):
 
     name = "logistic_regression"
     default_params = {"C": 0.1, "max_iter": 2000, "tol": 1e-4, "class_weight": None}
+    param_checks = {"C": checks.positive(), "max_iter": checks.integer(1), "tol": checks.positive(),
+                    "class_weight": CLASS_WEIGHT}
 
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> LinearProbabilityModel:
         # l1_ratio=0 is the L2 penalty (the `penalty` argument is deprecated in sklearn 1.8).

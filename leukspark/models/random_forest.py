@@ -16,7 +16,8 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
 from leukspark.errors import ModelError
-from leukspark.models.base import ArraysFile, ModelSpec
+from leukspark import checks
+from leukspark.models.base import CLASS_WEIGHT, N_JOBS, ArraysFile, ModelSpec
 
 LEAF = -1  # sklearn's TREE_LEAF marker in children_left / children_right
 
@@ -127,6 +128,16 @@ class RandomForestSpec(ModelSpec):
         "min_samples_leaf": 1,
         "class_weight": None,
         "n_jobs": 1,
+    }
+    param_checks = {
+        "n_estimators": checks.integer(1),
+        # scikit-learn: a count of genes, a fraction of them, or a rule.
+        "max_features": checks.any_of(checks.integer(1), checks.Check((float,), 0, 1, low_open=True),
+                                      checks.one_of("sqrt", "log2", None)),
+        "max_depth": checks.integer(1, special=(None,)),
+        "min_samples_leaf": checks.integer(1),
+        "class_weight": CLASS_WEIGHT,
+        "n_jobs": N_JOBS,
     }
 
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> TreeEnsemble:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukspark.errors import ModelError
-from leukspark.models.base import ModelSpec, load_arrays, save_arrays, top_features_by_t_statistic
+from leukspark import checks
+from leukspark.models.base import N_JOBS, ModelSpec, load_arrays, save_arrays, top_features_by_t_statistic
 
 if TYPE_CHECKING:  # xgboost is imported lazily: see _xgboost()
     from xgboost import XGBClassifier
@@ -63,6 +64,18 @@ class XGBoostSpec(ModelSpec):
         "max_bin": 64,
         "max_genes": 2000,
         "n_jobs": 1,
+    }
+    param_checks = {
+        "n_estimators": checks.integer(1),
+        "learning_rate": checks.number(0, 1, low_open=True),
+        "max_depth": checks.integer(1),
+        "subsample": checks.number(0, 1, low_open=True),
+        "colsample_bytree": checks.number(0, 1, low_open=True),
+        "min_child_weight": checks.number(0),
+        "reg_lambda": checks.number(0),
+        "max_bin": checks.integer(2),
+        "max_genes": checks.integer(1, special=(None,)),
+        "n_jobs": N_JOBS,
     }
     MODEL_FILE = "xgboost_model.json"
     GENES_FILE = "xgboost_genes.npz"

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 
 from .. import schemas
 from ..errors import LabelError
+from ..matrix import text_encoding
 
 CHARACTERISTIC_PREFIX = "characteristics."
 PLAIN_FIELDS = {"title", "source", "series", "platform"}
@@ -58,11 +59,36 @@ def assign_labels(samples: DataFrame, label_config: dict) -> tuple[DataFrame, Da
 
 def read_label_file(spark: SparkSession, path: str | Path, *, sample_order: list[str] | None = None) -> DataFrame:
     """Labels from a CSV/TSV (sample, label[, subtype]) or a GSEA .cls file (needs the matrix's sample order)."""
+    return spark.createDataFrame(read_label_rows(path, sample_order=sample_order), schemas.LABELS)
+
+
+def read_label_rows(path: str | Path, *, sample_order: list[str] | None = None) -> list[tuple]:
+    """(sample, label, subtype, rule) rows of a label file; a malformed file is a LabelError naming it."""
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: label file does not exist")
-    rows = _read_cls(path, sample_order) if path.suffix.lower() == ".cls" else _read_label_table(path)
-    return spark.createDataFrame(rows, schemas.LABELS)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode(text_encoding(data))
+    except UnicodeDecodeError as error:
+        raise LabelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8") from None
+    if not text.strip():
+        raise LabelError(f"{path}: the label file is empty")
+    return _read_cls(path, text, sample_order) if path.suffix.lower() == ".cls" else _read_label_table(path, text)
+
+
+def check_label_samples(samples: DataFrame, given: DataFrame, path: str | Path, strict: bool) -> str | None:
+    """Samples the label file names that the data lacks: a note to print, or a LabelError when strict."""
+    unknown = [r["sample"] for r in given.select("sample").join(samples.select("sample"), "sample", "left_anti")
+               .orderBy("sample").collect()]
+    if not unknown:
+        return None
+    shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    message = f"{path}: {len(unknown)} labelled sample(s) are not in the data: {shown}"
+    if strict:
+        raise LabelError(f"{message} (labels.strict is true)")
+    return f"{message}; ignored (set labels.strict: true to fail instead)"
 
 
 def labels_from_table(samples: DataFrame, given: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -99,10 +125,10 @@ def format_label_summary(rows: list[tuple[str, str, int]]) -> str:
     return "\n".join(lines)
 
 
-def _read_label_table(path: Path) -> list[tuple]:
-    text = path.read_text()
-    dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+def _read_label_table(path: Path, text: str) -> list[tuple]:
+    lines = text.splitlines()
+    dialect = "excel-tab" if "\t" in lines[0] else "excel"
+    reader = csv.DictReader(lines, dialect=dialect)
     fields = {name.lower().strip(): name for name in (reader.fieldnames or [])}
     if "sample" not in fields or "label" not in fields:
         raise LabelError(f"{path}: a label file needs columns 'sample' and 'label'; found {reader.fieldnames}")
@@ -117,19 +143,24 @@ def _read_label_table(path: Path) -> list[tuple]:
         seen.add(sample)
         subtype = (record.get(fields.get("subtype", ""), "") or "").strip() or label
         rows.append((sample, label, subtype, f"label file {path.name}"))
+    if not rows:
+        raise LabelError(f"{path}: no labels below the header line")
     return rows
 
 
-def _read_cls(path: Path, sample_order: list[str] | None) -> list[tuple]:
+def _read_cls(path: Path, text: str, sample_order: list[str] | None) -> list[tuple]:
     """GSEA categorical .cls: line 1 'N K 1', line 2 '# names', line 3 one class per sample."""
     if sample_order is None:
         raise LabelError(f"{path}: a .cls file labels samples by position; it needs the matrix it belongs to")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) < 3 or not lines[1].startswith("#"):
         raise LabelError(f"{path}: not a categorical GSEA .cls file (expected 3 lines: counts, '# names', classes)")
     header = lines[0].split()
+    if len(header) != 3 or not all(part.isdigit() for part in header):
+        raise LabelError(f"{path}: line 1: a .cls file starts with three integers (samples, classes, 1); "
+                         f"got {lines[0][:40]!r}")
     classes = lines[2].split()
-    if len(classes) != len(sample_order) or (header and int(header[0]) != len(classes)):
+    if len(classes) != len(sample_order) or int(header[0]) != len(classes):
         raise LabelError(f"{path}: {len(classes)} class entries for {len(sample_order)} samples in the matrix")
     names = lines[1].lstrip("#").split()
     rows = []

@@ -1,0 +1,113 @@
+"""Declarative checks of setting values: accepted types, range and special values.
+
+Configuration keys and model parameters declare a `Check` each, so a bad value fails where
+it is read (config load), with a one-line reason, instead of deep inside a Spark task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value passes when it is one of `special`, or of `types` and inside [low, high].
+
+    `low_open` / `high_open` exclude the bound itself. `each` makes this a check of a
+    non-empty list whose items all pass `each`.
+    """
+
+    types: tuple[type, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    special: tuple = ()
+    each: "Check | None" = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` fails, as 'must be ...; got ...', or None when it passes."""
+        return None if self.accepts(value) else f"must be {self.describe()}; got {value!r}"
+
+    def accepts(self, value: Any) -> bool:
+        if any(_same(value, s) for s in self.special):
+            return True
+        if self.each is not None:
+            return isinstance(value, list) and bool(value) and all(self.each.accepts(v) for v in value)
+        # YAML's true/false are ints to Python; a boolean is never a number here.
+        if isinstance(value, bool) or not isinstance(value, self.types):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+    def describe(self) -> str:
+        parts = []
+        if self.each is not None:
+            parts.append(f"a non-empty list, each {self.each.describe()}")
+        elif self.types:
+            parts.append(_kind(self.types) + self._range())
+        parts += ["null" if s is None else repr(s) for s in self.special]
+        return " or ".join(parts)
+
+    def _range(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f" in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f" {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f" {'<' if self.high_open else '<='} {self.high}"
+        return ""
+
+
+def integer(low: int | None = None, high: int | None = None, *, special: tuple = ()) -> Check:
+    return Check((int,), low, high, special=special)
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False, special: tuple = ()) -> Check:
+    return Check((int, float), low, high, low_open, high_open, special=special)
+
+
+def positive(*, special: tuple = ()) -> Check:
+    return number(0, low_open=True, special=special)
+
+
+def one_of(*values: Any, types: tuple[type, ...] = ()) -> Check:
+    """Exactly one of `values`, or any value of `types` (e.g. a class-weight mapping)."""
+    return Check(types, special=values)
+
+
+def list_of(item: Check) -> Check:
+    return Check(each=item)
+
+
+@dataclass(frozen=True)
+class AnyOf(Check):
+    """Passes when one of `options` passes (e.g. a count of genes or a fraction of them)."""
+
+    options: tuple[Check, ...] = ()
+
+    def accepts(self, value: Any) -> bool:
+        return any(option.accepts(value) for option in self.options)
+
+    def describe(self) -> str:
+        return " or ".join(option.describe() for option in self.options)
+
+
+def any_of(*options: Check) -> AnyOf:
+    return AnyOf(options=options)
+
+
+def _same(value: Any, special: Any) -> bool:
+    # 1 == True in Python: keep booleans and numbers apart.
+    return type(value) is type(special) and value == special if special is not None else value is None
+
+
+def _kind(types: tuple[type, ...]) -> str:
+    if set(types) == {int, float}:
+        return "a number"
+    if types == (int,):
+        return "an integer"
+    return " or ".join(f"a {t.__name__}" for t in types)
