@@ -35,6 +35,19 @@ class profile diluted by normal marrow according to its blast fraction, with mar
 dropout, aberrant cross-lineage expression and a few ambiguous (mixed-lineage) samples,
 so that a good classifier is very accurate but not trivially perfect.
 
+Real-cohort settings (all off by default, which writes the files of earlier versions):
+
+* ``labs=K``: each sample belongs to a lab (``lab: L3``), which adds to ``x`` a per-probe
+  shift and the log2 of an intensity factor, and multiplies the probe noise, all scaled
+  by ``batch_strength``; ``lab_confounding`` makes the lab mix depend on the lineage;
+* ``scale="linear"``: ``v = LINEAR_GAIN * 2**x + background noise`` (MAS5-like values,
+  some negative) instead of the clipped log2 value;
+* ``ambiguous_fraction``: exactly that share of the ALL/AML samples get a mixed-lineage
+  profile (instead of the built-in ~2%, drawn per sample);
+* ``signal``: scales the programs and subtype signatures (the class-dependent part of S).
+
+``PRESETS["hard"]`` combines them (see docs/synthetic.md for measured accuracies).
+
 Everything is drawn from ``numpy.random.Generator`` streams keyed by ``(seed, stream,
 block)`` and the gzip headers carry no time stamp, so the same arguments give
 byte-identical files.
