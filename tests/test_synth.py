@@ -440,7 +440,8 @@ def test_invalid_arguments_are_rejected(tmp_path):
 #: were added: the defaults must keep writing exactly these bytes.
 DEFAULT_SMALL_SHA256 = {
     "GSE13159_family.soft.gz": "b7deae125c9d01380002cfbe8d3c5305279c72cb50d0357b382c3491ef155db9",
-    "GSE13159_series_matrix.txt.gz": "fea502013c62f27bd8cbd6bdb6ce87565349b326afc308f1c813fb9780ecd478",
+    "GSE13159_series_matrix.txt.gz":
+        "fea502013c62f27bd8cbd6bdb6ce87565349b326afc308f1c813fb9780ecd478",
     "GPL570_annotation.csv": "ec4a2f8aa8e7589d228bac62117d74a629f0767d8af65ea90241a0ba6f320b67",
 }
 N_LAB_SAMPLES, N_LAB_PROBES, N_LABS = 120, 300, 4
@@ -543,7 +544,10 @@ def test_lab_characteristics_and_count(labbed):
     meta = matrix["meta"]
     tissue_row, class_row, lab_row = meta["!Sample_characteristics_ch1"]
     assert lab_row == [f"lab: {labs[g]}" for g in result.sample_ids]
-    assert meta["!Sample_description"][0][0].startswith(f"Hybridised at laboratory {labs[result.sample_ids[0]]} ")
+    assert meta["!Sample_description"] == [[
+        f"Hybridised at laboratory {labs[g]} of {N_LABS} (synthetic batch effect)"
+        for g in result.sample_ids
+    ]]
     for column, gsm in enumerate(result.sample_ids):
         block = soft["samples"][gsm]["values"]
         assert all(row[column] == block[p] for p, row in matrix["values"].items())
@@ -581,7 +585,9 @@ def test_lab_confounding_skews_the_lab_mix_by_lineage(tmp_path):
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_linear")
-    result = write_synthetic_series(out, n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3, scale="linear")
+    result = write_synthetic_series(
+        out, n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3, scale="linear"
+    )
     return result, read_soft(result.family_soft), read_matrix(result.series_matrix)
 
 
