@@ -40,6 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--no-matrix", action="store_true", help="write only the family SOFT")
+    cohort = synth.add_argument_group(
+        "real-cohort settings", "A flag given replaces the preset's value (docs/synthetic.md).")
+    cohort.add_argument("--preset", choices=["default", "hard"], default="default",
+                        help="default: one lab, log2, the built-in ~2%% ambiguous samples; hard: 11 labs, "
+                             "strong confounded batch effects, 3%% ambiguous, weaker signal")
+    cohort.add_argument("--labs", type=int, help="number of labs, each with its own batch effect (default 1: none)")
+    cohort.add_argument("--batch-strength", type=float, help="scale of the lab effects (default 1.0)")
+    cohort.add_argument("--lab-confounding", type=float,
+                        help="0..1: how much a sample's lab depends on its lineage (default 0)")
+    cohort.add_argument("--scale", choices=["log2", "linear"],
+                        help="log2 (default) or linear MAS5-style values with background noise")
+    cohort.add_argument("--ambiguous-fraction", type=float,
+                        help="share of ALL/AML samples with a mixed-lineage profile (default: ~2%%, random)")
+    cohort.add_argument("--signal", type=float, help="scale of the lineage and subtype signal (default 1.0)")
 
     ingest = commands.add_parser(
         "ingest", help="ingest GEO series or matrix files into the lake's Delta tables",
@@ -122,16 +136,25 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_synth(args) -> int:
-    from .synth import write_synthetic_series
+    from .synth import preset_options, write_synthetic_series
 
+    options = preset_options(args.preset, labs=args.labs, batch_strength=args.batch_strength,
+                             lab_confounding=args.lab_confounding, scale=args.scale,
+                             ambiguous_fraction=args.ambiguous_fraction, signal=args.signal)
     began = time.perf_counter()
-    result = write_synthetic_series(Path(args.out), n_samples=args.samples, n_probes=args.probes,
-                                    seed=args.seed, write_matrix=not args.no_matrix)
+    try:
+        result = write_synthetic_series(Path(args.out), n_samples=args.samples, n_probes=args.probes,
+                                        seed=args.seed, write_matrix=not args.no_matrix, **options)
+    except ValueError as error:
+        print(f"leukspark synth: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {len(result.sample_ids)} samples x {len(result.probe_ids)} probes in "
           f"{time.perf_counter() - began:.1f} s:")
     for path in (result.family_soft, result.series_matrix, result.annotation_csv):
         if path is not None:
             print(f"  {path}")
+    if args.preset != "default" or options != preset_options("default"):
+        print(f"settings: {options}; {len(result.ambiguous_ids)} ambiguous ALL/AML samples")
     return 0
 
 

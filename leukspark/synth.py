@@ -35,6 +35,19 @@ class profile diluted by normal marrow according to its blast fraction, with mar
 dropout, aberrant cross-lineage expression and a few ambiguous (mixed-lineage) samples,
 so that a good classifier is very accurate but not trivially perfect.
 
+Real-cohort settings (all off by default, which writes the files of earlier versions):
+
+* ``labs=K``: each sample belongs to a lab (``lab: L3``), which adds to ``x`` a per-probe
+  shift and the log2 of an intensity factor, and multiplies the probe noise, all scaled
+  by ``batch_strength``; ``lab_confounding`` makes the lab mix depend on the lineage;
+* ``scale="linear"``: ``v = LINEAR_GAIN * 2**x + background noise`` (MAS5-like values,
+  some negative) instead of the clipped log2 value;
+* ``ambiguous_fraction``: exactly that share of the ALL/AML samples get a mixed-lineage
+  profile (instead of the built-in ~2%, drawn per sample);
+* ``signal``: scales the programs and subtype signatures (the class-dependent part of S).
+
+``PRESETS["hard"]`` combines them (see docs/synthetic.md for measured accuracies).
+
 Everything is drawn from ``numpy.random.Generator`` streams keyed by ``(seed, stream,
 block)`` and the gzip headers carry no time stamp, so the same arguments give
 byte-identical files.
@@ -47,7 +60,7 @@ import struct
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -61,6 +74,7 @@ from .reference import (
     GPL570_PROBE_COUNT,
     LINEAGE_ALL,
     LINEAGE_AML,
+    LINEAGE_OTHER,
     MULTI_GENE_SEPARATOR,
     load_gpl570_symbols,
     load_mile_samples,
@@ -100,6 +114,41 @@ class SynthResult:
     sample_ids: list[str]  # GSM ids, in the order written
     probe_ids: list[str]  # probe ids, in the order written (sorted like GPL570 tables)
     accession: str
+    #: Lab of each sample ("L1".."LK", in ``sample_ids`` order); empty when ``labs == 1``
+    #: (no lab is recorded in the files then).
+    sample_labs: list[str] = field(default_factory=list)
+    #: GSM ids of the ALL/AML samples given a mixed-lineage (ambiguous) profile. They keep
+    #: their MILE class; nothing in the files marks them.
+    ambiguous_ids: list[str] = field(default_factory=list)
+
+
+#: Named sets of the "real cohort" settings of :func:`write_synthetic_series`. ``default``
+#: is what the generator does when none is given; ``hard`` is a multi-lab series on which
+#: a plain classifier is no longer perfect (docs/synthetic.md has the measured accuracies).
+PRESETS: dict[str, dict[str, object]] = {
+    "default": {
+        "labs": 1, "batch_strength": 1.0, "lab_confounding": 0.0, "scale": "log2",
+        "ambiguous_fraction": None, "signal": 1.0,
+    },
+    "hard": {
+        "labs": 11, "batch_strength": 1.5, "lab_confounding": 0.5, "scale": "log2",
+        "ambiguous_fraction": 0.03, "signal": 0.25,
+    },
+}
+SCALES = ("log2", "linear")
+
+
+def preset_options(name: str = "default", **overrides) -> dict[str, object]:
+    """The cohort settings of preset ``name``, with the ``overrides`` that are not None
+    replacing its values: keyword arguments for :func:`write_synthetic_series`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    unknown = set(overrides) - set(PRESETS[name])
+    if unknown:
+        raise ValueError(f"not a preset setting: {', '.join(sorted(unknown))}")
+    options = dict(PRESETS[name])
+    options.update({key: value for key, value in overrides.items() if value is not None})
+    return options
 
 
 def demo_series_dir() -> Path:
@@ -128,6 +177,12 @@ def write_synthetic_series(
     write_matrix: bool = True,
     compress_level: int = 1,
     missing_fraction: float = 1e-5,
+    labs: int = 1,
+    batch_strength: float = 1.0,
+    lab_confounding: float = 0.0,
+    scale: str = "log2",
+    ambiguous_fraction: float | None = None,
+    signal: float = 1.0,
 ) -> SynthResult:
     """Write a synthetic GSE13159-like series (family SOFT, series matrix, annotation CSV).
 
@@ -144,30 +199,55 @@ def write_synthetic_series(
         write_matrix: also write the series matrix.
         compress_level: gzip level (1 is several times faster than 6 and 9).
         missing_fraction: share of values written as ``null`` (rounded to a whole count).
+        labs: number of laboratories (1..100). With more than one, every sample is assigned
+            to a lab (characteristic ``lab: L3`` and a ``!Sample_description`` line) and each
+            lab adds its own batch effect: a per-probe additive shift, a multiplicative
+            intensity factor and its own noise level. 1 (the default): no lab, no batch
+            effect, the files of earlier versions.
+        batch_strength: scales the three lab effects (0: labs recorded but no effect).
+        lab_confounding: 0..1, how much a sample's lab depends on its lineage (ALL, AML,
+            other): 0 gives every lineage the same lab mix, 1 gives each lineage its own
+            strongly skewed mix (real centres saw different case mixes).
+        scale: ``log2`` (default) or ``linear``: MAS5-style signal, ``GAIN * 2**x`` plus
+            additive background noise (so that low values can be negative), one decimal.
+        ambiguous_fraction: share of the ALL/AML samples written with a mixed-lineage
+            profile (a blend of the lymphoid and myeloid programs; exactly
+            ``round(fraction * n_ALL_AML)`` of the selected ones, class kept). None (the
+            default): the built-in rate of ~2%, drawn per sample.
+        signal: scales the biological (lineage and subtype) signal; 1 is the default,
+            smaller values make the classes overlap more.
 
     Returns:
         A :class:`SynthResult` with the paths written and the sample and probe ids.
     """
     _check_arguments(n_samples, n_probes, seed, compress_level, missing_fraction)
+    cohort = _Cohort(
+        labs=labs, batch_strength=batch_strength, lab_confounding=lab_confounding,
+        scale=scale, ambiguous_fraction=ambiguous_fraction, signal=signal,
+    )
+    cohort.check()
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
 
     samples = _select_samples(n_samples, seed)
     probes = _select_probes(n_probes, seed)
     genes = _gene_model(seed)
-    sample_model = _sample_model(samples, seed, genes)
-    samples = samples.assign(tissue=sample_model.tissue)
-    codes = _simulate_codes(probes, seed, missing_fraction, genes, sample_model)
+    sample_model = _sample_model(samples, seed, genes, cohort)
+    samples = samples.assign(tissue=sample_model.tissue, lab=sample_model.lab_name)
+    codes = _simulate_codes(probes, seed, missing_fraction, genes, sample_model, cohort)
 
     header_note = (
         f"Synthetic expression values generated by leukspark.synth.write_synthetic_series("
         f"n_samples={n_samples}, n_probes={n_probes}, seed={seed}, "
-        f"missing_fraction={missing_fraction!r}); they are not measurements. Sample ids, "
+        f"missing_fraction={missing_fraction!r}{cohort.call_text()}); "
+        f"they are not measurements. Sample ids, "
         f"titles and classes are those of GEO series GSE13159; probe ids and gene symbols "
         f"are those of GPL570, except the probe sets without a symbol, whose ids "
         f"({FIRST_SYNTHETIC_PROBE_NUMBER}_at onwards) are invented."
     )
-    series = _SeriesText(accession=accession, samples=samples, probes=probes, note=header_note)
+    series = _SeriesText(
+        accession=accession, samples=samples, probes=probes, note=header_note, cohort=cohort
+    )
 
     annotation_csv = out_path / ANNOTATION_FILE_NAME
     _write_atomically(annotation_csv, lambda f: f.write(_annotation_csv_bytes(probes)))
@@ -195,11 +275,60 @@ def write_synthetic_series(
         sample_ids=list(samples["gsm"]),
         probe_ids=list(probes["probe_id"]),
         accession=accession,
+        sample_labs=list(samples["lab"]) if cohort.has_labs else [],
+        ambiguous_ids=list(samples["gsm"][sample_model.ambiguous]),
     )
 
 
 def _compression_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class _Cohort:
+    """The "real cohort" settings: labs and batch effects, scale, ambiguity, signal."""
+
+    labs: int = 1
+    batch_strength: float = 1.0
+    lab_confounding: float = 0.0
+    scale: str = "log2"
+    ambiguous_fraction: float | None = None
+    signal: float = 1.0
+
+    @property
+    def has_labs(self) -> bool:
+        return self.labs > 1
+
+    @property
+    def linear(self) -> bool:
+        return self.scale == "linear"
+
+    def check(self) -> None:
+        if not isinstance(self.labs, (int, np.integer)) or not 1 <= self.labs <= MAX_LABS:
+            raise ValueError(f"labs must be an integer in 1..{MAX_LABS}, got {self.labs!r}")
+        if not 0.0 <= self.batch_strength <= 10.0:
+            raise ValueError(f"batch_strength must be in [0, 10], got {self.batch_strength}")
+        if not 0.0 <= self.lab_confounding <= 1.0:
+            raise ValueError(f"lab_confounding must be in [0, 1], got {self.lab_confounding}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if self.ambiguous_fraction is not None and not 0.0 <= self.ambiguous_fraction <= 1.0:
+            raise ValueError(
+                f"ambiguous_fraction must be in [0, 1] or None, got {self.ambiguous_fraction}"
+            )
+        if not 0.0 < self.signal <= 10.0:
+            raise ValueError(f"signal must be in (0, 10], got {self.signal}")
+
+    def call_text(self) -> str:
+        """The settings that differ from the defaults, as keyword arguments (or "")."""
+        defaults = _Cohort()
+        changed = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("labs", "batch_strength", "lab_confounding", "scale",
+                         "ambiguous_fraction", "signal")
+            if getattr(self, name) != getattr(defaults, name)
+        ]
+        return "".join(f", {text}" for text in changed)
 
 
 def _check_arguments(
@@ -235,6 +364,12 @@ _STREAM_SAMPLE_PARAMETERS = 12
 _STREAM_GENE_NOISE = 20
 _STREAM_PROBE_NOISE = 21
 _STREAM_MISSING = 30
+# Streams of the cohort settings (labs, ambiguity, linear scale): the default settings
+# draw nothing from them, so the files of earlier versions are unchanged.
+_STREAM_LAB_ASSIGNMENT = 40
+_STREAM_LAB_PARAMETERS = 41
+_STREAM_AMBIGUOUS_CHOICE = 42
+_STREAM_BACKGROUND_NOISE = 43
 
 
 def _rng(seed: int, stream: int, block: int = 0) -> np.random.Generator:
@@ -487,6 +622,36 @@ _CODE_SCALE = 10**DECIMALS
 _HIGHEST_CODE = int(round(HIGHEST_VALUE * _CODE_SCALE))
 MISSING_CODE = _HIGHEST_CODE + 1  # written as "null"
 
+# Labs (``labs > 1``). Each lab ``L`` has, per probe ``p``, an additive log2 shift
+# ``N(0, LAB_SHIFT_SD)``; a multiplicative intensity factor ``2**N(0, LAB_LOG2_FACTOR_SD)``
+# (an additive constant on the log2 scale) and a noise multiplier
+# ``exp(N(0, LAB_NOISE_LOG_SD))`` clipped to LAB_NOISE_RANGE; ``batch_strength`` scales
+# the three sds. A lineage's lab mix is ``(1 - c) * sizes + c * skew[lineage]`` for
+# ``c = lab_confounding``: ``sizes`` ~ Dirichlet(LAB_SIZE_CONCENTRATION) (lab sizes
+# differ), ``skew`` ~ Dirichlet(LAB_SKEW_CONCENTRATION) per lineage (strongly skewed).
+MAX_LABS = 100
+LAB_SHIFT_SD = 0.15
+LAB_LOG2_FACTOR_SD = 0.3
+LAB_NOISE_LOG_SD = 0.3
+LAB_NOISE_RANGE = (0.4, 4.0)
+LAB_SIZE_CONCENTRATION = 8.0
+LAB_SKEW_CONCENTRATION = 0.5
+LAB_KEY = "lab"
+
+# Linear scale (MAS5-style signal): v = LINEAR_GAIN * 2**x + N(0, background sd), the
+# sample's background sd being LINEAR_BACKGROUND_SD (times its lab's noise multiplier),
+# written with one decimal and clipped to [LINEAR_LOWEST, LINEAR_HIGHEST]; x is the
+# unclipped log2 value. The gain puts the median near 200 and the largest values of a
+# full-size series near 60,000, as in real MAS5 GPL570 series; the highest value stands
+# for scanner saturation.
+LINEAR_GAIN = 4.0
+LINEAR_BACKGROUND_SD = 12.0
+LINEAR_DECIMALS = 1
+LINEAR_LOWEST, LINEAR_HIGHEST = -999.9, 65535.9
+_LINEAR_CODE_SCALE = 10**LINEAR_DECIMALS
+_LINEAR_LOWEST_UNITS = int(round(LINEAR_LOWEST * _LINEAR_CODE_SCALE))
+_LINEAR_HIGHEST_CODE = int(round(LINEAR_HIGHEST * _LINEAR_CODE_SCALE)) - _LINEAR_LOWEST_UNITS
+
 
 def _profile_vector(profile: dict[str, float]) -> np.ndarray:
     return np.array([profile.get(name, 0.0) for name in PROGRAMS], dtype=np.float64)
@@ -593,9 +758,17 @@ class _SampleModel:
     shift: np.ndarray  # float32 (n_samples,)
     scale: np.ndarray  # float32 (n_samples,)
     quality: np.ndarray  # float32 (n_samples,): multiplies the probe noise
+    ambiguous: np.ndarray  # bool (n_samples,): ALL/AML sample with a mixed-lineage profile
+    lab: np.ndarray  # int (n_samples,): lab index (all 0 with one lab)
+    lab_name: list[str]  # "L1".. ("" with one lab)
+    lab_noise: np.ndarray  # float32 (n_samples,): the lab's noise multiplier (1 with one lab)
+    lab_log2_factor: np.ndarray  # float32 (n_samples,): log2 of the lab's intensity factor
 
 
-def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _SampleModel:
+def _sample_model(
+    samples: pd.DataFrame, seed: int, genes: _GeneModel, cohort: _Cohort | None = None
+) -> _SampleModel:
+    cohort = cohort or _Cohort()
     everyone = load_mile_samples()
     n_all = len(everyone)
     classes = _class_names()
@@ -628,13 +801,18 @@ def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _Sampl
     scale = np.clip(rng.normal(1.0, 0.03, size=n_all), 0.9, 1.1)
     quality = rng.lognormal(0.0, 0.15, size=n_all)
 
+    rows = samples["row"].to_numpy()
+    lineages = everyone["lineage"].to_numpy()
+    if cohort.ambiguous_fraction is not None:
+        ambiguous = _exact_ambiguous(rows, lineages, seed, cohort.ambiguous_fraction)
+    lab_of, lab_noise, lab_log2_factor = _lab_model(lineages, seed, cohort)
+
     normal = _profile_vector(NORMAL_MARROW)
     opposite = {
         LINEAGE_ALL: _profile_vector(_TYPICAL_AML),
         LINEAGE_AML: _profile_vector(_B_PRECURSOR_ALL),
     }
     blood_column = PROGRAMS.index("peripheral_blood")
-    rows = samples["row"].to_numpy()
     design = np.zeros((len(rows), n_programs + len(classes) + N_FACTORS))
     for out_row, row in enumerate(rows):
         mile_class, lineage = everyone.at[row, "mile_class"], everyone.at[row, "lineage"]
@@ -646,6 +824,13 @@ def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _Sampl
         design[out_row, :n_programs] = loading
         design[out_row, n_programs + class_column[mile_class]] = blast[row]
         design[out_row, n_programs + len(classes) :] = factors[row]
+    if cohort.signal != 1.0:
+        # The biological signal: programs, subtypes and the markers' aberrant expression
+        # (their dropout scales with the program part); factors and noise are kept.
+        design[:, : n_programs + len(classes)] *= cohort.signal
+        addition = addition * cohort.signal
+    is_ambiguous = ambiguous[rows] & np.isin(lineages[rows], list(opposite))
+    lab = lab_of[rows]
     return _SampleModel(
         tissue=[PERIPHERAL_BLOOD if from_blood[r] else BONE_MARROW for r in rows],
         design=design.astype(np.float32),
@@ -655,7 +840,71 @@ def _sample_model(samples: pd.DataFrame, seed: int, genes: _GeneModel) -> _Sampl
         shift=shift[rows].astype(np.float32),
         scale=scale[rows].astype(np.float32),
         quality=quality[rows].astype(np.float32),
+        ambiguous=is_ambiguous,
+        lab=lab,
+        lab_name=[f"L{k + 1}" if cohort.has_labs else "" for k in lab],
+        lab_noise=lab_noise[lab].astype(np.float32),
+        lab_log2_factor=lab_log2_factor[lab].astype(np.float32),
     )
+
+
+def _exact_ambiguous(
+    rows: np.ndarray, lineages: np.ndarray, seed: int, fraction: float
+) -> np.ndarray:
+    """Flags over all samples: ``round(fraction * n)`` of the ``n`` selected ALL/AML ones.
+
+    Every sample gets one random key (drawn for all 2,096); the selected ALL/AML samples
+    with the smallest keys are the ambiguous ones, so a larger fraction or subset keeps
+    the ones a smaller one picked where it can.
+    """
+    keys = _rng(seed, _STREAM_AMBIGUOUS_CHOICE).random(len(lineages))
+    eligible = rows[np.isin(lineages[rows], [LINEAGE_ALL, LINEAGE_AML])]
+    count = int(round(fraction * len(eligible)))
+    chosen = eligible[np.argsort(keys[eligible], kind="stable")[:count]]
+    flags = np.zeros(len(lineages), dtype=bool)
+    flags[chosen] = True
+    return flags
+
+
+def _lab_model(
+    lineages: np.ndarray, seed: int, cohort: _Cohort
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lab of every sample (all 2,096), and each lab's noise multiplier and log2 factor.
+
+    One lab: lab 0, multiplier 1, factor 0 (nothing drawn). Otherwise lineage ``l`` draws
+    its samples' labs from ``(1 - c) * sizes + c * skew[l]`` (one uniform per sample, so a
+    sample keeps its lab in every subset of the same settings).
+    """
+    n_all, k = len(lineages), cohort.labs
+    if not cohort.has_labs:
+        return np.zeros(n_all, dtype=np.int64), np.ones(1), np.zeros(1)
+    rng = _rng(seed, _STREAM_LAB_ASSIGNMENT, k)
+    sizes = rng.dirichlet(np.full(k, LAB_SIZE_CONCENTRATION))
+    groups = (LINEAGE_ALL, LINEAGE_AML, LINEAGE_OTHER)
+    skew = {group: rng.dirichlet(np.full(k, LAB_SKEW_CONCENTRATION)) for group in groups}
+    u = rng.random(n_all)
+    lab = np.zeros(n_all, dtype=np.int64)
+    c = cohort.lab_confounding
+    for group in groups:
+        members = lineages == group
+        mix = (1.0 - c) * sizes + c * skew[group]
+        edges = np.cumsum(mix / mix.sum())
+        lab[members] = np.minimum(np.searchsorted(edges, u[members], side="right"), k - 1)
+    params = _rng(seed, _STREAM_LAB_PARAMETERS, k)
+    strength = cohort.batch_strength
+    noise = np.clip(
+        np.exp(params.normal(0.0, LAB_NOISE_LOG_SD * strength, size=k)), *LAB_NOISE_RANGE
+    )
+    log2_factor = params.normal(0.0, LAB_LOG2_FACTOR_SD * strength, size=k)
+    return lab, noise, log2_factor
+
+
+@lru_cache(maxsize=2)
+def _lab_probe_shift(seed: int, labs: int) -> np.ndarray:
+    """float32 (labs, 54,675): each lab's additive log2 shift of every probe of the
+    universe, in units of LAB_SHIFT_SD (keyed by universe row: the same in every subset)."""
+    rng = _rng(seed, _STREAM_LAB_PARAMETERS, MAX_LABS + labs)
+    return rng.standard_normal((labs, GPL570_PROBE_COUNT), dtype=np.float32)
 
 
 @lru_cache(maxsize=4)
@@ -703,9 +952,11 @@ def _simulate_codes(
     missing_fraction: float,
     genes: _GeneModel,
     sample_model: _SampleModel,
+    cohort: _Cohort | None = None,
 ) -> np.ndarray:
     """Values of the selected probes x samples, as int32 codes (value * 10**DECIMALS,
-    MISSING_CODE for missing), probe-major: shape (n_probes, n_samples).
+    MISSING_CODE for missing; on the linear scale the codes of :func:`_value_format`),
+    probe-major: shape (n_probes, n_samples).
 
     Memory: one float32 matrix (reused in place for the codes) plus block temporaries.
     """
@@ -749,6 +1000,11 @@ def _simulate_codes(
     baseline = params["baseline"][probe_rows]
     noise_sd = params["noise_sd"][probe_rows]
     centre_offset = params["centre_offset"][:, probe_rows]
+    cohort = cohort or _Cohort()
+    if cohort.has_labs:
+        # The lab's per-probe shift plus its intensity factor (a constant in log2).
+        lab_offset = _lab_probe_shift(seed, cohort.labs)[:, probe_rows]
+        lab_offset *= np.float32(LAB_SHIFT_SD * cohort.batch_strength)
     for block_number, start in enumerate(range(0, n_probes, _PROBE_BLOCK)):
         stop = min(start + _PROBE_BLOCK, n_probes)
         noise = _rng(seed, _STREAM_PROBE_NOISE, block_number).standard_normal(
@@ -758,18 +1014,40 @@ def _simulate_codes(
         noise *= sample_model.quality[None, :]
         block = values[start:stop] + baseline[start:stop, None]
         block += centre_offset[sample_model.centre, start:stop].T
+        if cohort.has_labs:
+            noise *= sample_model.lab_noise[None, :]
+            block += lab_offset[sample_model.lab, start:stop].T
+            block += sample_model.lab_log2_factor[None, :]
         block += noise
         block -= np.float32(8.0)
         block *= sample_model.scale[None, :]
         block += np.float32(8.0) + sample_model.shift[None, :]
+        if cohort.linear:
+            codes[start:stop] = _linear_codes(block, sample_model, seed, block_number)
+            continue
         np.clip(block, LOWEST_VALUE, HIGHEST_VALUE, out=block)
         codes[start:stop] = np.rint(block.astype(np.float64) * _CODE_SCALE).astype(np.int32)
 
     n_missing = int(round(missing_fraction * codes.size))
     if n_missing:
         flat = _rng(seed, _STREAM_MISSING).choice(codes.size, size=n_missing, replace=False)
-        codes.reshape(-1)[flat] = MISSING_CODE
+        codes.reshape(-1)[flat] = _value_format(cohort.scale).missing_code
     return codes
+
+
+def _linear_codes(
+    block: np.ndarray, sample_model: _SampleModel, seed: int, block_number: int
+) -> np.ndarray:
+    """Codes of MAS5-style linear values for a block of unclipped log2 values:
+    ``LINEAR_GAIN * 2**x`` plus the sample's additive background noise, one decimal."""
+    linear = LINEAR_GAIN * np.exp2(block.astype(np.float64))
+    background = _rng(seed, _STREAM_BACKGROUND_NOISE, block_number).standard_normal(
+        block.shape
+    )
+    background *= LINEAR_BACKGROUND_SD * sample_model.lab_noise[None, :].astype(np.float64)
+    linear += background
+    np.clip(linear, LINEAR_LOWEST, LINEAR_HIGHEST, out=linear)
+    return (np.rint(linear * _LINEAR_CODE_SCALE) - _LINEAR_LOWEST_UNITS).astype(np.int32)
 
 
 def _gene_signal(
@@ -839,6 +1117,79 @@ def _cell_table(prefix: bytes, suffix: bytes) -> tuple[np.ndarray, np.ndarray]:
     return slots.view(np.uint64), lengths
 
 
+@lru_cache(maxsize=2)
+def _linear_cell_table(prefix: bytes, suffix: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_cell_table` for the linear scale: code ``c`` is the value
+    ``(c + _LINEAR_LOWEST_UNITS) / 10`` written with one decimal ("-12.3", "4567.8").
+
+    Built with array operations (the table has ~666,000 codes).
+    """
+    units = np.arange(_LINEAR_HIGHEST_CODE + 1, dtype=np.int64) + _LINEAR_LOWEST_UNITS
+    negative = (units < 0).astype(np.int64)
+    whole, tenth = np.divmod(np.abs(units), _LINEAR_CODE_SCALE)
+    n_digits = 1 + sum((whole >= 10**k).astype(np.int64) for k in range(1, 6))
+    width = len(prefix) + 1 + 6 + 2 + len(suffix)
+    text = np.zeros((len(units) + 1, max(width, 8)), dtype=np.uint8)
+    rows = np.arange(len(units))
+    for offset, byte in enumerate(prefix):
+        text[:, offset] = byte
+    at = len(prefix) + negative  # column of the first digit
+    text[rows[negative == 1], len(prefix)] = ord("-")
+    for k in range(6):  # k-th digit from the left, where the number has one
+        has = k < n_digits
+        digit = whole[has] // 10 ** (n_digits[has] - 1 - k) % 10
+        text[rows[has], at[has] + k] = ord("0") + digit
+    at = at + n_digits
+    text[rows, at] = ord(".")
+    text[rows, at + 1] = ord("0") + tenth
+    at = at + 2
+    for offset, byte in enumerate(suffix):
+        text[rows, at + offset] = byte
+    lengths = np.empty(len(units) + 1, dtype=np.int64)
+    lengths[:-1] = at + len(suffix)
+    missing = prefix + b"null" + suffix  # the missing code
+    text[-1, : len(missing)] = np.frombuffer(missing, dtype=np.uint8)
+    lengths[-1] = len(missing)
+    if lengths.max() > 8:
+        raise AssertionError("cell text does not fit in 8 bytes")
+    words = np.ascontiguousarray(text[:, :8]).view(np.uint64).reshape(-1)
+    return words, lengths.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class _ValueFormat:
+    """How the codes of one scale are written."""
+
+    scale: str
+    missing_code: int
+    value_description: str  # the SOFT "#VALUE = ..." line
+
+    def cells(self, prefix: bytes, suffix: bytes) -> tuple[np.ndarray, np.ndarray]:
+        if self.scale == "linear":
+            return _linear_cell_table(prefix, suffix)
+        return _cell_table(prefix, suffix)
+
+
+def _value_format(scale: str) -> _ValueFormat:
+    if scale == "linear":
+        return _ValueFormat(
+            "linear", _LINEAR_HIGHEST_CODE + 1,
+            "MAS5-style signal, linear scale, background noise included (synthetic)",
+        )
+    return _ValueFormat("log2", MISSING_CODE, "log2 expression (synthetic)")
+
+
+#: ``!Sample_data_processing`` text of the linear scale (the log2 scale writes none).
+LINEAR_DATA_PROCESSING = (
+    "MAS5-style signal (linear scale, not log-transformed; additive background noise "
+    "makes some low values negative). Synthetic."
+)
+
+
+def _lab_description(lab: str, labs: int) -> str:
+    return f"Hybridised at laboratory {lab} of {labs} (synthetic batch effect)"
+
+
 def _padded(texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Byte matrix (len(texts), width) of zero-padded texts, and the mask of real bytes."""
     width = max(map(len, texts))
@@ -878,6 +1229,7 @@ class _SeriesText:
     samples: pd.DataFrame
     probes: pd.DataFrame
     note: str
+    cohort: _Cohort = field(default_factory=_Cohort)
 
     def __post_init__(self) -> None:
         for text in list(self.samples["title"]) + [self.note, self.accession]:
@@ -921,7 +1273,9 @@ def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
     ]
     yield ("\n".join(lines) + "\n").encode()
 
-    words, lengths = _cell_table(b"", b"\n")
+    cohort = series.cohort
+    value_format = _value_format(cohort.scale)
+    words, lengths = value_format.cells(b"", b"\n")
     lead, lead_mask = _padded([f"{p}\t".encode() for p in probes["probe_id"]])
     slab = max(1, (16 << 20) // (4 * n_probes))  # samples per transposed slab (~16 MB)
     for first in range(0, len(samples), slab):
@@ -940,12 +1294,21 @@ def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
                 "!Sample_organism_ch1 = Homo sapiens",
                 f"!Sample_characteristics_ch1 = {TISSUE_KEY}: {tissue[j]}",
                 f"!Sample_characteristics_ch1 = {LEUKEMIA_CLASS_KEY}: {mile_class}",
+                *(
+                    [f"!Sample_characteristics_ch1 = {LAB_KEY}: {samples.at[j, 'lab']}"]
+                    if cohort.has_labs else []
+                ),
                 "!Sample_molecule_ch1 = total RNA",
+                *(
+                    [f"!Sample_description = {_lab_description(samples.at[j, 'lab'], cohort.labs)}"]
+                    if cohort.has_labs else []
+                ),
+                *([f"!Sample_data_processing = {LINEAR_DATA_PROCESSING}"] if cohort.linear else []),
                 f"!Sample_platform_id = {PLATFORM_ID}",
                 f"!Sample_series_id = {accession}",
                 f"!Sample_data_row_count = {n_probes}",
                 "#ID_REF = ",
-                "#VALUE = log2 expression (synthetic)",
+                f"#VALUE = {value_format.value_description}",
                 "!sample_table_begin",
                 "ID_REF\tVALUE",
             ]
@@ -955,7 +1318,7 @@ def _soft_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
 
 def _matrix_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
     """The series matrix file, in chunks (blocks of probe rows)."""
-    samples, probes = series.samples, series.probes
+    samples, probes, cohort = series.samples, series.probes, series.cohort
     n_samples = len(samples)
     tissue = list(samples["tissue"])
 
@@ -987,7 +1350,17 @@ def _matrix_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
             "!Sample_characteristics_ch1",
             [f"{LEUKEMIA_CLASS_KEY}: {c}" for c in samples["mile_class"]],
         ),
+        *(
+            [row("!Sample_characteristics_ch1", [f"{LAB_KEY}: {lab}" for lab in samples["lab"]])]
+            if cohort.has_labs else []
+        ),
         row("!Sample_molecule_ch1", same("total RNA")),
+        *(
+            [row("!Sample_description",
+                 [_lab_description(lab, cohort.labs) for lab in samples["lab"]])]
+            if cohort.has_labs else []
+        ),
+        *([row("!Sample_data_processing", same(LINEAR_DATA_PROCESSING))] if cohort.linear else []),
         row("!Sample_platform_id", same(PLATFORM_ID)),
         row("!Sample_data_row_count", same(str(len(probes)))),
         "!series_matrix_table_begin",
@@ -995,7 +1368,7 @@ def _matrix_chunks(series: _SeriesText, codes: np.ndarray) -> Iterator[bytes]:
     ]
     yield ("\n".join(lines) + "\n").encode()
 
-    words, lengths = _cell_table(b"\t", b"")
+    words, lengths = _value_format(cohort.scale).cells(b"\t", b"")
     lead, lead_mask = _padded([f'"{p}"'.encode() for p in probes["probe_id"]])
     rows_per_chunk = max(1, (16 << 20) // (8 * n_samples))
     for start in range(0, len(probes), rows_per_chunk):

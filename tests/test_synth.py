@@ -429,3 +429,312 @@ def test_invalid_arguments_are_rejected(tmp_path):
         write_synthetic_series(tmp_path, n_samples=2097, n_probes=100)
     with pytest.raises(ValueError, match="missing_fraction"):
         write_synthetic_series(tmp_path, n_samples=10, n_probes=100, missing_fraction=1.5)
+
+
+# --------------------------------------------------------------------------------------
+# Real-cohort settings: labs and batch effects, linear scale, ambiguity, signal, presets
+# --------------------------------------------------------------------------------------
+
+#: sha256 of the decompressed files of ``write_synthetic_series(out, n_samples=60,
+#: n_probes=800, seed=3)`` (the ``small`` fixture), taken before the real-cohort settings
+#: were added: the defaults must keep writing exactly these bytes.
+DEFAULT_SMALL_SHA256 = {
+    "GSE13159_family.soft.gz": "b7deae125c9d01380002cfbe8d3c5305279c72cb50d0357b382c3491ef155db9",
+    "GSE13159_series_matrix.txt.gz":
+        "fea502013c62f27bd8cbd6bdb6ce87565349b326afc308f1c813fb9780ecd478",
+    "GPL570_annotation.csv": "ec4a2f8aa8e7589d228bac62117d74a629f0767d8af65ea90241a0ba6f320b67",
+}
+N_LAB_SAMPLES, N_LAB_PROBES, N_LABS = 120, 300, 4
+
+
+def lineage_of_class(mile_class: str) -> str:
+    return "ALL" if "ALL" in mile_class else "AML" if mile_class.startswith("AML") else "other"
+
+
+def sample_classes(soft: dict) -> dict[str, str]:
+    return {
+        gsm: characteristics(block)[1].split(": ", 1)[1] for gsm, block in soft["samples"].items()
+    }
+
+
+def sample_labs(soft: dict) -> dict[str, str]:
+    labs = {}
+    for gsm, block in soft["samples"].items():
+        lines = [c for c in characteristics(block) if c.startswith("lab: ")]
+        assert len(lines) == 1, (gsm, characteristics(block))
+        labs[gsm] = lines[0].split(": ", 1)[1]
+    return labs
+
+
+def median_lab_f_statistic(soft: dict) -> float:
+    """Median over probes of the one-way ANOVA F statistic of the values by lab."""
+    import numpy as np
+
+    labs = sample_labs(soft)
+    gsms = list(soft["samples"])
+    probes = list(soft["samples"][gsms[0]]["values"])
+    values = np.array(
+        [[parse_value(soft["samples"][g]["values"][p]) for g in gsms] for p in probes]
+    )
+    groups = sorted(set(labs.values()))
+    member = [np.array([labs[g] == lab for g in gsms]) for lab in groups]
+    f_values = []
+    for row in values:
+        ok = ~np.isnan(row)
+        parts = [row[m & ok] for m in member]
+        grand = row[ok].mean()
+        between = sum(len(x) * (x.mean() - grand) ** 2 for x in parts) / (len(parts) - 1)
+        within = sum(((x - x.mean()) ** 2).sum() for x in parts) / (ok.sum() - len(parts))
+        f_values.append(between / within)
+    return float(np.median(f_values))
+
+
+@pytest.fixture(scope="module")
+def labbed(tmp_path_factory):
+    """Four labs with the default batch strength, and the same series with strength 0."""
+    out = {}
+    for strength in (1.0, 0.0):
+        folder = tmp_path_factory.mktemp(f"synth_labs_{strength}")
+        result = write_synthetic_series(
+            folder, n_samples=N_LAB_SAMPLES, n_probes=N_LAB_PROBES, seed=3, labs=N_LABS,
+            batch_strength=strength,
+        )
+        out[strength] = (result, read_soft(result.family_soft), read_matrix(result.series_matrix))
+    return out
+
+
+def test_defaults_write_the_same_bytes_as_before(small):
+    import hashlib
+
+    result = small[0]
+    for path in (result.family_soft, result.series_matrix, result.annotation_csv):
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        assert hashlib.sha256(data).hexdigest() == DEFAULT_SMALL_SHA256[path.name], path.name
+    assert result.sample_labs == []
+    # The default ambiguity is the built-in per-sample draw, and only ALL/AML samples.
+    classes = sample_classes(small[1])
+    assert all(lineage_of_class(classes[g]) in ("ALL", "AML") for g in result.ambiguous_ids)
+
+
+def test_explicit_default_settings_change_nothing(small, tmp_path):
+    again = write_synthetic_series(
+        tmp_path, n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3, labs=1, batch_strength=1.0,
+        lab_confounding=0.0, scale="log2", ambiguous_fraction=None, signal=1.0,
+    )
+    assert again.family_soft.read_bytes() == small[0].family_soft.read_bytes()
+    assert again.series_matrix.read_bytes() == small[0].series_matrix.read_bytes()
+
+
+def test_lab_characteristics_and_count(labbed):
+    result, soft, matrix = labbed[1.0]
+    labs = sample_labs(soft)
+    assert set(labs.values()) == {f"L{k}" for k in range(1, N_LABS + 1)}
+    assert [labs[g] for g in result.sample_ids] == result.sample_labs
+    for gsm, block in soft["samples"].items():
+        tissue, mile_class, lab = characteristics(block)
+        assert tissue.startswith("tissue: ") and mile_class.startswith("leukemia class: ")
+        description = [line for line in block["meta"] if line.startswith("!Sample_description")]
+        assert description == [
+            f"!Sample_description = Hybridised at laboratory {labs[gsm]} of {N_LABS} "
+            f"(synthetic batch effect)"
+        ]
+    # The series matrix carries the same lab row and description row, and the same values.
+    meta = matrix["meta"]
+    tissue_row, class_row, lab_row = meta["!Sample_characteristics_ch1"]
+    assert lab_row == [f"lab: {labs[g]}" for g in result.sample_ids]
+    assert meta["!Sample_description"] == [[
+        f"Hybridised at laboratory {labs[g]} of {N_LABS} (synthetic batch effect)"
+        for g in result.sample_ids
+    ]]
+    for column, gsm in enumerate(result.sample_ids):
+        block = soft["samples"][gsm]["values"]
+        assert all(row[column] == block[p] for p, row in matrix["values"].items())
+
+
+def test_lab_means_differ_only_with_batch_effects(labbed):
+    # With the batch effects on, the lab explains much more of each probe's variance than
+    # chance does (F ~ 1); with strength 0 the same lab assignment explains nothing.
+    with_batch = median_lab_f_statistic(labbed[1.0][1])
+    without = median_lab_f_statistic(labbed[0.0][1])
+    assert with_batch > 4.0, with_batch
+    assert without < 1.6, without
+    assert sample_labs(labbed[1.0][1]) == sample_labs(labbed[0.0][1])  # same labs, no effect
+
+
+def test_lab_confounding_skews_the_lab_mix_by_lineage(tmp_path):
+    def lab_mix_distance(confounding: float) -> float:
+        result = write_synthetic_series(
+            tmp_path / str(confounding), n_samples=600, n_probes=40, seed=2, labs=6,
+            lab_confounding=confounding, write_matrix=False,
+        )
+        soft = read_soft(result.family_soft)
+        classes, labs = sample_classes(soft), sample_labs(soft)
+        mixes = {}
+        for lineage in ("ALL", "AML"):
+            members = [labs[g] for g in labs if lineage_of_class(classes[g]) == lineage]
+            counts = Counter(members)
+            mixes[lineage] = {lab: counts[lab] / len(members) for lab in set(labs.values())}
+        return 0.5 * sum(abs(mixes["ALL"][lab] - mixes["AML"][lab]) for lab in mixes["ALL"])
+
+    assert lab_mix_distance(0.0) < 0.15
+    assert lab_mix_distance(1.0) > 0.4
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth_linear")
+    result = write_synthetic_series(
+        out, n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3, scale="linear"
+    )
+    return result, read_soft(result.family_soft), read_matrix(result.series_matrix)
+
+
+def test_linear_scale_has_negatives_and_a_mas5_range(linear, small):
+    result, soft, matrix = linear
+    cells = [v for block in soft["samples"].values() for v in block["values"].values()]
+    assert all(re.fullmatch(r"-?\d{1,5}\.\d", v) for v in cells if v != "null")
+    numbers = sorted(float(v) for v in cells if v != "null")
+    median = numbers[len(numbers) // 2]
+    assert numbers[0] < 0 and numbers[0] >= -999.9
+    assert 0.0005 < sum(x < 0 for x in numbers) / len(numbers) < 0.05
+    assert 30_000 < numbers[-1] <= 65_535.9
+    assert 100 < median < 400
+    # Same model as the log2 file: high values are 4 * 2**x (the background is negligible).
+    log2_soft = small[1]
+    compared = 0
+    for gsm, block in soft["samples"].items():
+        for probe, text in block["values"].items():
+            log2_text = log2_soft["samples"][gsm]["values"][probe]
+            if text == "null" or log2_text == "null":
+                continue
+            value = float(text)
+            if value > 5_000 and float(log2_text) < 15.9:
+                compared += 1
+                assert abs(math.log2(value / 4.0) - float(log2_text)) < 0.03
+    assert compared > 100
+    # The matrix carries the same cells, and both files say what the values are.
+    for column, gsm in enumerate(result.sample_ids):
+        block = soft["samples"][gsm]["values"]
+        assert all(row[column] == block[p] for p, row in matrix["values"].items())
+    first = next(iter(soft["samples"].values()))
+    assert any("linear scale" in line for line in first["meta"])
+    assert "linear scale" in matrix["meta"]["!Sample_data_processing"][0][0]
+
+
+def test_log2_scale_stays_in_the_log2_range(small):
+    numbers = [
+        float(v) for block in small[1]["samples"].values() for v in block["values"].values()
+        if v != "null"
+    ]
+    assert min(numbers) >= 0.0 and max(numbers) <= 16.0 and max(numbers) > 10.0
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1])
+def test_ambiguous_fraction_gives_an_exact_count_of_mixed_samples(fraction, tmp_path):
+    result = write_synthetic_series(
+        tmp_path, n_samples=300, n_probes=40, seed=5, ambiguous_fraction=fraction,
+        write_matrix=False,
+    )
+    soft = read_soft(result.family_soft)
+    classes = sample_classes(soft)
+    eligible = [g for g in result.sample_ids if lineage_of_class(classes[g]) in ("ALL", "AML")]
+    assert len(result.ambiguous_ids) == round(fraction * len(eligible))
+    assert set(result.ambiguous_ids) <= set(eligible)
+    if not fraction:
+        return
+    # Their expression is between the lineages: B/T-lymphoid minus myeloid marker score,
+    # placed on the scale from the clear AML samples (0) to the clear ALL samples (1).
+    annotation = read_annotation_file()
+    all_probes = marker_probe_ids(annotation, ALL_MARKERS)
+    aml_probes = marker_probe_ids(annotation, AML_MARKERS)
+
+    def marker_score(gsm):
+        values = soft["samples"][gsm]["values"]
+        mean = lambda probes: sum(  # noqa: E731
+            parse_value(values[p]) for p in probes if values[p] != "null"
+        ) / sum(values[p] != "null" for p in probes)
+        return mean(all_probes) - mean(aml_probes)
+
+    clear = {lin: [marker_score(g) for g in eligible if g not in result.ambiguous_ids
+                   and lineage_of_class(classes[g]) == lin] for lin in ("ALL", "AML")}
+    low, high = sum(clear["AML"]) / len(clear["AML"]), sum(clear["ALL"]) / len(clear["ALL"])
+    place = {g: (marker_score(g) - low) / (high - low) for g in result.ambiguous_ids}
+    for lineage in ("ALL", "AML"):
+        mixed = [p for g, p in place.items() if lineage_of_class(classes[g]) == lineage]
+        assert mixed, lineage
+        assert 0.2 < sum(mixed) / len(mixed) < 0.8, (lineage, mixed)
+
+
+def test_weaker_signal_shrinks_the_lineage_difference(tmp_path):
+    annotation = read_annotation_file()
+    all_probes = marker_probe_ids(annotation, ALL_MARKERS)
+
+    def gap(signal):
+        result = write_synthetic_series(
+            tmp_path / str(signal), n_samples=200, n_probes=40, seed=5, signal=signal,
+            write_matrix=False,
+        )
+        soft = read_soft(result.family_soft)
+        classes = sample_classes(soft)
+        means = {}
+        for lineage in ("ALL", "AML"):
+            values = [parse_value(b["values"][p]) for g, b in soft["samples"].items()
+                      if lineage_of_class(classes[g]) == lineage for p in all_probes]
+            values = [v for v in values if not math.isnan(v)]
+            means[lineage] = sum(values) / len(values)
+        return means["ALL"] - means["AML"]
+
+    strong, weak = gap(1.0), gap(0.25)
+    assert strong > 1.5
+    assert 0.1 < weak < 0.45 * strong
+
+
+def test_hard_preset_is_deterministic_and_consistent(tmp_path):
+    from leukspark.synth import PRESETS, preset_options
+
+    options = preset_options("hard")
+    assert options == PRESETS["hard"] and options["labs"] == 11 and options["signal"] < 1
+    assert preset_options("hard", signal=0.5, labs=None)["signal"] == 0.5
+    first = write_synthetic_series(tmp_path / "a", n_samples=80, n_probes=120, seed=9, **options)
+    second = write_synthetic_series(tmp_path / "b", n_samples=80, n_probes=120, seed=9, **options)
+    for one, two in [(first.family_soft, second.family_soft),
+                     (first.series_matrix, second.series_matrix),
+                     (first.annotation_csv, second.annotation_csv)]:
+        assert one.read_bytes() == two.read_bytes(), one.name
+    assert first.ambiguous_ids == second.ambiguous_ids and first.sample_labs == second.sample_labs
+    soft, matrix = read_soft(first.family_soft), read_matrix(first.series_matrix)
+    assert [row[0] for row in soft["platform_rows"]] == list(matrix["values"]) == first.probe_ids
+    assert matrix["meta"]["!Sample_characteristics_ch1"][2] == [
+        f"lab: {lab}" for lab in first.sample_labs
+    ]
+    summary = matrix["meta"]["!Series_summary"][0][0]
+    assert "labs=11" in summary and "ambiguous_fraction=0.03" in summary
+    with pytest.raises(ValueError, match="preset"):
+        preset_options("impossible")
+
+
+def test_cli_synth_preset_and_flags(tmp_path, capsys):
+    from leukspark.cli import main
+
+    out = tmp_path / "series"
+    assert main(["synth", "--samples", "40", "--probes", "40", "--seed", "2", "--out", str(out),
+                 "--preset", "hard", "--labs", "3", "--scale", "linear"]) == 0
+    soft = read_soft(out / "GSE13159_family.soft.gz")
+    assert set(sample_labs(soft).values()) <= {"L1", "L2", "L3"}
+    assert any(v.startswith("-") or float(v) > 1000 for b in soft["samples"].values()
+               for v in b["values"].values() if v != "null")
+    assert "settings:" in capsys.readouterr().out
+    assert main(["synth", "--samples", "10", "--probes", "40", "--out", str(out),
+                 "--lab-confounding", "2"]) == 2
+
+
+def test_invalid_cohort_settings_are_rejected(tmp_path):
+    for settings, message in [
+        ({"labs": 0}, "labs"), ({"labs": 101}, "labs"), ({"scale": "ln"}, "scale"),
+        ({"lab_confounding": 1.5}, "lab_confounding"), ({"batch_strength": -1}, "batch_strength"),
+        ({"ambiguous_fraction": -0.1}, "ambiguous_fraction"), ({"signal": 0}, "signal"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            write_synthetic_series(tmp_path, n_samples=10, n_probes=100, **settings)
