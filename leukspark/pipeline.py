@@ -326,7 +326,8 @@ def check_run_arguments(*, test_fraction: float | None = None, label_file: str |
 
 def _read_split_file(path: str) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, sep=None, engine="python")
+        # Sample ids are text: Golub's patients are "1".."72", and "01005" must keep its zero.
+        frame = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, csv.Error, UnicodeDecodeError) as error:
         raise SplitError(f"{path}: not a readable CSV split file: {' '.join(str(error).split())}") from None
     frame.columns = [c.strip().lower() for c in frame.columns]
