@@ -60,7 +60,7 @@ def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str],
         "run": run_id, "model": bundle.model_name, "fold": OOD_FOLD, "sample": [s.sample for s in scored],
         "probability_AML": [s.probability_AML for s in scored], "predicted": [s.prediction for s in scored],
         "truth": [subtype.get(s.sample) for s in scored], "warning": [s.warning for s in scored],
-        "error": [s.error for s in scored],
+        "error": [s.error for s in scored], "fit_seconds": np.nan,
     })
     rows = []
     for mile_class, part in predictions.groupby("truth"):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType, StringType, StructField
+from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from .. import POSITIVE_CLASS, NEGATIVE_CLASS, schemas
 from ..errors import ModelError
@@ -32,8 +32,10 @@ POOLED_FOLD = "cv_pooled"  # statistics over all out-of-fold predictions (or acr
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc",
                 "tp", "fp", "tn", "fn", "n", "fit_seconds", "brier", "ece")
 SELECTIVE_METRICS = ("coverage", "accuracy_on_calls")
-TASK_OUTPUT_SCHEMA = (schemas.PREDICTIONS.add(StructField("fit_seconds", DoubleType(), True))
-                      .add(StructField("info", StringType(), True)))
+# StructType.add works in place: this has always added fit_seconds to schemas.PREDICTIONS too (the
+# predictions table carries it), so that stays; `info` goes into a copy, never into the table.
+TASK_OUTPUT_SCHEMA = StructType([*schemas.PREDICTIONS.add(StructField("fit_seconds", DoubleType(), True)).fields,
+                                 StructField("info", StringType(), True)])
 INFO_SAMPLE = ""  # the one row per task that carries its `info` (JSON) instead of a prediction
 
 
