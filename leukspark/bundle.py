@@ -40,7 +40,8 @@ MANIFEST_FILE = "manifest.json"
 PREPROCESSOR_FILE = "preprocessor.npz"
 GENES_FILE = "genes.txt"
 INPUT_REFERENCE_FILE = "input_reference.npz"
-RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE, INPUT_REFERENCE_FILE)
+CALIBRATION_FILE = "calibration.npz"
+RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE, INPUT_REFERENCE_FILE, CALIBRATION_FILE)
 DEFAULT_LABEL_MAPPING = MappingProxyType({"ALL": 0, "AML": 1})
 _MANIFEST_SELF_CHECKSUM = "manifest_sha256"
 _RECORDED_LIBRARIES = ("numpy", "scikit-learn", "xgboost", "torch")
@@ -59,8 +60,10 @@ class Bundle:
         preprocessor: Preprocessor,
         gene_order: list[str],
         input_reference: dict[str, np.ndarray] | None = None,
+        calibrator: Any = None,
     ):
         self.directory = directory
+        self.calibrator = calibrator
         self.input_reference = input_reference
         self.manifest = manifest
         self.spec = spec
@@ -75,14 +78,39 @@ class Bundle:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """P(AML) for each row of a raw matrix whose columns follow ``gene_order``.
 
-        NaN entries are imputed with the training means by the bundled preprocessor.
+        NaN entries are imputed with the training means by the bundled preprocessor. A bundle
+        with a calibrator (``training.calibration``) returns calibrated probabilities.
         """
-        return self.spec.predict_proba(self.model, self.preprocessor.transform(X))
+        probabilities = self.spec.predict_proba(self.model, self.preprocessor.transform(X))
+        return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
+
+    @property
+    def abstain_band(self) -> tuple[float, float] | None:
+        """[lo, hi]: probabilities inside it are not called (prediction 'unclassified'); None: always call."""
+        band = self.manifest["extra"].get("abstain_band")
+        return None if band is None else (float(band[0]), float(band[1]))
+
+    def explain(self, X: np.ndarray, top: int = 5) -> list[list[dict]] | None:
+        """Per row, the genes contributing most to the log-odds of a linear model: weight x the
+        standardized value the model sees (positive pushes toward AML); None for other models."""
+        weights = self.spec.feature_weights(self.model)
+        if weights is None:
+            return None
+        values = self.preprocessor.transform(X).astype(np.float64)
+        genes = np.asarray(self.gene_order, dtype=object)
+        if self.preprocessor.selected_genes is not None:
+            genes = genes[self.preprocessor.selected_genes]
+        contributions = values * np.asarray(weights, dtype=np.float64)
+        out = []
+        for row in contributions:
+            order = np.argsort(-np.abs(row), kind="stable")[:top]
+            out.append([{"gene": str(genes[i]), "contribution": round(float(row[i]), 6)} for i in order])
+        return out
 
     @property
     def used_genes(self) -> np.ndarray:
         """Mask of the genes the model reads (only these count as missing in a sample)."""
-        return self.spec.used_features(self.model)
+        return self.preprocessor.input_mask(self.spec.used_features(self.model))
 
     @property
     def feature_settings(self) -> dict[str, Any]:
@@ -151,6 +179,7 @@ def save_bundle(
             "params": spec.resolve_params(params),
             "scaler": preprocessor.scaler,
             "normalize": preprocessor.normalizer.method,
+            "selection": preprocessor.selection,
             "gene_order_file": GENES_FILE,
             "n_genes": len(genes),
             "preprocessor_file": PREPROCESSOR_FILE,
@@ -195,10 +224,10 @@ def _check_label_mapping(label_mapping: Mapping[str, int]) -> None:
 
 def _checked_gene_order(gene_order: list[str], preprocessor: Preprocessor, n_model_features: int) -> list[str]:
     genes = [str(gene) for gene in gene_order]
-    if not len(genes) == preprocessor.n_features == n_model_features:
+    if not (len(genes) == preprocessor.n_features and preprocessor.n_outputs == n_model_features):
         raise BundleError(
             f"gene_order has {len(genes)} genes but the preprocessor expects {preprocessor.n_features} "
-            f"and the model {n_model_features}"
+            f"(and hands {preprocessor.n_outputs} to the model) and the model {n_model_features}"
         )
     # genes.txt is one name per line: a name must survive that round trip unchanged.
     bad = [gene for gene in genes if gene.splitlines() != [gene] or gene != gene.strip()]
@@ -252,7 +281,8 @@ def load_bundle(directory: Path) -> Bundle:
     try:
         with np.load(preprocessor_path, allow_pickle=False) as archive:
             preprocessor = Preprocessor.from_arrays({key: archive[key] for key in archive.files}, manifest["scaler"],
-                                                    manifest.get("normalize", "none"))
+                                                    manifest.get("normalize", "none"),
+                                                    manifest.get("selection", "none"))
     except (LeukSparkError, OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{preprocessor_path.name}: {exc}") from exc
     if preprocessor.n_features != len(gene_order):
@@ -265,8 +295,9 @@ def load_bundle(directory: Path) -> Bundle:
         n_model_features = spec.n_features(model)
     except LeukSparkError as exc:
         raise BundleError(f"{model_files}: {exc}") from exc
-    if n_model_features != len(gene_order):
-        raise BundleError(f"{model_files}: model expects {n_model_features} genes, bundle has {len(gene_order)}")
+    if n_model_features != preprocessor.n_outputs:
+        raise BundleError(f"{model_files}: model expects {n_model_features} genes, the preprocessor gives "
+                          f"{preprocessor.n_outputs} (of the bundle's {len(gene_order)})")
     return Bundle(
         directory=directory,
         manifest=manifest,
@@ -275,7 +306,52 @@ def load_bundle(directory: Path) -> Bundle:
         preprocessor=preprocessor,
         gene_order=gene_order,
         input_reference=_read_input_reference(directory, manifest, len(gene_order)),
+        calibrator=_read_calibrator(directory, manifest),
     )
+
+
+def _read_calibrator(directory: Path, manifest: Mapping[str, Any]):
+    name = manifest.get("calibration_file")
+    if not name:
+        return None
+    from leukspark.calibration import Calibrator
+
+    _require(name in manifest["files"], "manifest names a file it does not checksum")
+    try:
+        with np.load(directory / name, allow_pickle=False) as archive:
+            return Calibrator.from_arrays({key: archive[key] for key in archive.files})
+    except (LeukSparkError, OSError, ValueError, EOFError) as exc:
+        raise BundleError(f"{name}: {exc}") from exc
+
+
+def attach_postprocessing(directory: Path, *, calibrator: Any = None, abstain_band: Any = None,
+                          extra: Mapping[str, Any] | None = None) -> Path:
+    """Add what is fitted after the model (on the run's out-of-fold probabilities) to a saved bundle:
+    the calibrator (``calibration.npz``, plain arrays), the abstention band and further `extra` keys.
+
+    The bundle is verified first; the new manifest (files and checksum) replaces the old one in one
+    rename, so a reader sees either the old bundle or the new one.
+    """
+    directory = Path(directory)
+    load_bundle(directory)  # refuses a tampered bundle before anything is added to it
+    manifest = _read_manifest(directory)
+    if calibrator is not None:
+        with open(directory / CALIBRATION_FILE, "wb") as handle:
+            np.savez(handle, **calibrator.to_arrays())
+        manifest["calibration_file"] = CALIBRATION_FILE
+        manifest["files"][CALIBRATION_FILE] = _file_record(directory / CALIBRATION_FILE)
+    manifest["extra"] = {**manifest["extra"], **dict(extra or {}),
+                         "calibration": calibrator.method if calibrator is not None else "none",
+                         "abstain_band": None if abstain_band is None else [float(v) for v in abstain_band]}
+    try:
+        manifest = json.loads(json.dumps(manifest, allow_nan=False, default=_numpy_scalar_to_python))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{MANIFEST_FILE}: extra is not plain JSON values: {exc}") from exc
+    manifest[_MANIFEST_SELF_CHECKSUM] = _manifest_checksum(manifest)
+    staging = directory.parent / f".{directory.name}.manifest.tmp"
+    staging.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(staging, directory / MANIFEST_FILE)
+    return directory
 
 
 def _read_input_reference(directory: Path, manifest: Mapping[str, Any], n_genes: int) -> dict | None:

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--annotation", help="probe-to-symbol file (CSV, GPL SOFT or GEO .annot) for a probe matrix "
                                               "or a platform the lake has no annotation for; names the platform too")
     predict.add_argument("--write", action="store_true", help="also append the scores to the scored_samples table")
+    predict.add_argument("--explain", action="store_true",
+                         help="add each sample's top contributing genes (linear models: weight x standardized value)")
 
     report = commands.add_parser("report", help="write a run's HTML report with its plots",
                                  description="Write one self-contained HTML file and the PNGs for a run.")

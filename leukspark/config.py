@@ -25,6 +25,9 @@ DEFAULT_CONFIG_PATH = files("leukspark").joinpath("conf/default.yaml")
 
 # Keys whose values are free-form mappings (their inner keys are not checked here).
 FREE_FORM_KEYS = {"spark.extra", "training.params"}
+# Keys that take more than one type (checked by their own rules in validate_config).
+MIXED_TYPE_KEYS = {"predict.abstain_band"}
+ENSEMBLES = {"soft_voting", "stacking"}
 
 CHOICES = {
     "lake.engine": {"auto", "delta-spark", "delta-rs"},
@@ -35,6 +38,8 @@ CHOICES = {
     "training.best_by": {"accuracy", "roc_auc", "f1", "sensitivity", "specificity", "precision"},
     "features.transform": {"auto", "log2", "none"},
     "features.normalize": {"none", "quantile", "rank"},
+    "training.calibration": {"none", "platt", "isotonic"},
+    "training.selection": {"none", "variance", "t_test", "moderated_t"},
 }
 
 # Ranges of numeric settings (their types come from the defaults). A test fraction of 0
@@ -48,6 +53,9 @@ RANGES = {
     "predict.min_shared_gene_fraction": checks.number(0, 1),
     "predict.range_margin": checks.number(0, 1),
     "features.log_floor": checks.positive(),
+    "predict.target_accuracy": checks.number(0, 1, low_open=True),
+    "training.selection_k": checks.integer(1),
+    "training.marker_top_n": checks.integer(1),
     "report.tsne_perplexity": checks.positive(),
     "report.top_genes": checks.integer(1),
 }
@@ -86,6 +94,17 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
         if (problem := check.problem(get(config, dotted))) is not None:
             raise ConfigError(f"{source}: {dotted} {problem}")
     _check_models(config["training"], source)
+    band = get(config, "predict.abstain_band")
+    if isinstance(band, list):
+        if not (len(band) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
+                and 0 <= band[0] <= 0.5 <= band[1] <= 1):
+            raise ConfigError(f"{source}: predict.abstain_band as a list must be [lo, hi] with "
+                              f"0 <= lo <= 0.5 <= hi <= 1; got {band!r}")
+    elif band not in ("auto", "none"):
+        raise ConfigError(f"{source}: predict.abstain_band must be auto, none or [lo, hi]; got {band!r}")
+    unknown = [e for e in get(config, "training.ensembles") if e not in ENSEMBLES]
+    if unknown:
+        raise ConfigError(f"{source}: training.ensembles may hold {', '.join(sorted(ENSEMBLES))}; got {unknown[0]!r}")
     _check_label_rules(config["labels"]["rules"], source)
 
 
@@ -128,6 +147,8 @@ def _check_keys(user: Mapping, defaults: Mapping, prefix: str, source: str) -> N
             known = ", ".join(sorted(str(k) for k in defaults))
             raise ConfigError(f"{source}: unknown key '{dotted}' (known here: {known})")
         default = defaults[key]
+        if dotted in MIXED_TYPE_KEYS:
+            continue
         if dotted in FREE_FORM_KEYS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted} must be a mapping; got {type(value).__name__}")

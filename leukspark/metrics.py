@@ -132,3 +132,153 @@ def confusion_table(y_true: Any, y_pred: Any) -> pd.DataFrame:
         [int(np.sum(~actual & predicted)), int(np.sum(~actual & ~predicted))],
     ]
     return pd.DataFrame(counts, index=["actual AML", "actual ALL"], columns=["predicted AML", "predicted ALL"])
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def brier_score(y_true: Any, prob_aml: Any) -> float:
+    """Mean squared difference between P(AML) and the outcome (1 = AML); lower is better."""
+    actual = _as_labels(y_true, "y_true").astype(np.float64)
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    if scores.shape != actual.shape or actual.size == 0:
+        raise ValueError("brier_score needs one probability per label, and at least one sample")
+    return float(np.mean((scores - actual) ** 2))
+
+
+def calibration_bins(y_true: Any, prob_aml: Any, n_bins: int = 10) -> pd.DataFrame:
+    """Equal-width bins of P(AML) over [0, 1]: per bin its count, mean probability and AML share.
+
+    A probability of exactly 1 falls in the last bin; empty bins are kept with count 0.
+    """
+    actual = _as_labels(y_true, "y_true").astype(np.float64)
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    index = np.clip((scores * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    sum_p = np.bincount(index, weights=scores, minlength=n_bins)
+    sum_y = np.bincount(index, weights=actual, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({"lower": np.arange(n_bins) / n_bins, "upper": np.arange(1, n_bins + 1) / n_bins,
+                             "count": count, "mean_probability": sum_p / count, "fraction_aml": sum_y / count})
+
+
+def expected_calibration_error(y_true: Any, prob_aml: Any, n_bins: int = 10) -> float:
+    """ECE: sum over equal-width bins of (bin share of samples) x |mean P(AML) - AML share|.
+
+    The usual binary form (Naeini et al. 2015; Guo et al. 2017 use the top-label variant):
+    calibration of P(AML) itself, not of the confidence of the predicted class.
+    """
+    bins = calibration_bins(y_true, prob_aml, n_bins)
+    filled = bins[bins["count"] > 0]
+    total = filled["count"].sum()
+    if total == 0:
+        raise ValueError("cannot compute ECE on zero samples")
+    return float((filled["count"] / total * (filled["mean_probability"] - filled["fraction_aml"]).abs()).sum())
+
+
+# --------------------------------------------------------------------------- abstention
+
+
+def abstains(prob_aml: Any, band: Any) -> np.ndarray:
+    """True where P(AML) lies inside the closed band [lo, hi] (no band: never)."""
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    if band is None:
+        return np.zeros(scores.shape, dtype=bool)
+    lo, hi = band
+    return (scores >= lo) & (scores <= hi)
+
+
+def selective_metrics(y_true: Any, prob_aml: Any, band: Any) -> dict[str, float]:
+    """Coverage (share of samples called) and accuracy on the calls made (NaN with no call)."""
+    actual = _as_labels(y_true, "y_true")
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    called = ~abstains(scores, band)
+    correct = (scores >= 0.5) == actual
+    n_called = int(called.sum())
+    return {"coverage": n_called / max(1, actual.size),
+            "accuracy_on_calls": float(correct[called].mean()) if n_called else float("nan")}
+
+
+def choose_abstain_band(y_true: Any, prob_aml: Any, target_accuracy: float) -> tuple[float, float] | None:
+    """The narrowest symmetric band [0.5 - w, 0.5 + w] whose calls reach ``target_accuracy``.
+
+    Candidates for w are 0 (no abstention needed: returns None) and each sample's |P - 0.5|; the
+    band of half-width w withholds every sample with |P - 0.5| <= w. When no band that still
+    calls a sample reaches the target, the widest band (withholding every sample seen) is
+    returned: on these data the model never reaches the target, so it should not call.
+    """
+    actual = _as_labels(y_true, "y_true")
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    if actual.size == 0:
+        return None
+    correct = (scores >= 0.5) == actual
+    if correct.mean() >= target_accuracy:
+        return None
+    distance = np.abs(scores - 0.5)
+    for w in np.unique(distance):  # ascending: the narrowest band first
+        called = distance > w
+        if called.any() and correct[called].mean() >= target_accuracy:
+            return (float(0.5 - w), float(0.5 + w))
+    w = float(distance.max())
+    return (0.5 - w, 0.5 + w)
+
+
+def risk_coverage_curve(y_true: Any, prob_aml: Any) -> pd.DataFrame:
+    """Coverage and error rate on the calls as the band widens: one row per number of samples called,
+    most confident first (ties in confidence enter together)."""
+    actual = _as_labels(y_true, "y_true")
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    distance = np.abs(scores - 0.5)
+    order = np.argsort(-distance, kind="stable")
+    wrong = ((scores >= 0.5) != actual)[order].astype(np.float64)
+    n = np.arange(1, actual.size + 1)
+    last_of_tie = np.r_[distance[order][1:] != distance[order][:-1], True]
+    frame = pd.DataFrame({"coverage": n / actual.size, "risk": np.cumsum(wrong) / n,
+                          "half_width": distance[order]})
+    return frame[last_of_tie].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def mcnemar_exact(y_true: Any, pred_a: Any, pred_b: Any) -> dict[str, float]:
+    """Exact (binomial) McNemar test of two classifiers' calls on the same samples.
+
+    b: samples A gets right and B wrong; c: the reverse. Under equal error rates b ~ Bin(b + c, 1/2);
+    the two-sided p-value is scipy's binomtest (1 when b + c = 0).
+    """
+    from scipy.stats import binomtest
+
+    actual = _as_labels(y_true, "y_true")
+    a_right = _as_labels(pred_a, "pred_a") == actual
+    b_right = _as_labels(pred_b, "pred_b") == actual
+    b = int(np.sum(a_right & ~b_right))
+    c = int(np.sum(~a_right & b_right))
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    return {"mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": p}
+
+
+def mean_pairwise_jaccard(sets: list) -> float:
+    """Mean Jaccard index |A & B| / |A | B| over all pairs of sets (NaN with fewer than two)."""
+    sets = [set(s) for s in sets]
+    values = [len(a & b) / len(a | b) if a | b else 1.0
+              for i, a in enumerate(sets) for b in sets[i + 1:]]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def marker_enrichment(ranked_genes: list[str], universe: list[str], markers: Any, top_n: int) -> dict[str, float]:
+    """Hypergeometric test: are known markers over-represented among the top ``top_n`` genes?
+
+    Population: the ``universe`` genes (those the model could use); successes: the markers in it;
+    draws: the top ``top_n``. p = P(X >= observed) = hypergeom.sf(k - 1, M, n, N).
+    """
+    from scipy.stats import hypergeom
+
+    universe_set = set(universe)
+    marker_set = set(markers) & universe_set
+    top = [g for g in ranked_genes[:top_n]]
+    k = len(set(top) & marker_set)
+    M, n, N = len(universe_set), len(marker_set), len(top)
+    p = float(hypergeom.sf(k - 1, M, n, N)) if M and N else float("nan")
+    return {"markers_in_top": k, "markers_in_universe": n, "top_n": N,
+            "expected_markers": (N * n / M) if M else float("nan"), "marker_enrichment_p": p}

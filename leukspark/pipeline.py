@@ -31,6 +31,7 @@ from .stages import labels as label_stage
 from .stages import split as split_stage
 from .stages import train as train_stage
 from .stages.ingest import IngestReport, ingest_sources
+from . import evaluation
 
 log = logging.getLogger(__name__)
 
@@ -141,28 +142,99 @@ class Pipeline:
             seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
             feature_settings=dict(self.config["features"]),
             training_inputs=self._training_inputs(splits),
+            selection=cfg["selection"], selection_k=cfg["selection_k"],
         )
         folds = split_stage.n_folds(splits)
-        tasks = train_stage.plan_tasks(cfg["models"], folds, cfg["params"])
-        self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x {folds} folds + final) as Spark tasks")
-        task_rows = train_stage.run_fanout(self.spark, tasks, context)
-        predictions = task_rows.toPandas()
-        metrics = train_stage.metric_rows(predictions)
+        nested = evaluation.needs_nested_folds(cfg)
+        tasks = train_stage.plan_tasks(cfg["models"], folds, cfg["params"], nested=nested)
+        self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x {folds} folds + final"
+                  + (f" + {folds * (folds - 1)} nested" if nested else "") + ") as Spark tasks")
+        task_rows = train_stage.run_task_rows(self.spark, tasks, context)
+        raw_rows, task_info = train_stage.split_task_rows(task_rows.toPandas())
+        outcome = evaluation.evaluate(raw_rows, task_info, cfg, self.config["predict"], genes, run_id)
+        predictions, metrics = outcome.predictions, outcome.metrics
         params = dict(zip(tasks["model"], tasks["params"]))
+        params.update({name: json.dumps(p, sort_keys=True) for name, p in outcome.ensemble_params.items()})
+        best = outcome.best_single  # ensembles are reported, not deployed: the best model has a bundle
+        self._finish_bundles(bundle_dir, cfg, outcome)
+        extra = outcome.extra_results
+        marker_rows = self._marker_enrichment(bundle_dir, cfg)
+        ood_predictions, ood_rows = self._score_excluded(bundle_dir, run_id, genes) if cfg["ood_check"] else (None, None)
         results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
                                            config_hash=config_hash(self.config), code_version=__version__,
                                            params=params)
+        results = pd.concat([results] + [self._extra_results(frame, results, params)
+                                         for frame in (extra, marker_rows, ood_rows) if frame is not None
+                                         and not frame.empty], ignore_index=True)
         if previous_run:
             results = pd.concat([results, self._change_rows(results, previous_run)], ignore_index=True)
+        stored = predictions if ood_predictions is None else pd.concat([predictions, ood_predictions],
+                                                                       ignore_index=True)
         self.lake.append("predictions", self.spark.createDataFrame(
-            predictions[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=f"train {run_id}")
+            stored[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=f"train {run_id}")
         self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS),
                          operation=f"train {run_id}")
-        best = str(train_stage.leaderboard(metrics, cfg["best_by"]).index[0])
+        if outcome.selected is not None:
+            self.lake.append("selected_genes", self.spark.createDataFrame(
+                outcome.selected.assign(run=run_id)[schemas.SELECTED_GENES.fieldNames()], schemas.SELECTED_GENES),
+                operation=f"train {run_id}")
         self._record_run(run_id, started, splits, len(genes), best, bundle_dir)
         text = train_stage.format_leaderboard(metrics, cfg["best_by"])
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def _finish_bundles(self, bundle_dir: str, cfg: dict, outcome) -> None:
+        """Save the calibrator and abstention band fitted on the out-of-fold probabilities in each bundle."""
+        from .bundle import attach_postprocessing
+
+        if cfg["calibration"] == "none" and self.config["predict"]["abstain_band"] == "none":
+            return
+        for model in cfg["models"]:
+            attach_postprocessing(Path(bundle_dir) / model, calibrator=outcome.calibrators.get(model),
+                                  abstain_band=outcome.bands.get(model))
+
+    def _extra_results(self, frame: pd.DataFrame, results: pd.DataFrame, params: dict) -> pd.DataFrame:
+        """Long (model, fold, metric, value[, params]) rows with the run columns of `results`."""
+        first = results.iloc[0]
+        out = frame.copy()
+        if "params" not in out.columns:
+            out["params"] = None
+        out["params"] = out["params"].where(out["params"].notna(), out["model"].map(params))
+        for column in ("run", "run_time", "config_hash", "code_version"):
+            out[column] = first[column]
+        out["value"] = out["value"].astype(float)
+        return out[schemas.RESULTS.fieldNames()]
+
+    def _marker_enrichment(self, bundle_dir: str, cfg: dict) -> pd.DataFrame:
+        """Per final model: known lineage markers among its top genes (hypergeometric p), fold 'test'."""
+        from .biology import model_top_genes, enrichment_rows
+
+        rows = []
+        for model in cfg["models"]:
+            top = model_top_genes(Path(bundle_dir) / model)
+            if top is not None:
+                rows += enrichment_rows(model, top, cfg["marker_top_n"])
+        return pd.DataFrame(rows, columns=["model", "fold", "metric", "value"])
+
+    def _score_excluded(self, bundle_dir: str, run_id: str, genes: list[str]):
+        """Score the excluded samples (other diseases) with every final model: (prediction rows, results rows)."""
+        from .ood import excluded_matrix, score_excluded
+
+        if not self.lake.exists("excluded_samples"):
+            return None, None
+        excluded = self.lake.read("excluded_samples").toPandas()
+        if excluded.empty:
+            return None, None
+        samples, matrix, platforms, scales = excluded_matrix(self.lake, excluded, genes, self.config["features"])
+        from .predict import ScoringPolicy
+
+        policy = ScoringPolicy.from_config(self.config)
+        frames = [score_excluded(Path(bundle_dir) / model, excluded, samples, matrix, platforms, scales, policy,
+                                 run_id) for model in self.config["training"]["models"]]
+        predictions = pd.concat([f[0] for f in frames], ignore_index=True)
+        results = pd.concat([f[1] for f in frames], ignore_index=True)
+        self.echo(f"scored {len(samples)} excluded samples with {len(frames)} final models (fold 'ood')")
+        return predictions, results
 
     def _training_inputs(self, splits: pd.DataFrame) -> dict:
         """Platforms and model-scale values of the training samples, for checks at prediction."""

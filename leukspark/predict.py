@@ -26,6 +26,8 @@ import pandas as pd
 from . import NEGATIVE_CLASS, POSITIVE_CLASS
 from .errors import BundleError, PredictionError, TableError
 
+UNCLASSIFIED = "unclassified"  # P(AML) inside the bundle's abstention band
+
 
 @dataclass
 class ScoredSample:
@@ -37,6 +39,7 @@ class ScoredSample:
     input_scale: str | None = None            # detected scale of the input values
     shared_gene_fraction: float | None = None  # share of the model's genes the sample has
     warning: str | None = None                 # scored, but unlike the training samples
+    explanation: list | None = None            # --explain: top genes by weight x standardized value
 
     def record(self) -> dict:
         context = {"input_scale": self.input_scale} if self.input_scale else {}
@@ -49,6 +52,8 @@ class ScoredSample:
             record["shared_gene_fraction"] = round(self.shared_gene_fraction, 4)
         if self.warning:
             record["warning"] = self.warning
+        if self.explanation is not None:
+            record["top_genes"] = self.explanation
         return record
 
 
@@ -187,12 +192,15 @@ def _coverage_error(bundle, platform: str | None, measured: int, n_used: int, po
 
 
 def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: ScoringPolicy | float = ScoringPolicy(),
-                 *, platforms: dict | None = None, scales: dict | None = None) -> list[ScoredSample]:
+                 *, platforms: dict | None = None, scales: dict | None = None,
+                 explain: bool = False) -> list[ScoredSample]:
     """Score gene vectors in `bundle.gene_order`; a sample that cannot be scored gets an error.
 
     Only genes the model reads count as missing. A sample of another platform than the
     training samples is scored through the genes the two share (the others are filled with
     the training means); each scored sample is checked against the training distribution.
+    A probability inside the bundle's abstention band gives prediction 'unclassified'; with
+    `explain`, a linear model's samples get their top contributing genes.
     """
     from .input_check import out_of_range
 
@@ -216,10 +224,17 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
     scorable = [r.error is None for r in results]
     if any(scorable):
         # float32, as in training: the same sample then gets the same probability on both paths.
-        probabilities = bundle.predict_proba(matrix[np.array(scorable)].astype(np.float32))
-        for result, probability in zip([r for r in results if r.error is None], probabilities):
+        rows = matrix[np.array(scorable)].astype(np.float32)
+        probabilities = bundle.predict_proba(rows)
+        band = getattr(bundle, "abstain_band", None)
+        explanations = bundle.explain(rows) if explain else None
+        for i, (result, probability) in enumerate(zip([r for r in results if r.error is None], probabilities)):
             result.probability_AML = float(probability)
             result.prediction = POSITIVE_CLASS if probability >= 0.5 else NEGATIVE_CLASS
+            if band is not None and band[0] <= probability <= band[1]:
+                result.prediction = UNCLASSIFIED
+            if explanations is not None:
+                result.explanation = explanations[i]
     return results
 
 
@@ -252,7 +267,8 @@ def sample_tables_from_file(path: Path, platform: str | None = None):
     return pd.concat(frames, ignore_index=True), platforms
 
 
-def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: ScoringPolicy) -> list[ScoredSample]:
+def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: ScoringPolicy,
+                 explain: bool = False) -> list[ScoredSample]:
     """Probe values (sample, platform, probe_id, value) -> scale decision, genes, scores."""
     settings = bundle.feature_settings
     values, scales = to_model_scale(values, settings)
@@ -260,11 +276,11 @@ def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: Sco
     matrix, _ = collapse_to_genes(values, probe_map, bundle.gene_order, settings)
     samples = list(dict.fromkeys(values["sample"]))
     platform_of = values.drop_duplicates("sample").set_index("sample")["platform"].to_dict()
-    scored = score_matrix(bundle, samples, matrix, policy, platforms=platform_of, scales=scales)
+    scored = score_matrix(bundle, samples, matrix, policy, platforms=platform_of, scales=scales, explain=explain)
     annotated = set(probes["platform"])
     for result in scored:
         if platform_of.get(result.sample) not in annotated:
-            result.prediction, result.probability_AML, result.warning = None, None, None
+            result.prediction, result.probability_AML, result.warning, result.explanation = None, None, None, None
             result.error = (f"platform {platform_of.get(result.sample)} has no probe annotation in the lake: "
                             "the model cannot map its probes to genes (wrong platform? pass --annotation)")
     return scored
@@ -272,7 +288,7 @@ def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: Sco
 
 def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None, model: str | None = None,
                  platform: str | None = None, annotation: str | Path | None = None,
-                 policy: ScoringPolicy | None = None) -> list[ScoredSample]:
+                 policy: ScoringPolicy | None = None, explain: bool = False) -> list[ScoredSample]:
     """Score every sample of a GEO or matrix file. Probe annotations come from the file itself,
     `annotation` (which also names the platform of a probe matrix) and the lake, in that order."""
     from .bundle import load_bundle
@@ -290,11 +306,12 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
     if file_platforms:
         given = pd.concat(file_platforms, ignore_index=True)
         probes = pd.concat([given, probes[~probes["platform"].isin(given["platform"])]], ignore_index=True)
-    return score_values(bundle, values, probes, policy or ScoringPolicy())
+    return score_values(bundle, values, probes, policy or ScoringPolicy(), explain)
 
 
 def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str | None = None,
-                             model: str | None = None, policy: ScoringPolicy | None = None) -> list[ScoredSample]:
+                             model: str | None = None, policy: ScoringPolicy | None = None,
+                             explain: bool = False) -> list[ScoredSample]:
     from .bundle import load_bundle
 
     bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
@@ -303,16 +320,16 @@ def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str 
         raise PredictionError(f"series {series} has no samples in the lake at {lake_root}")
     probes = read_small_table(lake_root, "platform_probes",
                               filters=[("platform", sorted(values["platform"].dropna().unique()))])
-    return score_values(bundle, values, probes, policy or ScoringPolicy())
+    return score_values(bundle, values, probes, policy or ScoringPolicy(), explain)
 
 
 def format_records(scored: list[ScoredSample], output_format: str) -> str:
     if output_format == "jsonl":
         return "\n".join(json.dumps(s.record()) for s in scored)
-    lines = [f"{'sample':<14}{'prediction':<12}{'probability_AML':>16}{'missing':>9}{'scale':>8}  error / warning"]
+    lines = [f"{'sample':<14}{'prediction':<14}{'probability_AML':>16}{'missing':>9}{'scale':>8}  error / warning"]
     for s in scored:
         probability = "" if s.probability_AML is None else f"{s.probability_AML:.4f}"
-        lines.append(f"{s.sample:<14}{s.prediction or '-':<12}{probability:>16}{s.missing_genes:>9}"
+        lines.append(f"{s.sample:<14}{s.prediction or '-':<14}{probability:>16}{s.missing_genes:>9}"
                      f"{s.input_scale or '-':>8}  {s.error or s.warning or ''}")
     return "\n".join(lines)
 
@@ -326,9 +343,14 @@ def predict_command(args) -> int:
     source = Path(args.source).expanduser()
     if source.exists():
         scored = predict_file(source, args.lake, run_id=args.run, model=model, platform=args.platform,
-                              annotation=getattr(args, "annotation", None), policy=policy)
+                              annotation=getattr(args, "annotation", None), policy=policy,
+                              explain=getattr(args, "explain", False))
     else:
-        scored = predict_series_from_lake(args.lake, args.source, run_id=args.run, model=model, policy=policy)
+        scored = predict_series_from_lake(args.lake, args.source, run_id=args.run, model=model, policy=policy,
+                                          explain=getattr(args, "explain", False))
+    if getattr(args, "explain", False) and all(s.explanation is None for s in scored if s.error is None):
+        print("--explain: this model has no per-gene weights (linear models only); no top_genes given",
+              file=sys.stderr)
     print(format_records(scored, args.format))
     if args.write:
         write_scores(args, config, scored, model)

@@ -46,6 +46,52 @@ AML_MARKERS: tuple[str, ...] = (
     "MPO", "CD33", "LYZ", "CST3", "CEBPA", "CSF3R", "ELANE", "AZU1", "PRTN3", "CTSG",
 )
 
+#: Known lineage markers for biological validation of the models' top genes: (HGNC symbol,
+#: lineage, basis). Provenance, honestly stated: the list was written from the leukemia
+#: immunophenotyping literature by the developers, not extracted from a database, and the cited
+#: texts could not be consulted from the (offline) build machine. The "EGIL" basis refers to the
+#: lineage scoring system of the European Group for the Immunological Characterization of
+#: Leukemias (Bene et al., Leukemia 1995;9:1783-1786), whose B, T and myeloid antigens (CD19,
+#: CD79a, CD22, CD10/MME, TdT/DNTT; CD3, CD2, CD5, CD7, CD1a; MPO, lysozyme/LYZ, CD13/ANPEP,
+#: CD33, CD117/KIT, CD14) are the proteins of these genes; the WHO classification of mixed-phenotype
+#: acute leukemia uses MPO (myeloid), cytoplasmic CD3 (T) and CD19 with CD79a/CD22/CD10 (B) for
+#: lineage assignment. The other genes are lineage transcription factors, pre-B receptor parts or
+#: myeloid granule proteins (gene function per their HGNC names). The symbols are HGNC-approved
+#: and each is on GPL570 in ``GPL570_annot.csv``. The first ten B and ten myeloid genes are
+#: ALL_MARKERS and AML_MARKERS, which the synthetic generator plants; the T markers are extra.
+LINEAGE_MARKERS: tuple[tuple[str, str, str], ...] = (
+    ("CD19", "B-lymphoid", "EGIL B-lineage antigen; WHO MPAL B criterion"),
+    ("CD79A", "B-lymphoid", "EGIL B-lineage antigen (cyCD79a); WHO MPAL B criterion"),
+    ("CD79B", "B-lymphoid", "B-cell receptor signalling chain, partner of CD79A"),
+    ("CD22", "B-lymphoid", "EGIL B-lineage antigen (cyCD22); WHO MPAL B criterion"),
+    ("MME", "B-lymphoid", "CD10 (common ALL antigen); EGIL B-lineage antigen"),
+    ("DNTT", "B-lymphoid", "TdT, precursor lymphoid (B and T) blast marker; EGIL"),
+    ("VPREB1", "B-lymphoid", "surrogate light chain of the pre-B-cell receptor"),
+    ("IGLL1", "B-lymphoid", "surrogate light chain (lambda5) of the pre-B-cell receptor"),
+    ("PAX5", "B-lymphoid", "B-lineage commitment transcription factor"),
+    ("EBF1", "B-lymphoid", "early B-cell transcription factor"),
+    ("CD3E", "T-lymphoid", "CD3 epsilon; EGIL T-lineage antigen; WHO MPAL T criterion (cyCD3)"),
+    ("CD3D", "T-lymphoid", "CD3 delta; EGIL T-lineage antigen (CD3)"),
+    ("CD3G", "T-lymphoid", "CD3 gamma; EGIL T-lineage antigen (CD3)"),
+    ("CD2", "T-lymphoid", "EGIL T-lineage antigen"),
+    ("CD5", "T-lymphoid", "EGIL T-lineage antigen"),
+    ("CD7", "T-lymphoid", "EGIL T-lineage antigen"),
+    ("CD1A", "T-lymphoid", "EGIL T-lineage antigen (cortical thymocyte)"),
+    ("MPO", "myeloid", "myeloperoxidase; EGIL myeloid antigen; WHO MPAL myeloid criterion"),
+    ("LYZ", "myeloid", "lysozyme; EGIL myeloid antigen; WHO monocytic criterion"),
+    ("CD33", "myeloid", "EGIL myeloid antigen"),
+    ("ANPEP", "myeloid", "CD13; EGIL myeloid antigen"),
+    ("KIT", "myeloid", "CD117; EGIL myeloid antigen"),
+    ("CD14", "myeloid", "EGIL myeloid (monocytic) antigen"),
+    ("CST3", "myeloid", "cystatin C, myeloid-expressed; among the AML genes of Golub et al., Science 1999"),
+    ("CEBPA", "myeloid", "granulocytic lineage transcription factor"),
+    ("CSF3R", "myeloid", "G-CSF receptor"),
+    ("ELANE", "myeloid", "neutrophil elastase (azurophil granule)"),
+    ("AZU1", "myeloid", "azurocidin (azurophil granule)"),
+    ("PRTN3", "myeloid", "proteinase 3 (azurophil granule)"),
+    ("CTSG", "myeloid", "cathepsin G (azurophil granule)"),
+)
+
 # Columns of GSE13159.info are separated by runs of two or more spaces (titles contain
 # single spaces, e.g. "MILES stage 1 data N1_1925").
 _COLUMN_SEPARATOR = re.compile(r"\s{2,}")

@@ -39,7 +39,7 @@ from .errors import LeukSparkError, TableError  # noqa: E402
 from .lake import Lake  # noqa: E402
 from .metrics import confusion_table, roc_auc  # noqa: E402
 from .reference import ALL_MARKERS, AML_MARKERS  # noqa: E402
-from .stages.train import TEST_FOLD, leaderboard  # noqa: E402
+from .stages.train import TEST_FOLD, is_cv_fold, leaderboard  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class RunData:
     models: list[str]           # best first (leaderboard order)
     evaluated_on: str = "test set"
     best_by: str = "accuracy"
+    results: pd.DataFrame | None = None   # the run's long results rows
+    oof: pd.DataFrame | None = None       # out-of-fold (CV) prediction rows: model, fold, sample, probability_AML, truth
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,6 +106,7 @@ def write_report(spark: SparkSession, lake: Lake, run_id: str, out_dir: Path, co
         cv_section(data, figures),
         leaderboard_section(data),
         top_genes_section(lake, data, figures, report_cfg["top_genes"]),
+        *science_sections(data, figures),
     ]
     path = out_dir / REPORT_FILE
     path.write_text(render_page(data.run_id, sections), encoding="utf-8")
@@ -131,7 +134,9 @@ def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData
     predictions = (lake.read("predictions").where(F.col("run") == run_id)
                    .select("model", "fold", "sample", "probability_AML", "predicted", "truth").toPandas())
     tested = (predictions["fold"] == TEST_FOLD).any()
-    predictions = predictions[(predictions["fold"] == TEST_FOLD) == tested].drop(columns="fold")
+    cv_rows = predictions["fold"].map(is_cv_fold)
+    oof = predictions[cv_rows].copy()
+    predictions = predictions[(predictions["fold"] == TEST_FOLD) if tested else cv_rows].drop(columns="fold")
     board = leaderboard(metrics, best_by)
     return RunData(
         run_id=run_id,
@@ -147,6 +152,8 @@ def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData
         models=[str(m) for m in board.index],
         evaluated_on="test set" if tested else "out-of-fold predictions (cross-validation only)",
         best_by=best_by,
+        results=results,
+        oof=oof,
     )
 
 
@@ -158,7 +165,7 @@ def _read_optional(lake: Lake, table: str, columns: list[str]) -> pd.DataFrame:
 
 def wide_metrics(results: pd.DataFrame) -> pd.DataFrame:
     """Per-fold and test metrics as one row per (model, fold), like `train.metric_rows` makes."""
-    per_fold = results[~results["fold"].isin(["cv_mean", "cv_std"])]
+    per_fold = results[results["fold"].map(is_cv_fold) | (results["fold"] == TEST_FOLD)]
     wide = per_fold.pivot_table(index=["model", "fold"], columns="metric", values="value", aggfunc="first")
     wide.columns.name = None
     return wide.reset_index()
@@ -426,8 +433,9 @@ def tsne_section(embedding: EmbeddingInputs, figures: FigureWriter, configured_p
 def confusion_on_test_set(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
     """2 x 2 test-set counts of `model` (rows actual AML/ALL, columns predicted AML/ALL)."""
     part = predictions[predictions["model"] == model]
+    # From the probability, not `predicted`: with an abstention band that may say 'unclassified'.
     return confusion_table((part["truth"] == POSITIVE_CLASS).astype(int).to_numpy(),
-                           (part["predicted"] == POSITIVE_CLASS).astype(int).to_numpy())
+                           (part["probability_AML"] >= 0.5).astype(int).to_numpy())
 
 
 def confusion_section(data: RunData, figures: FigureWriter) -> Section:
@@ -703,6 +711,20 @@ def top_genes_section(lake: Lake, data: RunData, figures: FigureWriter, n_genes:
         parts.append(f"<h3>{_esc(model)}</h3><p>{n_markers} of the top {len(top)} genes are known lineage "
                      f"markers.</p>{img}{top_genes_table(top, model)}")
     return Section("top-genes", title, "".join(parts))
+
+
+def science_sections(data: RunData, figures: FigureWriter) -> list[Section]:
+    from .report_science import (
+        ensembles_section, markers_section, ood_section, reliability_section, risk_coverage_section,
+        selection_section,
+    )
+
+    sections = [reliability_section(data, figures), risk_coverage_section(data, figures)]
+    for build in (ood_section, selection_section, ensembles_section, markers_section):
+        section = build(data)
+        if section is not None:
+            sections.append(section)
+    return sections
 
 
 # ---------------------------------------------------------------------------------------

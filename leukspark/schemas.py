@@ -107,6 +107,15 @@ PREDICTIONS = _schema(
     ("truth", StringType(), True),
 )
 
+SELECTED_GENES = _schema(
+    ("run", StringType(), False),
+    ("model", StringType(), False),
+    ("fold", StringType(), False),
+    ("position", IntegerType(), False),
+    ("gene", StringType(), False),
+    ("score", DoubleType(), True),
+)
+
 SCORED_SAMPLES = _schema(
     ("scored_at", TimestampType(), True),
     ("run", StringType(), False),

@@ -27,7 +27,7 @@ MODELS = ("logistic_regression", "random_forest")
 N_FOLDS = 5
 SECTION_IDS = ("summary", "class-counts", "pca", "tsne", "confusion", "roc", "cv", "leaderboard", "top-genes")
 PNG_FILES = ("class_counts.png", "pca.png", "tsne.png", "confusion_matrices.png", "roc_curves.png",
-             "cv_metrics.png", "top_genes_logistic_regression.png")
+             "cv_metrics.png", "top_genes_logistic_regression.png", "reliability.png", "risk_coverage.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Real lineage markers among the genes, so the top-genes marking has something to mark.
 MARKER_GENES = ("MPO", "CD33", "LYZ", "CD19", "CD79A", "DNTT")

@@ -84,16 +84,20 @@ def fit_and_predict(
     seed: int,
     scaler: str = "standard",
     normalize: str = "none",
+    selection: str = "none",
+    selection_k: int = 0,
 ) -> FitResult:
     """Fit the preprocessor and the model on the training rows, then score ``X_eval``.
 
     The preprocessor sees ``X_train`` only: imputation means and scaling never include
-    evaluation rows, which would leak their distribution into the fold's score.
+    evaluation rows, which would leak their distribution into the fold's score. A gene
+    selection (``selection``: variance, t_test, moderated_t; top ``selection_k`` genes) is a
+    stage of the preprocessor, so it too is chosen from the training rows only.
     """
     spec = get_model(model_name)
     resolved = spec.resolve_params(params)  # fail on a bad key before any work is done
     started = time.perf_counter()
-    preprocessor = Preprocessor(scaler, normalize).fit(X_train)
+    preprocessor = Preprocessor(scaler, normalize, selection, selection_k).fit(X_train, y_train)
     model = spec.fit(preprocessor.transform(X_train), y_train, resolved, seed)
     fit_seconds = time.perf_counter() - started
     # A cross-validation-only run's final fit has nothing to evaluate.

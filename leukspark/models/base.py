@@ -111,13 +111,22 @@ class Preprocessor:
 
     _ARRAY_KEYS = ("impute_values", "center", "scale", "observed_in_training")
 
-    def __init__(self, scaler: str = "standard", normalize: str = "none"):
+    def __init__(self, scaler: str = "standard", normalize: str = "none", selection: str = "none",
+                 selection_k: int = 0):
+        from leukspark.models.selection import METHODS as SELECTIONS
+
         if scaler not in SCALERS:
             raise ModelError(f"unknown scaler {scaler!r}; known: {', '.join(SCALERS)}")
         if normalize not in NORMALIZERS:
             raise ModelError(f"unknown normalisation {normalize!r}; known: {', '.join(NORMALIZERS)}")
+        if selection not in SELECTIONS:
+            raise ModelError(f"unknown gene selection {selection!r}; known: {', '.join(SELECTIONS)}")
         self.scaler = scaler
         self.normalizer = SampleNormalizer(normalize)
+        self.selection, self.selection_k = selection, int(selection_k)
+        self.selected_genes: np.ndarray | None = None    # input columns kept (selection on), ascending
+        self.selection_scores: np.ndarray | None = None  # their scores (not saved)
+        self.n_input_features: int | None = None
         self.impute_values: np.ndarray | None = None  # training means (0 where never observed)
         self.center: np.ndarray | None = None
         self.scale: np.ndarray | None = None
@@ -125,17 +134,41 @@ class Preprocessor:
 
     @property
     def n_features(self) -> int:
-        """Number of gene columns the preprocessor was fitted on."""
+        """Number of gene columns the preprocessor takes (all genes, also with a gene selection)."""
+        self._require_fitted()
+        return int(self.n_input_features if self.selected_genes is not None else self.center.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of columns the preprocessor hands to the model (the selected genes, if any)."""
         self._require_fitted()
         return int(self.center.shape[0])
 
-    def fit(self, X: np.ndarray) -> "Preprocessor":
-        """Learn imputation means and scaling from the training matrix ``X`` (NaN allowed)."""
+    def input_mask(self, output_mask: np.ndarray) -> np.ndarray:
+        """The input genes behind a mask over the output columns."""
+        if self.selected_genes is None:
+            return np.asarray(output_mask, dtype=bool)
+        mask = np.zeros(self.n_features, dtype=bool)
+        mask[self.selected_genes[np.asarray(output_mask, dtype=bool)]] = True
+        return mask
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "Preprocessor":
+        """Learn imputation means and scaling from the training matrix ``X`` (NaN allowed).
+
+        With a gene selection, the genes are chosen from these rows (and labels ``y``) only,
+        after per-sample normalisation and before imputation and scaling.
+        """
         # astype copies, so imputing in place below never touches the caller's array.
         imputed = as_feature_matrix(X, what="training matrix").astype(np.float64)
         if imputed.shape[0] == 0:
             raise ModelError("cannot fit the preprocessor on a training matrix with no samples")
         imputed = self.normalizer.fit(imputed).transform(imputed)
+        if self.selection != "none":
+            from leukspark.models.selection import select_genes
+
+            self.n_input_features = imputed.shape[1]
+            self.selected_genes, self.selection_scores = select_genes(self.selection, self.selection_k, imputed, y)
+            imputed = imputed[:, self.selected_genes]
         missing = np.isnan(imputed)
         counts = imputed.shape[0] - missing.sum(axis=0)
         observed = counts > 0
@@ -167,29 +200,42 @@ class Preprocessor:
         self._require_fitted()
         matrix = as_feature_matrix(X, n_features=self.n_features, error=PredictionError)
         values = self.normalizer.transform(matrix.astype(np.float64))  # a copy: steps below work in place
+        if self.selected_genes is not None:
+            values = values[:, self.selected_genes]
         _fill_missing(values, np.isnan(values), self.impute_values)
         values -= self.center
         values /= self.scale
         values[:, ~self.observed_in_training] = 0.0
         return values.astype(np.float32)
 
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        """``fit(X)`` then ``transform(X)``."""
-        return self.fit(X).transform(X)
+    def fit_transform(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """``fit(X, y)`` then ``transform(X)``."""
+        return self.fit(X, y).transform(X)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted state as plain numeric arrays (for ``np.savez``)."""
         self._require_fitted()
         arrays = {key: np.array(getattr(self, key)) for key in self._ARRAY_KEYS}
+        if self.selected_genes is not None:
+            arrays["selected_genes"] = np.asarray(self.selected_genes, dtype=np.int64)
+            arrays["n_input_features"] = np.array(self.n_input_features, dtype=np.int64)
         return {**arrays, **self.normalizer.to_arrays()}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str, normalize: str = "none") -> "Preprocessor":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str, normalize: str = "none",
+                    selection: str = "none") -> "Preprocessor":
         """Rebuild a fitted preprocessor from :meth:`to_arrays` output."""
         missing_keys = [key for key in cls._ARRAY_KEYS if key not in arrays]
         if missing_keys:
             raise ModelError(f"preprocessor arrays lack {', '.join(missing_keys)}")
-        preprocessor = cls(scaler, normalize)
+        preprocessor = cls(scaler, normalize, selection if "selected_genes" in arrays else "none")
+        if "selected_genes" in arrays:
+            selected = np.asarray(arrays["selected_genes"])
+            n_inputs = int(np.asarray(arrays.get("n_input_features", -1)))
+            if (selected.ndim != 1 or selected.dtype != np.int64 or selected.size == 0
+                    or selected.min() < 0 or selected.max() >= n_inputs or np.any(np.diff(selected) <= 0)):
+                raise ModelError("preprocessor array 'selected_genes' is not an ascending list of gene columns")
+            preprocessor.selected_genes, preprocessor.n_input_features = selected.copy(), n_inputs
         preprocessor.normalizer.load_arrays(arrays)
         n_features = np.asarray(arrays["center"]).shape[0] if np.ndim(arrays["center"]) == 1 else None
         for key in cls._ARRAY_KEYS:
@@ -365,6 +411,12 @@ class ModelSpec(ABC):
     def used_features(self, model: Any) -> np.ndarray:
         """Boolean mask of the input genes the model reads; prediction counts only these as missing."""
         return np.ones(self.n_features(model), dtype=bool)
+
+    def feature_importances(self, model: Any) -> np.ndarray | None:
+        """Non-negative per-input-feature importance for ranking genes: |weight| for linear models
+        (on standardized genes), a model's own measure for trees; None when the model has none."""
+        weights = self.feature_weights(model)
+        return None if weights is None else np.abs(np.asarray(weights, dtype=np.float64))
 
     @abstractmethod
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any:

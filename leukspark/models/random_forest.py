@@ -155,6 +155,13 @@ class RandomForestSpec(ModelSpec):
         mask[model.feature[model.left != LEAF]] = True
         return mask
 
+    def feature_importances(self, model: TreeEnsemble) -> np.ndarray:
+        """Share of the forest's splits made on each gene (the bundle keeps no node sample counts,
+        so impurity decrease cannot be recomputed from it)."""
+        internal = model.left != LEAF
+        counts = np.bincount(model.feature[internal], minlength=model.n_features).astype(np.float64)
+        return counts / max(1.0, counts.sum())
+
     def save(self, model: TreeEnsemble, directory: Path) -> list[str]:
         return model.save(directory)
 

@@ -104,6 +104,14 @@ class XGBoostSpec(ModelSpec):
         mask[model.selected_genes] = True
         return mask
 
+    def feature_importances(self, model: GeneFilteredBooster) -> np.ndarray:
+        """Total gain of the splits on each gene (XGBoost's importance_type 'total_gain')."""
+        scores = model.classifier.get_booster().get_score(importance_type="total_gain")
+        importances = np.zeros(model.n_features)
+        for key, value in scores.items():  # keys f0, f1, ... index the kept genes
+            importances[model.selected_genes[int(key[1:])]] = value
+        return importances
+
     def save(self, model: GeneFilteredBooster, directory: Path) -> list[str]:
         """Write the booster as XGBoost JSON (data only; loading it runs no code) and the gene indices."""
         model.classifier.save_model(Path(directory) / self.MODEL_FILE)

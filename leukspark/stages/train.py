@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType, StructField
+from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from .. import POSITIVE_CLASS, NEGATIVE_CLASS, schemas
 from ..errors import ModelError
@@ -27,9 +27,28 @@ from ..errors import ModelError
 log = logging.getLogger(__name__)
 
 TEST_FOLD = "test"
+OOD_FOLD = "ood"
+POOLED_FOLD = "cv_pooled"  # statistics over all out-of-fold predictions (or across the folds) at once
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc",
-                "tp", "fp", "tn", "fn", "n", "fit_seconds")
-TASK_OUTPUT_SCHEMA = schemas.PREDICTIONS.add(StructField("fit_seconds", DoubleType(), True))
+                "tp", "fp", "tn", "fn", "n", "fit_seconds", "brier", "ece")
+SELECTIVE_METRICS = ("coverage", "accuracy_on_calls")
+# StructType.add works in place: this has always added fit_seconds to schemas.PREDICTIONS too (the
+# predictions table carries it), so that stays; `info` goes into a copy, never into the table.
+TASK_OUTPUT_SCHEMA = StructType([*schemas.PREDICTIONS.add(StructField("fit_seconds", DoubleType(), True)).fields,
+                                 StructField("info", StringType(), True)])
+INFO_SAMPLE = ""  # the one row per task that carries its `info` (JSON) instead of a prediction
+
+
+def is_cv_fold(fold) -> bool:
+    """An outer cross-validation fold ('0'..'k-1'); not test, nested ('k/j'), ood or a summary."""
+    return str(fold).isdigit()
+
+
+def nested_fold(outer: int, held_out: int) -> str:
+    """The task that fits on the training folds other than `outer` and `held_out` and predicts
+    `held_out`: out-of-fold probabilities for fitting what is fitted on top of models (the stacking
+    meta-learner, a calibrator) for outer fold `outer` without its labels."""
+    return f"{outer}/{held_out}"
 
 # Rough relative cost, so that the slowest fits start first and the cores stay busy.
 MODEL_COST = {"dnn": 5, "random_forest": 4, "xgboost": 3, "linear_svm": 2, "logistic_regression": 1}
@@ -48,20 +67,27 @@ class TrainingContext:
     bundle_root: str | None
     feature_settings: dict | None = None   # how probes became genes; saved in bundles for prediction
     training_inputs: dict | None = None    # platforms and value scales of the training samples
+    selection: str = "none"                # in-fold gene selection (training.selection)
+    selection_k: int = 0
 
 
-def plan_tasks(models: list[str], n_folds: int, param_overrides: dict) -> pd.DataFrame:
-    """One row per (model, fold): folds '0'..'k-1' and 'test' (the final fit)."""
+def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: bool = False) -> pd.DataFrame:
+    """One row per (model, fold): folds '0'..'k-1' and 'test' (the final fit); with `nested`, also
+    every nested fold 'k/j' (j != k), k(k-1) more fits per model."""
     from ..models import get_model
 
+    folds = [str(k) for k in range(n_folds)] + [TEST_FOLD]
+    if nested:
+        folds += [nested_fold(k, j) for k in range(n_folds) for j in range(n_folds) if j != k]
     rows = []
     for model in models:
         spec = get_model(model)
         params = spec.resolve_params(param_overrides.get(model, {}))  # bad keys fail here, not in a task
-        for fold in [str(k) for k in range(n_folds)] + [TEST_FOLD]:
+        for fold in folds:
             rows.append({"model": model, "fold": fold, "params": json.dumps(params, sort_keys=True, default=str)})
     tasks = pd.DataFrame(rows)
-    tasks["cost"] = tasks["model"].map(MODEL_COST).fillna(3) * np.where(tasks["fold"] == TEST_FOLD, 1.25, 1.0)
+    size = np.select([tasks["fold"] == TEST_FOLD, tasks["fold"].str.contains("/")], [1.25, 0.75], 1.0)
+    tasks["cost"] = tasks["model"].map(MODEL_COST).fillna(3) * size
     return tasks.sort_values("cost", ascending=False, kind="stable").drop(columns="cost").reset_index(drop=True)
 
 
@@ -82,6 +108,20 @@ def one_partition_per_task(spark: SparkSession, n_tasks: int) -> list[int]:
 
 def run_fanout(spark: SparkSession, tasks: pd.DataFrame, context: TrainingContext) -> DataFrame:
     """Run every task as a pandas UDF; returns prediction rows with each task's fit time."""
+    rows = run_task_rows(spark, tasks, context)
+    return rows.where(F.col("sample") != INFO_SAMPLE)
+
+
+def split_task_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(prediction rows, per-task info: model, fold, info dict) of collected task output."""
+    is_info = rows["sample"] == INFO_SAMPLE
+    info = rows.loc[is_info, ["model", "fold", "info"]].copy()
+    info["info"] = info["info"].map(lambda text: json.loads(text) if text else {})
+    return rows[~is_info].drop(columns="info").reset_index(drop=True), info.reset_index(drop=True)
+
+
+def run_task_rows(spark: SparkSession, tasks: pd.DataFrame, context: TrainingContext) -> DataFrame:
+    """Every task's prediction rows plus one info row per task (sample ''), checkpointed."""
     n_tasks = len(tasks)
     keyed = tasks.assign(task_key=one_partition_per_task(spark, n_tasks))
     task_frame = spark.createDataFrame(keyed[["task_key", "model", "fold", "params"]])
@@ -132,11 +172,15 @@ def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarra
 
 
 def fold_rows(samples: np.ndarray, assignments: dict, fold: str) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, eval) over `samples` for a CV fold or the final 'test' fit."""
+    """Boolean masks (train, eval) over `samples` for a CV fold, a nested fold 'k/j' or the final 'test' fit."""
     sets = np.array([assignments.get(s, (None, None, None))[0] for s in samples])
     folds = np.array([assignments.get(s, (None, None, None))[1] for s in samples], dtype=object)
     if fold == TEST_FOLD:
         return sets == "train", sets == "test"
+    if "/" in fold:
+        outer, held_out = (int(part) for part in fold.split("/"))
+        in_train = sets == "train"
+        return in_train & (folds != outer) & (folds != held_out), in_train & (folds == held_out)
     k = int(fold)
     in_train = sets == "train"
     return in_train & (folds != k), in_train & (folds == k)
@@ -152,7 +196,8 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
     params = json.loads(task["params"])
     normalize = (context.feature_settings or {}).get("normalize", "none")
     result = fit_and_predict(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
-                             seed=context.seed, scaler=context.scaler, normalize=normalize)
+                             seed=context.seed, scaler=context.scaler, normalize=normalize,
+                             selection=context.selection, selection_k=context.selection_k)
     if task["fold"] == TEST_FOLD and context.bundle_root:
         from ..bundle import save_bundle
         from ..input_check import fit_reference
@@ -165,7 +210,11 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
                     extra={"features": context.feature_settings or {}, "training_inputs": inputs},
                     input_reference=reference)
     probabilities = np.asarray(result.probabilities, dtype=np.float64)
-    return pd.DataFrame({
+    info = {"n_train": int(train_mask.sum())}
+    if result.preprocessor.selected_genes is not None:
+        info["selected"] = [int(i) for i in result.preprocessor.selected_genes]
+        info["selection_scores"] = [round(float(v), 6) for v in result.preprocessor.selection_scores]
+    rows = pd.DataFrame({
         "run": context.run_id,
         "model": task["model"],
         "fold": task["fold"],
@@ -174,20 +223,36 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
         "predicted": np.where(probabilities >= 0.5, POSITIVE_CLASS, NEGATIVE_CLASS),
         "truth": truth[eval_mask],
         "fit_seconds": result.fit_seconds,
+        "info": None,
     })
+    info_row = pd.DataFrame({"run": [context.run_id], "model": [task["model"]], "fold": [task["fold"]],
+                             "sample": [INFO_SAMPLE], "probability_AML": [np.nan], "predicted": [None],
+                             "truth": [None], "fit_seconds": [result.fit_seconds], "info": [json.dumps(info)]})
+    return pd.concat([rows, info_row], ignore_index=True)
 
 
-def metric_rows(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Wide metrics (model, fold, accuracy, ...) per model and fold from prediction rows."""
-    from ..metrics import binary_metrics
+def metric_rows(predictions: pd.DataFrame, bands: dict | None = None) -> pd.DataFrame:
+    """Wide metrics (model, fold, accuracy, ..., brier, ece) per model and fold from prediction rows
+    (CV folds and test only). With `bands` ({model: {fold: band or None}}), also coverage and
+    accuracy on the calls made outside each fold's abstention band."""
+    from ..metrics import binary_metrics, brier_score, expected_calibration_error, selective_metrics
 
     rows = []
     for (model, fold), part in predictions.groupby(["model", "fold"], sort=False):
-        metrics = binary_metrics((part["truth"] == POSITIVE_CLASS).astype(int).to_numpy(),
-                                 part["probability_AML"].to_numpy())
+        y = (part["truth"] == POSITIVE_CLASS).astype(int).to_numpy()
+        p = part["probability_AML"].to_numpy()
+        metrics = binary_metrics(y, p)
         metrics["fit_seconds"] = float(part["fit_seconds"].iloc[0])
+        metrics["brier"] = brier_score(y, p)
+        metrics["ece"] = expected_calibration_error(y, p, 10)
+        if bands is not None:
+            metrics.update(selective_metrics(y, p, bands.get(model, {}).get(fold)))
         rows.append({"model": model, "fold": fold, **metrics})
     return pd.DataFrame(rows)
+
+
+def metric_names(metrics: pd.DataFrame) -> list[str]:
+    return [name for name in (*METRIC_NAMES, *SELECTIVE_METRICS) if name in metrics.columns]
 
 
 def results_rows(metrics: pd.DataFrame, *, run_id: str, run_time, config_hash: str, code_version: str,
@@ -195,14 +260,15 @@ def results_rows(metrics: pd.DataFrame, *, run_id: str, run_time, config_hash: s
     """Long-format results: per fold, on test, and the CV mean and std of each metric."""
     from ..metrics import summarize_folds
 
-    cv = metrics[metrics["fold"] != TEST_FOLD]
-    summary = summarize_folds(cv[["model", "fold", *METRIC_NAMES]])
+    names = metric_names(metrics)
+    cv = metrics[metrics["fold"].map(is_cv_fold)]
+    summary = summarize_folds(cv[["model", "fold", *names]])
     long_rows = []
     for record in metrics.to_dict("records"):
-        for name in METRIC_NAMES:
+        for name in names:
             long_rows.append((record["model"], record["fold"], name, record[name]))
     for record in summary.to_dict("records"):
-        for name in METRIC_NAMES:
+        for name in names:
             long_rows.append((record["model"], "cv_mean", name, record[f"{name}_mean"]))
             long_rows.append((record["model"], "cv_std", name, record[f"{name}_std"]))
     frame = pd.DataFrame(long_rows, columns=["model", "fold", "metric", "value"])
@@ -222,7 +288,7 @@ def leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> pd.DataFram
     the test set never chooses the model, so its accuracy stays an unbiased estimate of the
     model that is deployed.
     """
-    cv = metrics[metrics["fold"] != TEST_FOLD].groupby("model")
+    cv = metrics[metrics["fold"].map(is_cv_fold)].groupby("model")
     board = pd.DataFrame({
         "cv_rank_metric": cv[best_by].mean(),
         "cv_rank_metric_std": cv[best_by].std(ddof=1).fillna(0.0),
@@ -259,7 +325,7 @@ def format_leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> str:
                      f"{row.test_f1:>8.4f}{row.fit_seconds:>8.1f}")
         lines.append(line)
     evaluated = metrics[metrics["fold"] == TEST_FOLD] if tested else (
-        metrics[metrics["fold"] != TEST_FOLD].groupby("model")[["tp", "fp", "tn", "fn"]].sum().reset_index())
+        metrics[metrics["fold"].map(is_cv_fold)].groupby("model")[["tp", "fp", "tn", "fn"]].sum().reset_index())
     where = "the test set" if tested else "all cross-validation folds"
     evaluated = evaluated.set_index("model")
     for model in board.index:
