@@ -310,18 +310,23 @@ def load_bundle(directory: Path) -> Bundle:
     )
 
 
-def _read_calibrator(directory: Path, manifest: Mapping[str, Any]):
-    name = manifest.get("calibration_file")
+def _read_optional_arrays(directory: Path, manifest: Mapping[str, Any], file_key: str, build):
+    """`build(arrays)` of the optional .npz the manifest names under `file_key`, or None."""
+    name = manifest.get(file_key)
     if not name:
         return None
-    from leukspark.calibration import Calibrator
-
     _require(name in manifest["files"], "manifest names a file it does not checksum")
     try:
         with np.load(directory / name, allow_pickle=False) as archive:
-            return Calibrator.from_arrays({key: archive[key] for key in archive.files})
-    except (LeukSparkError, OSError, ValueError, EOFError) as exc:
+            return build({key: archive[key] for key in archive.files})
+    except (LeukSparkError, KeyError, OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{name}: {exc}") from exc
+
+
+def _read_calibrator(directory: Path, manifest: Mapping[str, Any]):
+    from leukspark.calibration import Calibrator
+
+    return _read_optional_arrays(directory, manifest, "calibration_file", Calibrator.from_arrays)
 
 
 def attach_postprocessing(directory: Path, *, calibrator: Any = None, abstain_band: Any = None,
@@ -355,20 +360,15 @@ def attach_postprocessing(directory: Path, *, calibrator: Any = None, abstain_ba
 
 
 def _read_input_reference(directory: Path, manifest: Mapping[str, Any], n_genes: int) -> dict | None:
-    name = manifest.get("input_reference_file")
-    if not name:
-        return None
     from leukspark.input_check import ARRAY_KEYS
 
-    _require(name in manifest["files"], "manifest names a file it does not checksum")
-    try:
-        with np.load(directory / name, allow_pickle=False) as archive:
-            arrays = {key: np.asarray(archive[key], dtype=np.float64) for key in ARRAY_KEYS}
-    except (KeyError, OSError, ValueError, EOFError) as exc:
-        raise BundleError(f"{name}: {exc}") from exc
-    if any(array.shape != (n_genes,) for array in arrays.values()):
-        raise BundleError(f"{name}: arrays do not have one entry per gene ({n_genes})")
-    return arrays
+    def build(arrays):
+        arrays = {key: np.asarray(arrays[key], dtype=np.float64) for key in ARRAY_KEYS}
+        if any(array.shape != (n_genes,) for array in arrays.values()):
+            raise ValueError(f"arrays do not have one entry per gene ({n_genes})")
+        return arrays
+
+    return _read_optional_arrays(directory, manifest, "input_reference_file", build)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
