@@ -62,14 +62,19 @@ class IngestReport:
     n_missing: int
     platforms: list[str]
     series: list[str]
+    orphans_removed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"ingested {len(self.sources)} source(s), series {', '.join(self.series) or '-'} on "
             f"{', '.join(self.platforms) or '-'}: {len(self.new_samples)} new sample(s), "
             f"{len(self.replaced_samples)} replaced, {len(self.unchanged_samples)} already stored; "
             f"{self.n_values:,} values read, {self.n_missing:,} missing (kept as null)"
         )
+        if self.orphans_removed:
+            text += (f"\nremoved {len(self.orphans_removed)} staging folder(s) left by killed writers: "
+                     + ", ".join(self.orphans_removed))
+        return text
 
 
 def resolve_source(source: str, cache_dir: str | Path) -> Path:
@@ -340,6 +345,8 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         if not annotation_path.is_file():
             raise InputError(f"{annotation_path}: annotation file does not exist")
 
+    # Before this ingest stages anything of its own: a killed ingest left its files here.
+    orphans = lake.remove_orphaned_staging()
     stored: dict[str, str] = {}
     if lake.exists("samples"):
         stored = {r["sample"]: r["values_checksum"]
@@ -381,7 +388,7 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         sources=[str(p) for p in paths],
         new_samples=plan.new, unchanged_samples=plan.unchanged, replaced_samples=plan.replaced,
         n_values=sum(p.n_values for p in parsed), n_missing=sum(p.n_missing for p in parsed),
-        platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}),
+        platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}), orphans_removed=orphans,
     )
 
 
