@@ -1,8 +1,9 @@
 """Several writers on one lake: each a real process, rows counted with delta-rs afterwards.
 
-Writers start behind a barrier (Spark already up), so their reads and commits overlap; a
-writer can also be paused after a chosen commit (tests/writer_process.py) to let another run
-in between, or to be killed there.
+Concurrent writers are held just before their first commit to a chosen table until both are
+there, then released together: both have planned on the same version, so one commits on a
+stale one (tests/writer_process.py). A writer can also be paused after a chosen write to let
+another run in between, or to be killed there.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ class Writer:
         self.process.wait()
 
 
-def start_writer(args: list[str], log: Path, *, ready: Path | None = None, barrier: Path | None = None,
+def start_writer(args: list[str], log: Path, *, sync_commit: str | None = None,
                  pause_after: str | None = None, pause: Path | None = None) -> Writer:
     command = [sys.executable, str(HELPER)]
-    if ready is not None:
-        command += ["--ready", str(ready), "--barrier", str(barrier)]
+    if sync_commit is not None:
+        command += ["--sync-commit", sync_commit, "--pause", str(pause)]
     if pause_after is not None:
         command += ["--pause-after", pause_after, "--pause", str(pause)]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable,
@@ -71,13 +72,15 @@ def wait_for(path: Path, writers: list[Writer], timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def start_together(commands: list[list[str]], work: Path) -> list[Writer]:
-    barrier = work / "barrier"
-    writers = [start_writer(args, work / f"writer-{i}.log", ready=work / f"ready-{i}", barrier=barrier)
-               for i, args in enumerate(commands)]
-    for i in range(len(commands)):
-        wait_for(work / f"ready-{i}", writers)
-    barrier.write_text("go")
+def commit_together(commands: list[list[str]], table: str, work: Path) -> list[Writer]:
+    """Start the writers; release them together once each is about to commit to `table`."""
+    pauses = [work / f"pause-{i}" for i in range(len(commands))]
+    writers = [start_writer(args, work / f"writer-{i}.log", sync_commit=table, pause=pause)
+               for i, (args, pause) in enumerate(zip(commands, pauses))]
+    for pause in pauses:
+        wait_for(Path(f"{pause}.reached"), writers)
+    for pause in pauses:
+        Path(f"{pause}.go").write_text("go")
     return writers
 
 
@@ -167,7 +170,7 @@ def test_two_ingests_of_one_series_at_once_store_each_row_once(spark, config, tm
     ingest_sources(spark, Lake.from_config(spark, root, config), [str(other.family_soft)], config)
     before = {t: len(rows(root, t)) for t in ("expression", "platform_probes", "samples", "series")}
     args = ["ingest", str(series.family_soft), "--lake", str(root), "--config", str(fast_config)]
-    outputs = finish_all(start_together([args, args], tmp_path))
+    outputs = finish_all(commit_together([args, args], "expression", tmp_path))
 
     expression = rows(root, "expression")
     new = expression[expression["series"] == "GSE13159"]
@@ -179,6 +182,7 @@ def test_two_ingests_of_one_series_at_once_store_each_row_once(spark, config, tm
     assert len(probes) == len(set(series.probe_ids) | set(other.probe_ids))
     assert len(rows(root, "samples")) == before["samples"] + N_SAMPLES
     assert sorted(rows(root, "series")["series"]) == ["GSE13159", "GSE99999"]
+    assert retries(outputs) >= 1  # one of them committed on a stale version and planned again
     print(f"two ingests: expression {len(expression)} rows, platform_probes {len(probes)}, "
           f"retries {retries(outputs)}")
 
@@ -187,7 +191,7 @@ def test_two_runs_at_once_on_one_lake_give_single_writer_counts(tmp_path, series
     root = tmp_path / "lake"
     args = ["run", "--input", str(series.family_soft), "--lake", str(root), "--config", str(fast_config),
             "--no-report"]
-    outputs = finish_all(start_together([args, args], tmp_path))
+    outputs = finish_all(commit_together([args, args], "expression", tmp_path))
 
     for table in ("expression", "platform_probes", "samples", "series", "labels", "excluded_samples", "genes",
                   "gene_features", "splits"):
@@ -200,6 +204,7 @@ def test_two_runs_at_once_on_one_lake_give_single_writer_counts(tmp_path, series
     assert sorted(predictions.index) == sorted(runs["run"]) == sorted(results.index)
     assert list(predictions) == [n_splits, n_splits]
     assert results.nunique() == 1
+    assert retries(outputs) >= 1  # one of them committed on a stale version and planned again
     print(f"two runs: predictions per run {list(predictions)}, retries {retries(outputs)}")
 
 
@@ -210,12 +215,13 @@ def test_two_predict_writes_at_once_both_land_once(spark, tmp_path, series, fast
     config = load_config(fast_config)
     Pipeline(spark, Lake.from_config(spark, root, config), config, echo=lambda m: None).train()
     args = ["predict", str(series.family_soft), "--lake", str(root), "--config", str(fast_config), "--write"]
-    outputs = finish_all(start_together([args, args], tmp_path))
+    outputs = finish_all(commit_together([args, args], "scored_samples", tmp_path))
 
     scored = rows(root, "scored_samples")
     assert len(scored) == 2 * N_SAMPLES
     assert scored.groupby("sample").size().eq(2).all()
     assert scored["scored_at"].nunique() == 2  # one batch per process, each stored once
+    assert retries(outputs) >= 1  # one of them committed on a stale version and planned again
     print(f"two predict --write: scored_samples {len(scored)} rows, retries {retries(outputs)}")
 
 

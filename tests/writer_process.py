@@ -1,12 +1,14 @@
 """A `leukspark` command in its own process, for the concurrency tests.
 
-    python tests/writer_process.py [--ready FILE --barrier FILE] [--pause-after TABLE:OP --pause FILE] -- ARGS
+    python tests/writer_process.py [--sync-commit TABLE | --pause-after TABLE:OP | --pause-after staged]
+                                   --pause FILE -- ARGS
 
-* `--ready/--barrier`: start Spark first (the slow, uneven part), write FILE `ready`, then
-  wait until the barrier file exists, so that two writers begin their work together.
-* `--pause-after TABLE:OP`: after the first commit to TABLE whose operation starts with OP,
-  write `<pause>.reached` and wait until `<pause>.go` exists (a test kills the process there,
-  or lets another writer run first).
+* `--sync-commit TABLE`: just before its first delta-rs commit call for TABLE (planned, about
+  to be written), the writer writes `<pause>.reached` and waits until `<pause>.go` exists. Two writers released together
+  from there have both planned on the same table version: one of them commits on a stale one.
+* `--pause-after TABLE:OP`: the same after the first write to TABLE whose operation starts
+  with OP (a test kills the process there, or lets another writer run first).
+* `--pause-after staged`: the same before an ingest commits its staged files.
 
 Then runs `leukspark ARGS` (which joins the session already started) and exits with its status.
 """
@@ -65,10 +67,36 @@ def pause_before_staged_commit(pause: Path) -> None:
     Lake.commit_staged = wrapper
 
 
+def sync_commit(table: str, pause: Path) -> None:
+    """Pause at the first delta-rs commit call (create or transaction) for `table`."""
+    import deltalake.transaction as transaction
+    from deltalake import DeltaTable
+
+    synced = []
+
+    def hold(uri: str) -> None:
+        if str(uri).rstrip("/").rsplit("/", 1)[-1] == table and not synced:
+            synced.append(True)
+            Path(f"{pause}.reached").write_text(str(os.getpid()))
+            wait_for(Path(f"{pause}.go"), timeout_s=600)
+
+    create, transact = transaction.create_table_with_add_actions, DeltaTable.create_write_transaction
+
+    def create_held(table_uri, *args, **kwargs):
+        hold(table_uri)
+        return create(table_uri, *args, **kwargs)
+
+    def transact_held(self, *args, **kwargs):
+        hold(self.table_uri)
+        return transact(self, *args, **kwargs)
+
+    transaction.create_table_with_add_actions = create_held
+    DeltaTable.create_write_transaction = transact_held
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ready")
-    parser.add_argument("--barrier")
+    parser.add_argument("--sync-commit", metavar="TABLE")
     parser.add_argument("--pause-after", help="TABLE:OPERATION, or 'staged' for an ingest's staged commit")
     parser.add_argument("--pause")
     parser.add_argument("args", nargs=argparse.REMAINDER)
@@ -80,15 +108,14 @@ def main() -> int:
     from leukspark.spark import build_session
 
     config_path = args[args.index("--config") + 1] if "--config" in args else None
-    build_session(load_config(config_path))
+    build_session(load_config(config_path))  # Spark's start is the slow part: done before any pause
+    if options.sync_commit:
+        sync_commit(options.sync_commit, Path(options.pause))
     if options.pause_after == "staged":
         pause_before_staged_commit(Path(options.pause))
     elif options.pause_after:
         table, operation = options.pause_after.split(":", 1)
         pause_after(table, operation, Path(options.pause))
-    if options.ready:
-        Path(options.ready).write_text("ready")
-        wait_for(Path(options.barrier))
     return cli_main(args)
 
 
