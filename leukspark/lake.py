@@ -184,7 +184,10 @@ class Lake:
         table_schema = self.schema(staged.table) if self.exists(staged.table) else None
         if table_schema is not None:
             check_same_schema(table_schema, schema, staged.table)
-        return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation)
+        try:
+            return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation)
+        finally:
+            self.keeper.release(staged.directory)
 
     def discard_staged(self, staged: "StagedFiles") -> None:
         shutil.rmtree(staged.directory, ignore_errors=True)
@@ -233,6 +236,10 @@ class Lake:
             (directory / MARKER_NAME).unlink(missing_ok=True)
             return False
         return True
+
+
+def removed_staging_text(removed: list[str]) -> str:
+    return f"removed {len(removed)} staging folder(s) left by killed writers: " + ", ".join(removed)
 
 
 def check_same_schema(stored: StructType, incoming: StructType, table: str) -> None:

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from . import schemas
 from .errors import RunDiscardedError
-from .lake import Lake, stored_path, with_missing_columns
+from .lake import Lake, removed_staging_text, stored_path, with_missing_columns
 from .owner import Heartbeat, Owner, current_owner, owner_is_gone, utc_now
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ class RunLedger:
     # -- runs of other processes ----------------------------------------------------------
     def discard_incomplete(self) -> list[str]:
         """Remove what runs whose owner is gone left behind; live runs keep everything."""
+        staging = self.lake.remove_orphaned_staging()
+        if staging:
+            self.echo(removed_staging_text(staging))
         self._abandon_gone_owners()
         # Listed before the runs rows are read: a run writes its row before any output or bundle,
         # so whatever is listed here of a live run has its row in what is read next.

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -297,6 +298,25 @@ def test_a_run_checks_its_own_rows_before_recording_success(spark, tmp_path, fas
     with pytest.raises(RunDiscardedError, match="table 'predictions' at .* holds 0 of its"):
         Pipeline(spark, lake, config, echo=lambda m: None).train()
     assert list(rows(root, "runs")["status"]) == ["failed"]
+
+
+def test_a_live_run_refreshes_its_heartbeat_until_it_finishes(spark, tmp_path):
+    from leukspark.runs import RunLedger
+
+    lake = Lake(spark, tmp_path / "lake", heartbeat_interval_s=0.5)
+    ledger = RunLedger(lake, echo=lambda m: None)
+    live = ledger.begin("run-beating", datetime.now(timezone.utc), {"bundle_dir": "models/run-beating"})
+    first = rows(tmp_path / "lake", "runs")["heartbeat_at"].item()
+    deadline = time.time() + 120
+    while rows(tmp_path / "lake", "runs")["heartbeat_at"].item() <= first:
+        assert time.time() < deadline, "the heartbeat was never refreshed"
+        time.sleep(0.2)
+    ledger.succeed(live, {"best_model": "logistic_regression"}, {})
+    version = lake.version("runs")
+    time.sleep(1.5)
+    assert lake.version("runs") == version  # no heartbeat after the end
+    row = rows(tmp_path / "lake", "runs").iloc[0]
+    assert (row["status"], row["owner_pid"], row["best_model"]) == ("succeeded", os.getpid(), "logistic_regression")
 
 
 def test_an_owner_is_gone_only_when_provably_so(tmp_path):

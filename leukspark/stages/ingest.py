@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from .. import schemas
 from ..errors import DuplicateSampleError, GeoFormatError, InputError, LeukSparkError
-from ..lake import Lake
+from ..lake import Lake, removed_staging_text
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class IngestReport:
             f"{self.n_values:,} values read, {self.n_missing:,} missing (kept as null)"
         )
         if self.orphans_removed:
-            text += (f"\nremoved {len(self.orphans_removed)} staging folder(s) left by killed writers: "
-                     + ", ".join(self.orphans_removed))
+            text += "\n" + removed_staging_text(self.orphans_removed)
         return text
 
 
