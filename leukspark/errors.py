@@ -59,3 +59,11 @@ class BundleError(LeukSparkError):
 
 class PredictionError(LeukSparkError):
     """A sample cannot be scored (wrong platform, empty, too many genes missing)."""
+
+
+class ConcurrentWriteError(TableError):
+    """Another writer kept committing to the same table first, beyond the bounded retries."""
+
+
+class RunDiscardedError(TableError):
+    """A run's rows were discarded (or its run row taken over) by another writer before it finished."""

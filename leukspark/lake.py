@@ -11,25 +11,32 @@ Two engines share one interface:
 
 Every write is one Delta commit: a failure before the commit leaves the previous version
 as it was (the staged files are removed and never appear in the log).
+
+Writers may run at the same time (two ingests, two runs, a run and a `predict --write`).
+delta-rs writes are optimistic: a write reads version V, plans its actions on it (which
+files to rewrite, which keys are new) and commits as V+1 only if no other writer committed
+since; otherwise it is planned again on the new version, a bounded number of times.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from .errors import SchemaMismatchError, TableError
+from .errors import ConcurrentWriteError, SchemaMismatchError, TableError
+from .owner import MARKER_NAME, MarkerKeeper, owner_is_gone, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +64,30 @@ class Lake:
     """Tables by catalog name under one root folder (a local path or a URI for delta-spark)."""
 
     def __init__(self, spark: SparkSession, root: str | Path, *, engine: str = "auto",
-                 catalog: dict[str, str] | None = None):
+                 catalog: dict[str, str] | None = None, commit_attempts: int = 8,
+                 heartbeat_interval_s: float = 60.0, owner_timeout_s: float = 900.0):
         self.spark = spark
         self.root = str(root)
         self.catalog = dict(catalog or {})
         self.engine = choose_engine(spark, engine)
-        self._engine_impl = _DeltaSparkEngine(spark) if self.engine == "delta-spark" else _DeltaRsEngine(spark)
+        self.heartbeat_interval_s = float(heartbeat_interval_s)
+        self.owner_timeout_s = float(owner_timeout_s)
+        self.keeper = MarkerKeeper(self.heartbeat_interval_s)
+        self._engine_impl = (_DeltaSparkEngine(spark) if self.engine == "delta-spark"
+                             else _DeltaRsEngine(spark, self.keeper, max(int(commit_attempts), 1)))
 
     @classmethod
     def from_config(cls, spark: SparkSession, root: str | Path, config: dict) -> "Lake":
-        return cls(spark, root, engine=config["lake"]["engine"], catalog=config["tables"])
+        settings = config["lake"]
+        return cls(spark, root, engine=settings["engine"], catalog=config["tables"],
+                   commit_attempts=settings.get("commit_attempts", 8),
+                   heartbeat_interval_s=settings.get("heartbeat_interval_s", 60.0),
+                   owner_timeout_s=settings.get("owner_timeout_s", 900.0))
+
+    @property
+    def commit_retries(self) -> int:
+        """Writes planned again in this process because another writer committed first."""
+        return getattr(self._engine_impl, "retries", 0)
 
     # -- naming ---------------------------------------------------------------------------
     def path(self, table: str) -> str:
@@ -114,29 +135,44 @@ class Lake:
 
     def merge(self, table: str, df: DataFrame, keys: Sequence[str], *, operation: str = "merge") -> CommitInfo:
         """Upsert: rows of `df` replace the stored rows with the same key values; others are added."""
-        path = self.path(table)
-        if not self.exists(table):
-            return self.append(table, df, operation=operation)
         self._check_schema(table, df)
-        return self._engine_impl.merge(path, df, list(keys), operation)
+        return self._engine_impl.update(self.path(table), list(keys), lambda _current: df, df.schema, operation)
+
+    def update(self, table: str, keys: Sequence[str], change: Callable[[DataFrame], DataFrame | None],
+               schema: StructType, *, operation: str = "update") -> CommitInfo | None:
+        """Read-modify-write: `change(current rows)` gives rows to upsert by `keys` (None: no commit).
+
+        `change` sees the version the commit is based on and is called again when another writer
+        commits first, so a decision it takes (or an error it raises) holds for what is committed.
+        """
+        if self.exists(table):
+            check_same_schema(self.schema(table), schema, table)
+        return self._engine_impl.update(self.path(table), list(keys), change, schema, operation)
+
+    def rewrite(self, table: str, transform: Callable[[DataFrame], DataFrame], *,
+                operation: str = "rewrite") -> CommitInfo:
+        """Overwrite the table with `transform(its rows)`; the schema may change (adding columns)."""
+        if not self.exists(table):
+            raise TableError(f"table '{table}' does not exist at {self.path(table)}")
+        return self._engine_impl.rewrite(self.path(table), transform, operation)
 
     def insert_new(self, table: str, df: DataFrame, keys: Sequence[str], *,
                    operation: str = "insert") -> CommitInfo | None:
         """Append only rows whose key is not stored yet (idempotent ingestion). None if nothing new."""
-        if not self.exists(table):
-            return self.append(table, df, operation=operation)
-        stored_keys = self.read(table).select(*keys).distinct()
-        df = df.join(stored_keys, list(keys), "left_anti")
-        if df.limit(1).count() == 0:
-            return None
-        return self.append(table, df, operation=operation)
+        self._check_schema(table, df)
+        return self._engine_impl.insert_new(self.path(table), df, list(keys), operation)
 
     def new_staging(self, table: str) -> "StagedFiles":
-        """A fresh folder inside the table for Parquet files that Spark tasks write themselves."""
+        """A fresh folder inside the table for Parquet files that Spark tasks write themselves.
+
+        It carries this process's owner marker until it is committed or discarded, so a folder
+        left by a killed writer can be told from one still being written.
+        """
         path = self.path(table)
         name = _staging_name()
         directory = Path(path) / name
         directory.mkdir(parents=True)
+        self.keeper.add(directory)
         return StagedFiles(table=table, name=name, directory=directory)
 
     def commit_staged(self, staged: "StagedFiles", schema: StructType, *, replace_keys: DataFrame | None = None,
@@ -148,10 +184,14 @@ class Lake:
         table_schema = self.schema(staged.table) if self.exists(staged.table) else None
         if table_schema is not None:
             check_same_schema(table_schema, schema, staged.table)
-        return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation)
+        try:
+            return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation)
+        finally:
+            self.keeper.release(staged.directory)
 
     def discard_staged(self, staged: "StagedFiles") -> None:
         shutil.rmtree(staged.directory, ignore_errors=True)
+        self.keeper.release(staged.directory)
 
     def delete_keys(self, table: str, keys_df: DataFrame, *, operation: str = "delete") -> CommitInfo | None:
         """Remove every row whose key matches a row of `keys_df` (columns = key columns)."""
@@ -164,6 +204,42 @@ class Lake:
         if not self.exists(table):
             return
         check_same_schema(self.schema(table), df.schema, table)
+
+    # -- leftovers of killed writers ------------------------------------------------------
+    def remove_orphaned_staging(self) -> list[str]:
+        """Remove staging folders whose writer is provably gone and that no commit refers to.
+
+        Returns them relative to the lake root. A folder of a live writer, or one without an
+        owner marker (committed), is left alone.
+        """
+        if "://" in self.root or not Path(self.root).is_dir():
+            return []
+        root = Path(self.root).resolve()
+        folders = {Path(self.path(t)) for t in self.catalog} | {p for p in root.iterdir() if p.is_dir()}
+        removed = []
+        for folder in sorted(folders):
+            for directory in sorted(folder.glob(f"{STAGING_PREFIX}*")):
+                if directory.is_dir() and self._staging_orphaned(folder, directory):
+                    shutil.rmtree(directory, ignore_errors=True)
+                    removed.append(stored_path(root, directory))
+        return removed
+
+    def _staging_orphaned(self, table_folder: Path, directory: Path) -> bool:
+        marker = read_marker(directory)
+        if marker is None:
+            return False
+        owner, heartbeat = marker
+        if not owner_is_gone(owner, heartbeat, self.owner_timeout_s):
+            return False
+        if _referenced_by_log(table_folder, directory.name):
+            # Killed between its commit and removing the marker: the files are the table's.
+            (directory / MARKER_NAME).unlink(missing_ok=True)
+            return False
+        return True
+
+
+def removed_staging_text(removed: list[str]) -> str:
+    return f"removed {len(removed)} staging folder(s) left by killed writers: " + ", ".join(removed)
 
 
 def check_same_schema(stored: StructType, incoming: StructType, table: str) -> None:
@@ -180,6 +256,60 @@ def check_same_schema(stored: StructType, incoming: StructType, table: str) -> N
         problems.append(f"unexpected column '{name}' ({incoming_fields[name]})")
     if problems:
         raise SchemaMismatchError(f"write to table '{table}' does not match its schema: " + "; ".join(problems))
+
+
+def with_missing_columns(frame: DataFrame, schema: StructType) -> DataFrame:
+    """`frame` in `schema`'s column order, columns it lacks added as nulls (rows of an older schema)."""
+    present = set(frame.columns)
+    return frame.select(*[F.col(f.name) if f.name in present else F.lit(None).cast(f.dataType).alias(f.name)
+                          for f in schema.fields])
+
+
+def stored_path(root: str | Path, path: str | Path) -> str:
+    """A path as a table stores it: relative to the lake root when inside it, so the lake can move."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    try:
+        return resolved.relative_to(base).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def resolve_stored_path(root: str | Path, stored: str, *, in_lake: str) -> Path:
+    """A stored path back to a folder. Relative: under `root`. Absolute (rows written before
+    paths were stored relative): its place `in_lake` in this lake when that exists, so a moved
+    or copied lake uses its own files and not the old lake's."""
+    if not Path(stored).is_absolute():
+        return Path(root).resolve() / stored
+    own = Path(root).resolve() / in_lake
+    return own if own.is_dir() else Path(stored)
+
+
+def local_path(uri: str) -> str:
+    """A local file as a plain path: delta-rs and Spark give percent-encoded URIs
+    (`my%20lake`), which neither Spark nor pyarrow opens as a path."""
+    parsed = urlparse(uri)
+    if parsed.scheme in {"file", ""}:
+        return unquote(parsed.path)
+    return uri
+
+
+def _referenced_by_log(table_folder: Path, staging_name: str) -> bool:
+    log_dir = table_folder / "_delta_log"
+    if not log_dir.is_dir():
+        return False
+    needle = f'"{staging_name}/'
+    for entry in log_dir.glob("*.json"):
+        try:
+            if needle in entry.read_text():
+                return True
+        except OSError:
+            return True  # cannot tell: keep the files
+    # Older commits may live only in a checkpoint; the active files cover what matters there.
+    if any(log_dir.glob("*.checkpoint*.parquet")):
+        from deltalake import DeltaTable
+
+        return any(f.startswith(f"{staging_name}/") for f in DeltaTable(str(table_folder)).files())
+    return False
 
 
 def _staging_name() -> str:
@@ -204,9 +334,22 @@ def choose_engine(spark: SparkSession, requested: str) -> str:
 # ---------------------------------------------------------------------------------------
 # delta-rs: Spark writes Parquet, the driver commits with delta-rs
 # ---------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What a write plans on one version: its actions, the staging folders written for them
+    (dropped when the plan loses to another writer), and the schema when it changes it."""
+
+    actions: list
+    scratch: list[str] = field(default_factory=list)
+    schema: StructType | None = None
+
+
 class _DeltaRsEngine:
-    def __init__(self, spark: SparkSession):
+    def __init__(self, spark: SparkSession, keeper: MarkerKeeper, attempts: int):
         self.spark = spark
+        self.keeper = keeper
+        self.attempts = attempts
+        self.retries = 0
 
     def exists(self, path: str) -> bool:
         return (Path(path) / "_delta_log").is_dir() and any((Path(path) / "_delta_log").glob("*.json"))
@@ -219,19 +362,29 @@ class _DeltaRsEngine:
         except Exception as exc:  # deltalake raises TableNotFoundError and friends
             raise TableError(f"cannot open Delta table at {path}: {exc}") from None
 
-    def spark_schema(self, path: str) -> StructType:
+    def _snapshot(self, path: str):
+        """The version a write plans on (None: no table yet)."""
+        return self._table(path) if self.exists(path) else None
+
+    @staticmethod
+    def _spark_schema(snapshot) -> StructType:
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        arrow_schema = _arrow_schema(self._table(path).schema())
-        return from_arrow_schema(arrow_schema)
+        return from_arrow_schema(_arrow_schema(snapshot.schema()))
 
-    def read(self, path: str) -> DataFrame:
-        table = self._table(path)
-        schema = self.spark_schema(path)
-        files = table.file_uris()
+    def spark_schema(self, path: str) -> StructType:
+        return self._spark_schema(self._table(path))
+
+    def _frame(self, snapshot) -> DataFrame:
+        """The rows of exactly that version."""
+        schema = self._spark_schema(snapshot)
+        files = [local_path(uri) for uri in snapshot.file_uris()]
         if not files:
             return self.spark.createDataFrame([], schema)
         return self.spark.read.schema(schema).parquet(*files)
+
+    def read(self, path: str) -> DataFrame:
+        return self._frame(self._table(path))
 
     def version(self, path: str) -> int:
         return self._table(path).version()
@@ -250,15 +403,16 @@ class _DeltaRsEngine:
     # -- writing --------------------------------------------------------------------------
     def _stage(self, path: str, df: DataFrame) -> tuple[str, list]:
         """Spark tasks write the Parquet files of one commit into a fresh folder of the table."""
-        Path(path).mkdir(parents=True, exist_ok=True)
         staging_name = _staging_name()
         staging_dir = Path(path) / staging_name
+        staging_dir.mkdir(parents=True)
+        self.keeper.add(staging_dir)
         try:
-            df.write.mode("errorifexists").parquet(str(staging_dir))
+            df.write.mode("append").parquet(str(staging_dir))
+            return staging_name, self._add_actions(path, staging_name)
         except BaseException:
-            shutil.rmtree(staging_dir, ignore_errors=True)
+            self._drop(path, [staging_name])
             raise
-        return staging_name, self._add_actions(path, staging_name)
 
     @staticmethod
     def _add_actions(path: str, staging_name: str) -> list:
@@ -278,103 +432,184 @@ class _DeltaRsEngine:
                 data_change=True,
                 stats=json.dumps({"numRecords": rows}),
             ))
-        # Spark's bookkeeping files (_SUCCESS, .crc) are not part of the table.
+        # Spark's bookkeeping files (_SUCCESS, .crc) are not part of the table; the owner marker
+        # stays until the commit, to keep the folder from being swept as orphaned.
         for extra in staging_dir.iterdir():
-            if not extra.name.endswith(".parquet"):
+            if not extra.name.endswith(".parquet") and extra.name != MARKER_NAME:
                 extra.unlink()
         return actions
 
-    def _commit(self, path: str, schema: StructType, actions: list, mode: str, operation: str,
-                staging_name: str) -> CommitInfo:
+    def _drop(self, path: str, staging_names: Iterable[str]) -> None:
+        for name in staging_names:
+            shutil.rmtree(Path(path) / name, ignore_errors=True)
+            self.keeper.release(Path(path) / name)
+
+    def _write(self, path: str, schema: StructType | None, operation: str,
+               plan: Callable[[object], Plan | None], *, mode: str = "append",
+               staged: Sequence[str] = ()) -> CommitInfo | None:
+        """Commit what `plan(snapshot)` returns in one transaction based on that snapshot.
+
+        When another writer commits first, delta-rs refuses the stale commit; the write is then
+        planned again on the new version (its attempt's staging folders dropped), at most
+        `attempts` times. `staged` folders were written before planning and serve every attempt.
+        """
+        for attempt in range(1, self.attempts + 1):
+            snapshot, scratch = self._snapshot(path), []
+            try:
+                planned = plan(snapshot)
+                if planned is None:
+                    self._drop(path, staged)
+                    return None
+                scratch = planned.scratch
+                info = self._commit(path, planned.schema or schema, snapshot, planned.actions, mode, operation)
+            except ConcurrentWriteError as conflict:
+                self._drop(path, scratch)
+                if attempt == self.attempts:
+                    self._drop(path, staged)
+                    raise ConcurrentWriteError(f"{conflict}; gave up after {self.attempts} attempts") from None
+                self.retries += 1
+                log.warning("%s: planning the write again (attempt %d of %d)", conflict, attempt + 1, self.attempts)
+                time.sleep(random.uniform(0.05, 0.3) * attempt)
+                continue
+            except BaseException:
+                self._drop(path, [*scratch, *staged])
+                raise
+            for name in [*staged, *scratch]:
+                self.keeper.release(Path(path) / name)
+            return info
+        raise AssertionError("unreachable")
+
+    def _commit(self, path: str, schema: StructType | None, snapshot, actions: list, mode: str,
+                operation: str) -> CommitInfo:
         from deltalake import CommitProperties
         from deltalake.transaction import create_table_with_add_actions
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        arrow_schema = to_arrow_schema(schema)
-        properties = CommitProperties(custom_metadata={"leukspark.operation": operation})
+        arrow_schema = to_arrow_schema(schema) if schema is not None else _arrow_schema(snapshot.schema())
+        # No retries inside delta-rs: it would rebase the commit onto versions this plan never saw.
+        properties = CommitProperties(custom_metadata={"leukspark.operation": operation}, max_commit_retries=0)
         try:
-            if not self.exists(path):
+            if snapshot is None:
                 create_table_with_add_actions(
                     path, _delta_schema(arrow_schema), [a for a in actions if _is_add(a)],
                     mode="error", commit_properties=properties,
                 )
             else:
-                table = self._table(path)
-                table.create_write_transaction(actions, mode, arrow_schema, commit_properties=properties)
-        except BaseException as exc:
-            shutil.rmtree(Path(path) / staging_name, ignore_errors=True)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+                snapshot.create_write_transaction(actions, mode, arrow_schema, commit_properties=properties)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            read = "no table" if snapshot is None else f"version {snapshot.version()}"
+            # A stale commit fails (CommitFailedError) because the log moved on; any failure then
+            # counts as losing to that writer, and the write is planned again.
+            if self._moved_since(path, snapshot):
+                raise ConcurrentWriteError(
+                    f"table {Path(path).name} at {path}: another writer committed after this write read "
+                    f"{read} ({operation})") from exc
             raise TableError(f"commit to Delta table {path} failed: {exc}") from exc
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions if _is_add(a))
         return CommitInfo(version=self._table(path).version(), operation=operation, rows_written=rows)
 
+    def _moved_since(self, path: str, snapshot) -> bool:
+        if snapshot is None:
+            return self.exists(path)
+        return self.exists(path) and self._table(path).version() > snapshot.version()
+
     def append(self, path: str, df: DataFrame, operation: str) -> CommitInfo:
+        # A blind append depends on no stored row: the same files are valid on any version.
         staging_name, actions = self._stage(path, df)
-        return self._commit(path, df.schema, actions, "append", operation, staging_name)
+        return self._write(path, df.schema, operation, lambda _snapshot: Plan(actions), staged=[staging_name])
 
     def overwrite(self, path: str, df: DataFrame, operation: str) -> CommitInfo:
         # Spark reads the old files lazily: stage before the commit removes them from the log.
         staging_name, actions = self._stage(path, df)
-        return self._commit(path, df.schema, actions, "overwrite", operation, staging_name)
+        return self._write(path, df.schema, operation, lambda _snapshot: Plan(actions), mode="overwrite",
+                           staged=[staging_name])
 
-    def _copy_on_write(self, path: str, keys_df: DataFrame) -> tuple[list[str], DataFrame | None]:
-        """The active files holding any of the keys, and their rows without those keys."""
+    def rewrite(self, path: str, transform: Callable[[DataFrame], DataFrame], operation: str) -> CommitInfo:
+        def plan(snapshot) -> Plan:
+            frame = transform(self._frame(snapshot))
+            name, actions = self._stage(path, frame)
+            return Plan(actions, [name], frame.schema)
+
+        return self._write(path, None, operation, plan, mode="overwrite")
+
+    def _copy_on_write(self, path: str, snapshot, keys_df: DataFrame) -> tuple[list[str], DataFrame | None]:
+        """The snapshot's files holding any of the keys, and their rows without those keys."""
+        if snapshot is None:
+            return [], None
         keys_df = keys_df.distinct()
-        touched = self._files_with_keys(path, keys_df)
+        touched = self._files_with_keys(path, snapshot, keys_df)
         if not touched:
             return [], None
-        survivors = (self.spark.read.schema(self.spark_schema(path))
-                     .parquet(*[self._uri(path, f) for f in touched])
+        survivors = (self.spark.read.schema(self._spark_schema(snapshot))
+                     .parquet(*[str(Path(path) / f) for f in touched])
                      .join(keys_df, keys_df.columns, "left_anti"))
         return touched, survivors
 
-    def merge(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo:
-        touched, survivors = self._copy_on_write(path, df.select(*keys))
-        to_write = df if survivors is None else survivors.select(*df.columns).unionByName(df)
-        staging_name, actions = self._stage(path, to_write)
-        return self._commit(path, df.schema, actions + self._removes(touched), "append", operation, staging_name)
+    def update(self, path: str, keys: list[str], change: Callable[[DataFrame], DataFrame | None],
+               schema: StructType, operation: str) -> CommitInfo | None:
+        def plan(snapshot) -> Plan | None:
+            current = self._frame(snapshot) if snapshot is not None else self.spark.createDataFrame([], schema)
+            rows = change(current)
+            if rows is None:
+                return None
+            touched, survivors = self._copy_on_write(path, snapshot, rows.select(*keys))
+            to_write = rows if survivors is None else survivors.select(*rows.columns).unionByName(rows)
+            name, actions = self._stage(path, to_write)
+            return Plan(actions + self._removes(touched), [name])
+
+        return self._write(path, schema, operation, plan)
+
+    def insert_new(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo | None:
+        def plan(snapshot) -> Plan | None:
+            new = df
+            if snapshot is not None:
+                new = df.join(self._frame(snapshot).select(*keys).distinct(), keys, "left_anti")
+                if new.limit(1).count() == 0:
+                    return None
+            name, actions = self._stage(path, new)
+            return Plan(actions, [name])
+
+        return self._write(path, df.schema, operation, plan)
 
     def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,
                       operation: str) -> CommitInfo | None:
-        actions = self._add_actions(path, staged.name)
-        removes, survivors_name = [], None
-        if replace_keys is not None and self.exists(path):
-            touched, survivors = self._copy_on_write(path, replace_keys)
-            if touched:
-                survivors_name, survivor_actions = self._stage(path, survivors)
-                actions += survivor_actions
-                removes = self._removes(touched)
-        if not actions and not removes:
-            shutil.rmtree(staged.directory, ignore_errors=True)
-            return None
-        try:
-            return self._commit(path, schema, actions + removes, "append", operation, staged.name)
-        except BaseException:
-            if survivors_name:
-                shutil.rmtree(Path(path) / survivors_name, ignore_errors=True)
-            raise
+        adds = self._add_actions(path, staged.name)
+
+        def plan(snapshot) -> Plan | None:
+            touched, survivors = ([], None) if replace_keys is None else self._copy_on_write(path, snapshot,
+                                                                                           replace_keys)
+            if not adds and not touched:
+                return None
+            if not touched:
+                return Plan(adds)
+            name, survivor_adds = self._stage(path, survivors)
+            return Plan(adds + survivor_adds + self._removes(touched), [name])
+
+        return self._write(path, schema, operation, plan, staged=[staged.name])
 
     def delete_keys(self, path: str, keys_df: DataFrame, keys: list[str], operation: str) -> CommitInfo | None:
-        touched, survivors = self._copy_on_write(path, keys_df.select(*keys))
-        if not touched:
-            return None
-        staging_name, actions = self._stage(path, survivors)
-        return self._commit(path, survivors.schema, actions + self._removes(touched), "append", operation,
-                            staging_name)
+        def plan(snapshot) -> Plan | None:
+            touched, survivors = self._copy_on_write(path, snapshot, keys_df.select(*keys))
+            if not touched:
+                return None
+            name, actions = self._stage(path, survivors)
+            return Plan(actions + self._removes(touched), [name])
 
-    def _files_with_keys(self, path: str, keys_df: DataFrame) -> list[str]:
-        """Relative paths of the active files holding at least one of the keys (copy-on-write set)."""
-        table = self._table(path)
-        files = table.file_uris()
+        return self._write(path, None, operation, plan)
+
+    def _files_with_keys(self, path: str, snapshot, keys_df: DataFrame) -> list[str]:
+        """Relative paths of the snapshot's files holding at least one of the keys (copy-on-write set)."""
+        files = [local_path(uri) for uri in snapshot.file_uris()]
         if not files:
             return []
         keys = keys_df.columns
-        stored = (self.spark.read.schema(self.spark_schema(path)).parquet(*files)
+        stored = (self.spark.read.schema(self._spark_schema(snapshot)).parquet(*files)
                   .select(*keys, F.col("_metadata.file_path").alias(FILE_PATH_COLUMN)))
         hits = stored.join(F.broadcast(keys_df), keys, "left_semi").select(FILE_PATH_COLUMN).distinct().collect()
         root = Path(path).resolve()
-        return sorted(str(Path(_local_path(row[0])).resolve().relative_to(root)) for row in hits)
+        return sorted(Path(local_path(row[0])).resolve().relative_to(root).as_posix() for row in hits)
 
     def _removes(self, relative_paths: Iterable[str]) -> list:
         from deltalake.transaction import RemoveAction
@@ -382,18 +617,9 @@ class _DeltaRsEngine:
         now_ms = int(time.time() * 1000)
         return [RemoveAction(path=p, data_change=True, deletion_timestamp=now_ms) for p in relative_paths]
 
-    @staticmethod
-    def _uri(path: str, relative: str) -> str:
-        return str(Path(path) / relative)
-
 
 def _is_add(action) -> bool:
     return hasattr(action, "stats")
-
-
-def _local_path(uri: str) -> str:
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme in {"file", ""} else uri
 
 
 def _arrow_schema(delta_schema):
@@ -449,9 +675,31 @@ class _DeltaSparkEngine:
         return self._write(path, df, "overwrite", operation)
 
     def merge(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo:
+        if not self.exists(path):
+            return self.append(path, df, operation)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         (self._table(path).alias("t").merge(df.alias("s"), condition)
          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        return CommitInfo(version=self.version(path), operation=operation, rows_written=None)
+
+    # delta-spark checks conflicts of its own commits (ConcurrentAppendException and friends);
+    # a decision taken on rows read before a merge is not covered by them.
+    def update(self, path: str, keys: list[str], change, schema: StructType, operation: str) -> CommitInfo | None:
+        current = self.read(path) if self.exists(path) else self.spark.createDataFrame([], schema)
+        rows = change(current)
+        return None if rows is None else self.merge(path, rows, keys, operation)
+
+    def insert_new(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo | None:
+        if not self.exists(path):
+            return self.append(path, df, operation)
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        self._table(path).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute()
+        return CommitInfo(version=self.version(path), operation=operation, rows_written=None)
+
+    def rewrite(self, path: str, transform, operation: str) -> CommitInfo:
+        frame = transform(self.read(path)).localCheckpoint()
+        (frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+         .option("userMetadata", operation).save(path))
         return CommitInfo(version=self.version(path), operation=operation, rows_written=None)
 
     def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,8 @@ from pyspark.sql import functions as F
 from . import __version__, schemas
 from .config import RANGES, config_hash
 from .errors import ConfigError, InputError, LabelError, SplitError, TableError
-from .lake import Lake
+from .lake import Lake, stored_path
+from .runs import LiveRun, RunLedger
 from .stages import features as feature_stage
 from .stages import labels as label_stage
 from .stages import split as split_stage
@@ -123,10 +125,17 @@ class Pipeline:
 
     def train(self, run_id: str | None = None, *, previous_run: str | None = None) -> TrainingOutcome:
         """Fan out every (model, fold) fit; append predictions, results (and the change against
-        `previous_run`), then the runs row that marks the run complete."""
+        `previous_run`), then mark the run's row (written at its start) succeeded."""
         self.discard_incomplete_runs()
         run_id = run_id or new_run_id()
-        started = datetime.now(timezone.utc)
+        live = self.ledger.begin(run_id, datetime.now(timezone.utc), {
+            "config_hash": config_hash(self.config), "code_version": __version__,
+            "bundle_dir": stored_path(self.lake.root, Path(self.lake.path("models")) / run_id)})
+        with self.ledger.tracked(live):
+            return self._train(live, previous_run)
+
+    def _train(self, live: LiveRun, previous_run: str | None) -> TrainingOutcome:
+        run_id, started = live.run_id, live.started
         cfg = self.config["training"]
         genes = [r["gene"] for r in self.lake.read("genes").orderBy("position").collect()]
         splits = self.lake.read("splits").toPandas()
@@ -178,7 +187,7 @@ class Pipeline:
             self.lake.append("selected_genes", self.spark.createDataFrame(
                 outcome.selected.assign(run=run_id)[schemas.SELECTED_GENES.fieldNames()], schemas.SELECTED_GENES),
                 operation=f"train {run_id}")
-        self._record_run(run_id, started, splits, len(genes), best, bundle_dir)
+        self._record_run(live, splits, len(genes), best, {"predictions": len(stored), "results": len(results)})
         text = train_stage.format_leaderboard(metrics, cfg["best_by"])
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
@@ -304,25 +313,14 @@ class Pipeline:
         history = self.lake.history(table)
         return history[0]["operation"] if history else None
 
+    @cached_property
+    def ledger(self) -> RunLedger:
+        return RunLedger(self.lake, lambda message: self.echo(message))
+
     def discard_incomplete_runs(self) -> list[str]:
-        """Delete predictions and results of runs that never reached the runs table (killed mid-way)."""
-        finished = set()
-        if self.lake.exists("runs"):
-            finished = {r["run"] for r in self.lake.read("runs").where(F.col("status") == "succeeded")
-                        .select("run").collect()}
-        discarded = set()
-        for table in ("predictions", "results"):
-            if not self.lake.exists(table):
-                continue
-            stored = {r["run"] for r in self.lake.read(table).select("run").distinct().collect()}
-            orphans = sorted(stored - finished)
-            if orphans:
-                keys = self.spark.createDataFrame([(r,) for r in orphans], "run string")
-                self.lake.delete_keys(table, keys, operation="discard incomplete runs")
-                discarded.update(orphans)
-        if discarded:
-            self.echo(f"discarded rows of {len(discarded)} incomplete run(s): {', '.join(sorted(discarded))}")
-        return sorted(discarded)
+        """Delete predictions, results and bundles of runs whose process is gone (killed mid-way);
+        a run that is still alive keeps them."""
+        return self.ledger.discard_incomplete()
 
     def latest_run(self) -> str:
         if not self.lake.exists("runs"):
@@ -339,16 +337,13 @@ class Pipeline:
             raise TableError(f"run {run_id} is not in the runs table")
         return row.asDict()
 
-    def _record_run(self, run_id, started, splits, n_genes, best, bundle_dir) -> None:
+    def _record_run(self, live: LiveRun, splits, n_genes, best, expected_rows: dict[str, int]) -> None:
         record = {
-            "run": run_id, "started_at": started, "finished_at": datetime.now(timezone.utc),
-            "status": "succeeded", "config_hash": config_hash(self.config),
-            "data_fingerprint": self.data_fingerprint(), "code_version": __version__,
-            "n_train": int((splits["set"] == "train").sum()), "n_test": int((splits["set"] == "test").sum()),
-            "n_genes": n_genes, "best_model": best, "bundle_dir": bundle_dir, "trained": True,
+            "config_hash": config_hash(self.config), "data_fingerprint": self.data_fingerprint(),
+            "code_version": __version__, "n_train": int((splits["set"] == "train").sum()),
+            "n_test": int((splits["set"] == "test").sum()), "n_genes": n_genes, "best_model": best, "trained": True,
         }
-        frame = self.spark.createDataFrame([tuple(record[k] for k in schemas.RUNS.fieldNames())], schemas.RUNS)
-        self.lake.append("runs", frame, operation=f"run {run_id}")
+        self.ledger.succeed(live, record, expected_rows)
 
     # -- the whole run --------------------------------------------------------------------
     def run(self, sources: list[str], *, label_file: str | None = None, annotation: str | None = None,

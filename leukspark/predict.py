@@ -102,7 +102,10 @@ def resolve_bundle_dir(lake_root: str | Path, run_id: str | None, model: str | N
         if matching.empty:
             raise TableError(f"run {run_id} is not in the lake; known runs: {', '.join(runs['run'])}")
         row = matching.iloc[-1]
-    directory = Path(row["bundle_dir"]) / (model or row["best_model"])
+    from .lake import resolve_stored_path
+
+    run_bundles = resolve_stored_path(lake_root, row["bundle_dir"], in_lake=f"models/{row['run']}")
+    directory = run_bundles / (model or row["best_model"])
     if not directory.is_dir():
         raise BundleError(f"{directory}: no model bundle '{model or row['best_model']}' in run {row['run']}")
     return directory

@@ -36,7 +36,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from . import NEGATIVE_CLASS, POSITIVE_CLASS  # noqa: E402
 from .errors import LeukSparkError, TableError  # noqa: E402
-from .lake import Lake  # noqa: E402
+from .lake import Lake, resolve_stored_path  # noqa: E402
 from .metrics import confusion_table, roc_auc  # noqa: E402
 from .reference import ALL_MARKERS, AML_MARKERS  # noqa: E402
 from .stages.train import TEST_FOLD, is_cv_fold, leaderboard  # noqa: E402
@@ -610,12 +610,11 @@ def leaderboard_section(data: RunData) -> Section:
 # 9. top genes of the linear models
 # ---------------------------------------------------------------------------------------
 def bundle_folder(lake: Lake, data: RunData) -> Path:
-    """Where the run's bundles are: the recorded folder, or its place in this lake when the
-    lake was copied or moved since (the recorded path is absolute)."""
+    """Where the run's bundles are in this lake (also when it was copied or moved since)."""
     recorded = data.run.get("bundle_dir")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
-    return Path(lake.path("models")) / data.run_id
+    if not recorded:
+        return Path(lake.path("models")) / data.run_id
+    return resolve_stored_path(lake.root, recorded, in_lake=f"models/{data.run_id}")
 
 
 def has_feature_weights(model: str) -> bool:

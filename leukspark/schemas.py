@@ -142,6 +142,10 @@ RUNS = _schema(
     ("n_test", LongType(), True),
     ("n_genes", LongType(), True),
     ("best_model", StringType(), True),
-    ("bundle_dir", StringType(), True),
+    ("bundle_dir", StringType(), True),    # relative to the lake root (absolute in rows of older versions)
     ("trained", BooleanType(), True),
+    ("owner_host", StringType(), True),    # the process that runs it: host, pid, start token
+    ("owner_pid", LongType(), True),
+    ("owner_token", StringType(), True),
+    ("heartbeat_at", TimestampType(), True),
 )

@@ -579,7 +579,10 @@ def test_pipeline_on_a_standalone_cluster_equals_local_mode(cluster, pyfiles_zip
         assert remote_run.loc[0, column] == local_run.loc[0, column], column
 
     # The executors wrote each model's bundle where the driver reads it (one filesystem here).
-    bundle_dir = Path(remote_run.loc[0, "bundle_dir"])
+    from leukspark.lake import resolve_stored_path
+
+    assert not Path(remote_run.loc[0, "bundle_dir"]).is_absolute()  # the lake can be moved
+    bundle_dir = resolve_stored_path(cluster_lake, remote_run.loc[0, "bundle_dir"], in_lake="-")
     assert bundle_dir.is_relative_to(cluster_lake.resolve())
     genes = list(table(remote_lake, "genes", ["position"])["gene"])
     for model in MODELS:

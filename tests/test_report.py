@@ -115,7 +115,8 @@ def write_tables(spark, lake: Lake, data, predictions: pd.DataFrame, bundle_root
     run = {"run": RUN_ID, "started_at": started, "finished_at": started, "status": "succeeded",
            "config_hash": "cafe1234", "data_fingerprint": "f00d", "code_version": "0.1.0-test",
            "n_train": int((~is_test).sum()), "n_test": int(is_test.sum()), "n_genes": len(genes),
-           "best_model": "logistic_regression", "bundle_dir": str(bundle_root), "trained": True}
+           "best_model": "logistic_regression", "bundle_dir": str(bundle_root), "trained": True,
+           "owner_host": None, "owner_pid": None, "owner_token": None, "heartbeat_at": None}
     append("runs", pd.DataFrame([run]), schemas.RUNS)
 
 

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from .. import schemas
 from ..errors import DuplicateSampleError, GeoFormatError, InputError, LeukSparkError
-from ..lake import Lake
+from ..lake import Lake, removed_staging_text
 from ..scale import detect_scale, series_scale, value_quantiles
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,18 @@ class IngestReport:
     n_missing: int
     platforms: list[str]
     series: list[str]
+    orphans_removed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"ingested {len(self.sources)} source(s), series {', '.join(self.series) or '-'} on "
             f"{', '.join(self.platforms) or '-'}: {len(self.new_samples)} new sample(s), "
             f"{len(self.replaced_samples)} replaced, {len(self.unchanged_samples)} already stored; "
             f"{self.n_values:,} values read, {self.n_missing:,} missing (kept as null)"
         )
+        if self.orphans_removed:
+            text += "\n" + removed_staging_text(self.orphans_removed)
+        return text
 
 
 def resolve_source(source: str, cache_dir: str | Path) -> Path:
@@ -345,6 +349,8 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         if not annotation_path.is_file():
             raise InputError(f"{annotation_path}: annotation file does not exist")
 
+    # Before this ingest stages anything of its own: a killed ingest left its files here.
+    orphans = lake.remove_orphaned_staging()
     platform = _matrix_platform(paths, annotation_path, platform)
     stored: dict[str, str] = {}
     if lake.exists("samples"):
@@ -387,7 +393,7 @@ def ingest_sources(spark: SparkSession, lake: Lake, sources: list[str], config: 
         sources=[str(p) for p in paths],
         new_samples=plan.new, unchanged_samples=plan.unchanged, replaced_samples=plan.replaced,
         n_values=sum(p.n_values for p in parsed), n_missing=sum(p.n_missing for p in parsed),
-        platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}),
+        platforms=sample_platforms, series=sorted({r["series"] for r in series_rows}), orphans_removed=orphans,
     )
 
 

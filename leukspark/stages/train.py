@@ -156,9 +156,11 @@ def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarra
     """(sample ids, float32 matrix) from the gene_features Parquet files, cached per worker."""
     import pyarrow.parquet as pq
 
+    from ..lake import local_path
+
     if files in _FEATURE_CACHE:
         return _FEATURE_CACHE[files]
-    table = pq.ParquetDataset([f.removeprefix("file:") for f in files]).read(columns=["sample", "features"])
+    table = pq.ParquetDataset([local_path(f) for f in files]).read(columns=["sample", "features"])
     samples = np.array(table.column("sample").to_pylist())
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     matrix = flat.astype(np.float32).reshape(len(samples), n_genes)
