@@ -37,7 +37,6 @@ from . import NEGATIVE_CLASS, POSITIVE_CLASS
 from .calibration import fit_calibrator
 from .metrics import (
     abstains, brier_score, choose_abstain_band, expected_calibration_error, mcnemar_exact, mean_pairwise_jaccard,
-    selective_metrics,
 )
 from .stages.train import POOLED_FOLD, TEST_FOLD, is_cv_fold, leaderboard, metric_rows
 
