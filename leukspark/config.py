@@ -24,7 +24,7 @@ from .errors import ConfigError
 DEFAULT_CONFIG_PATH = files("leukspark").joinpath("conf/default.yaml")
 
 # Keys whose values are free-form mappings (their inner keys are not checked here).
-FREE_FORM_KEYS = {"spark.extra", "training.params"}
+FREE_FORM_KEYS = {"spark.extra", "training.params", "training.tuning.grids"}
 # Keys that take more than one type (checked by their own rules in validate_config).
 MIXED_TYPE_KEYS = {"predict.abstain_band"}
 ENSEMBLES = {"soft_voting", "stacking"}
@@ -40,6 +40,8 @@ CHOICES = {
     "features.normalize": {"none", "quantile", "rank"},
     "training.calibration": {"none", "platt", "isotonic"},
     "training.selection": {"none", "variance", "t_test", "moderated_t"},
+    "training.tuning.method": {"none", "grid", "random"},
+    "training.tuning.metric": {"roc_auc", "accuracy", "brier", "log_loss"},
 }
 
 # Ranges of numeric settings (their types come from the defaults). A test fraction of 0
@@ -56,6 +58,8 @@ RANGES = {
     "predict.target_accuracy": checks.number(0, 1, low_open=True),
     "training.selection_k": checks.integer(1),
     "training.marker_top_n": checks.integer(1),
+    "training.tuning.n_candidates": checks.integer(1),
+    "training.tuning.inner_folds": checks.integer(2),
     "report.tsne_perplexity": checks.positive(),
     "report.top_genes": checks.integer(1),
 }
@@ -188,6 +192,18 @@ def _check_models(training: dict, source: str) -> None:
             raise ConfigError(f"{source}: training.models[{index}]: unknown model {name!r}; known models: {known}")
         if name in models[:index]:
             raise ConfigError(f"{source}: training.models[{index}]: model {name} is listed twice")
+    for name, grid in training["tuning"]["grids"].items():
+        if name not in REGISTRY:
+            raise ConfigError(f"{source}: training.tuning.grids.{name}: unknown model; known models: {known}")
+        if not isinstance(grid, dict):
+            raise ConfigError(f"{source}: training.tuning.grids.{name} must be a mapping; got {grid!r}")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{source}: training.tuning.grids.{name}.{key} must be a non-empty list; "
+                                  f"got {values!r}")
+            for value in values:
+                if (problem := REGISTRY[name].param_problem({key: value})) is not None:
+                    raise ConfigError(f"{source}: training.tuning.grids.{name}.{problem[0]} {problem[1]}")
     for name, params in training["params"].items():
         if name not in REGISTRY:
             raise ConfigError(f"{source}: training.params.{name}: unknown model; known models: {known}")

@@ -33,7 +33,7 @@ from .stages import labels as label_stage
 from .stages import split as split_stage
 from .stages import train as train_stage
 from .stages.ingest import IngestReport, ingest_sources
-from . import evaluation
+from . import evaluation, tuning
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,13 @@ class Pipeline:
             seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
             feature_settings=dict(self.config["features"]),
             training_inputs=self._training_inputs(splits),
-            selection=cfg["selection"], selection_k=cfg["selection_k"],
+            selection=cfg["selection"], selection_k=cfg["selection_k"], inner_folds=cfg["tuning"]["inner_folds"],
         )
         folds = split_stage.n_folds(splits)
         nested = evaluation.needs_nested_folds(cfg)
-        tasks = train_stage.plan_tasks(cfg["models"], folds, cfg["params"], nested=nested)
+        choices = self._tune(context, folds, cfg) if cfg["tuning"]["method"] != "none" else None
+        chosen = tuning.chosen_params(choices) if choices is not None else {}
+        tasks = train_stage.plan_tasks(cfg["models"], folds, cfg["params"], nested=nested, tuned=chosen)
         self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x {folds} folds + final"
                   + (f" + {folds * (folds - 1)} nested" if nested else "") + ") as Spark tasks")
         task_rows = train_stage.run_task_rows(self.spark, tasks, context)
@@ -163,10 +165,14 @@ class Pipeline:
         outcome = evaluation.evaluate(raw_rows, task_info, cfg, self.config["predict"], genes, run_id)
         predictions, metrics = outcome.predictions, outcome.metrics
         params = dict(zip(tasks["model"], tasks["params"]))
+        params.update({model: text for (model, fold), text in chosen.items() if fold == train_stage.TEST_FOLD})
         params.update({name: json.dumps(p, sort_keys=True) for name, p in outcome.ensemble_params.items()})
         best = outcome.best_single  # ensembles are reported, not deployed: the best model has a bundle
         self._finish_bundles(bundle_dir, cfg, outcome)
         extra = outcome.extra_results
+        if choices is not None:
+            extra = pd.concat([extra, tuning.result_rows(choices, metrics, cfg["tuning"]["metric"])],
+                              ignore_index=True)
         marker_rows = self._marker_enrichment(bundle_dir, cfg)
         ood_predictions, ood_rows = self._score_excluded(bundle_dir, run_id, genes) if cfg["ood_check"] else (None, None)
         results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
@@ -175,6 +181,7 @@ class Pipeline:
         results = pd.concat([results] + [self._extra_results(frame, results, params)
                                          for frame in (extra, marker_rows, ood_rows) if frame is not None
                                          and not frame.empty], ignore_index=True)
+        results = tuning.with_fold_params(results, chosen)
         if previous_run:
             results = pd.concat([results, self._change_rows(results, previous_run)], ignore_index=True)
         stored = predictions if ood_predictions is None else pd.concat([predictions, ood_predictions],
@@ -187,10 +194,25 @@ class Pipeline:
             self.lake.append("selected_genes", self.spark.createDataFrame(
                 outcome.selected.assign(run=run_id)[schemas.SELECTED_GENES.fieldNames()], schemas.SELECTED_GENES),
                 operation=f"train {run_id}")
+        if choices is not None:
+            self.lake.append("tuning", self.spark.createDataFrame(
+                tuning.tuning_table(choices, run_id, cfg["tuning"]["metric"]), schemas.TUNING),
+                operation=f"train {run_id}")
         self._record_run(live, splits, len(genes), best, {"predictions": len(stored), "results": len(results)})
         text = train_stage.format_leaderboard(metrics, cfg["best_by"])
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def _tune(self, context: train_stage.TrainingContext, n_folds: int, cfg: dict) -> pd.DataFrame:
+        """Nested tuning: one fan-out of every (model, outer fold, candidate, inner fold) fit;
+        returns every candidate's inner scores with the chosen one per (model, outer fold)."""
+        outer = [str(k) for k in range(n_folds)] + [train_stage.TEST_FOLD]
+        tasks = tuning.plan_tuning_tasks(cfg["models"], outer, cfg["tuning"], cfg["params"], cfg["seed"])
+        per_model = tasks.groupby("model")["params"].nunique()
+        self.echo(f"tuning: {len(tasks)} fits ({', '.join(f'{m} {n}' for m, n in per_model.items())} candidates"
+                  f" x {len(outer)} searches x {cfg['tuning']['inner_folds']} inner folds) as Spark tasks")
+        rows, _ = train_stage.split_task_rows(train_stage.run_task_rows(self.spark, tasks, context).toPandas())
+        return tuning.search_choices(rows, tasks, cfg["tuning"]["metric"])
 
     def _finish_bundles(self, bundle_dir: str, cfg: dict, outcome) -> None:
         """Save the calibrator and abstention band fitted on the out-of-fold probabilities in each bundle."""

@@ -116,6 +116,21 @@ SELECTED_GENES = _schema(
     ("score", DoubleType(), True),
 )
 
+# Nested tuning: every candidate of every search (outer fold, or 'test' for the final fit).
+TUNING = _schema(
+    ("run", StringType(), False),
+    ("model", StringType(), False),
+    ("outer_fold", StringType(), False),
+    ("candidate", LongType(), False),
+    ("params", StringType(), True),
+    ("metric", StringType(), False),
+    ("inner_score", DoubleType(), True),
+    ("inner_score_std", DoubleType(), True),
+    ("inner_brier", DoubleType(), True),
+    ("n_inner", LongType(), True),
+    ("chosen", BooleanType(), False),
+)
+
 SCORED_SAMPLES = _schema(
     ("scored_at", TimestampType(), True),
     ("run", StringType(), False),

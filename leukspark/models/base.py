@@ -359,6 +359,9 @@ class ModelSpec(ABC):
     #: The accepted type and range of every parameter in ``default_params``; config load
     #: checks them, so a bad value fails before Spark starts, not inside a training task.
     param_checks: ClassVar[dict[str, Check]]
+    #: The points `training.tuning` searches by default: {parameter: [values]}, crossed. A few
+    #: values of the parameters that matter most, so that a grid stays a handful of fits.
+    tuning_grid: ClassVar[dict[str, list]] = {}
 
     def param_problem(self, params: Mapping[str, Any] | None) -> tuple[str, str] | None:
         """``(parameter, reason)`` for the first unknown or invalid parameter, or None."""

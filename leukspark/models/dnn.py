@@ -103,6 +103,7 @@ class DnnSpec(ModelSpec):
         "min_delta": checks.number(0),
         "validation_fraction": checks.number(0, 1, low_open=True, high_open=True),
     }
+    tuning_grid = {"hidden_layers": [[256, 64], [512, 128], [128]], "dropout": [0.3, 0.5]}
     FILE_NAME = "dnn_state_dict.pt"
     _SCORING_BATCH = 4096  # rows per forward pass when scoring; bounds activation memory
 

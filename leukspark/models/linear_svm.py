@@ -66,6 +66,7 @@ class LinearSvmSpec(LinearModelSpec):
         "class_weight": CLASS_WEIGHT,
         "calibration_folds": checks.integer(2),
     }
+    tuning_grid = {"C": [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]}
 
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> LinearProbabilityModel:
         folds = StratifiedKFold(n_splits=params["calibration_folds"], shuffle=True, random_state=seed)

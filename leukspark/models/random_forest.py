@@ -139,6 +139,8 @@ class RandomForestSpec(ModelSpec):
         "class_weight": CLASS_WEIGHT,
         "n_jobs": N_JOBS,
     }
+    # How many genes a split may look at, and how deep the trees may split the minority class.
+    tuning_grid = {"max_features": ["sqrt", 0.01, 0.05], "min_samples_leaf": [1, 3]}
 
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> TreeEnsemble:
         forest = RandomForestClassifier(**params, random_state=seed).fit(X, y)

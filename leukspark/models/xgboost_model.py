@@ -77,6 +77,7 @@ class XGBoostSpec(ModelSpec):
         "max_genes": checks.integer(1, special=(None,)),
         "n_jobs": N_JOBS,
     }
+    tuning_grid = {"max_depth": [2, 4, 6], "learning_rate": [0.05, 0.2]}
     MODEL_FILE = "xgboost_model.json"
     GENES_FILE = "xgboost_genes.npz"
 

@@ -23,12 +23,11 @@ from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from .. import POSITIVE_CLASS, NEGATIVE_CLASS, schemas
 from ..errors import ModelError
+from ..folds import OOD_FOLD, POOLED_FOLD, TEST_FOLD, is_cv_fold, nested_fold  # noqa: F401 (re-exported)
+from ..tuning import fold_params, parse_tuning_fold, tuning_rows
 
 log = logging.getLogger(__name__)
 
-TEST_FOLD = "test"
-OOD_FOLD = "ood"
-POOLED_FOLD = "cv_pooled"  # statistics over all out-of-fold predictions (or across the folds) at once
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc",
                 "tp", "fp", "tn", "fn", "n", "fit_seconds", "brier", "ece")
 SELECTIVE_METRICS = ("coverage", "accuracy_on_calls")
@@ -38,17 +37,6 @@ TASK_OUTPUT_SCHEMA = StructType([*schemas.PREDICTIONS.add(StructField("fit_secon
                                  StructField("info", StringType(), True)])
 INFO_SAMPLE = ""  # the one row per task that carries its `info` (JSON) instead of a prediction
 
-
-def is_cv_fold(fold) -> bool:
-    """An outer cross-validation fold ('0'..'k-1'); not test, nested ('k/j'), ood or a summary."""
-    return str(fold).isdigit()
-
-
-def nested_fold(outer: int, held_out: int) -> str:
-    """The task that fits on the training folds other than `outer` and `held_out` and predicts
-    `held_out`: out-of-fold probabilities for fitting what is fitted on top of models (the stacking
-    meta-learner, a calibrator) for outer fold `outer` without its labels."""
-    return f"{outer}/{held_out}"
 
 # Rough relative cost, so that the slowest fits start first and the cores stay busy.
 MODEL_COST = {"dnn": 5, "random_forest": 4, "xgboost": 3, "linear_svm": 2, "logistic_regression": 1}
@@ -69,11 +57,15 @@ class TrainingContext:
     training_inputs: dict | None = None    # platforms and value scales of the training samples
     selection: str = "none"                # in-fold gene selection (training.selection)
     selection_k: int = 0
+    inner_folds: int = 3                   # training.tuning.inner_folds, for the tuning tasks
 
 
-def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: bool = False) -> pd.DataFrame:
+def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: bool = False,
+               tuned: dict | None = None) -> pd.DataFrame:
     """One row per (model, fold): folds '0'..'k-1' and 'test' (the final fit); with `nested`, also
-    every nested fold 'k/j' (j != k), k(k-1) more fits per model."""
+    every nested fold 'k/j' (j != k), k(k-1) more fits per model. `tuned` ({(model, outer fold):
+    params JSON}, from nested tuning) replaces a fold's parameters with the ones chosen for it."""
+
     from ..models import get_model
 
     folds = [str(k) for k in range(n_folds)] + [TEST_FOLD]
@@ -84,7 +76,9 @@ def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: b
         spec = get_model(model)
         params = spec.resolve_params(param_overrides.get(model, {}))  # bad keys fail here, not in a task
         for fold in folds:
-            rows.append({"model": model, "fold": fold, "params": json.dumps(params, sort_keys=True, default=str)})
+            chosen = fold_params(tuned or {}, model, fold)
+            rows.append({"model": model, "fold": fold,
+                         "params": chosen or json.dumps(params, sort_keys=True, default=str)})
     tasks = pd.DataFrame(rows)
     size = np.select([tasks["fold"] == TEST_FOLD, tasks["fold"].str.contains("/")], [1.25, 0.75], 1.0)
     tasks["cost"] = tasks["model"].map(MODEL_COST).fillna(3) * size
@@ -149,6 +143,13 @@ def run_task_rows(spark: SparkSession, tasks: pd.DataFrame, context: TrainingCon
                 spark.conf.set(key, value)
 
 
+def run_tasks_sequentially(tasks: pd.DataFrame, context: TrainingContext) -> pd.DataFrame:
+    """The same task rows as `run_task_rows`, fitted one after another in this process: the
+    single-process baseline of the benchmarks, and a Spark-free way to test what a task sees."""
+    frames = [_train_one(task, context) for _, task in tasks.iterrows()]
+    return pd.concat(frames, ignore_index=True)
+
+
 _FEATURE_CACHE: dict = {}
 
 
@@ -173,10 +174,15 @@ def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarra
     return samples, matrix
 
 
-def fold_rows(samples: np.ndarray, assignments: dict, fold: str) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, eval) over `samples` for a CV fold, a nested fold 'k/j' or the final 'test' fit."""
+def fold_rows(samples: np.ndarray, assignments: dict, fold: str, inner_folds: int = 3,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, eval) over `samples` for a CV fold, a nested fold 'k/j', a tuning task
+    'tune:k:c:j' or the final 'test' fit."""
     sets = np.array([assignments.get(s, (None, None, None))[0] for s in samples])
     folds = np.array([assignments.get(s, (None, None, None))[1] for s in samples], dtype=object)
+    if (search := parse_tuning_fold(fold)) is not None:
+        labels = np.array([assignments.get(s, (None, None, None))[2] for s in samples], dtype=object)
+        return tuning_rows(samples, sets, folds, labels, search, inner_folds, seed)
     if fold == TEST_FOLD:
         return sets == "train", sets == "test"
     if "/" in fold:
@@ -192,7 +198,7 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
     from ..models import fit_and_predict, get_model
 
     samples, matrix = load_feature_matrix(context.feature_files, len(context.gene_order))
-    train_mask, eval_mask = fold_rows(samples, context.assignments, task["fold"])
+    train_mask, eval_mask = fold_rows(samples, context.assignments, task["fold"], context.inner_folds, context.seed)
     truth = np.array([context.assignments[s][2] for s in samples], dtype=object)
     y_train = (truth[train_mask] == POSITIVE_CLASS).astype(np.int64)
     params = json.loads(task["params"])
