@@ -715,11 +715,11 @@ def top_genes_section(lake: Lake, data: RunData, figures: FigureWriter, n_genes:
 def science_sections(data: RunData, figures: FigureWriter) -> list[Section]:
     from .report_science import (
         ensembles_section, markers_section, ood_section, reliability_section, risk_coverage_section,
-        selection_section,
+        selection_section, tuning_section,
     )
 
     sections = [reliability_section(data, figures), risk_coverage_section(data, figures)]
-    for build in (ood_section, selection_section, ensembles_section, markers_section):
+    for build in (tuning_section, ood_section, selection_section, ensembles_section, markers_section):
         section = build(data)
         if section is not None:
             sections.append(section)

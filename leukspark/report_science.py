@@ -175,3 +175,38 @@ def markers_section(data: RunData) -> Section | None:
             "share of splits for the random forest, total gain for XGBoost), against a hypergeometric null. "
             f"Markers (provenance in <code>leukspark/reference.py</code>): {_esc(markers)}.</p>")
     return Section("markers", "Lineage markers among the top genes", text + table)
+
+
+def _tuned_values(params: str | None, searched: set[str]) -> str:
+    """The searched parameters of one chosen candidate, as 'key=value' pairs."""
+    chosen = json.loads(params) if params else {}
+    return ", ".join(f"{key}={chosen[key]}" for key in sorted(searched) if key in chosen) or "—"
+
+
+def tuning_section(data: RunData) -> Section | None:
+    results = data.results
+    if results is None:
+        return None
+    inner = results[results["metric"].str.startswith("tuning_inner_")]
+    if inner.empty:
+        return None
+    metric = inner["metric"].iloc[0].removeprefix("tuning_inner_")
+    rows = []
+    for model, part in inner.groupby("model", sort=False):
+        chosen = [json.loads(p) for p in part["params"] if p]
+        # The searched parameters are the ones whose chosen value differs somewhere, or all of the grid.
+        searched = {key for key in chosen[0] if len({json.dumps(c.get(key)) for c in chosen}) > 1} or set(chosen[0])
+        for r in sorted(part.itertuples(), key=lambda r: (r.fold == TEST_FOLD, r.fold)):
+            outer = _value(results, model, r.fold, f"tuning_outer_{metric}")
+            rows.append([model, "final (whole training set)" if r.fold == TEST_FOLD else r.fold,
+                         _tuned_values(r.params, searched), _num(r.value), _num(outer),
+                         _num(_value(results, model, r.fold, "optimism_gap"))])
+        rows.append([model, "mean over outer folds", "", "", "",
+                     _num(_value(results, model, POOLED_FOLD, "optimism_gap"))])
+    text = (f"<p>Nested tuning: each outer fold chose its parameters by an inner cross-validation of its own "
+            f"training rows (mean inner {_esc(metric)}); the final model used the parameters chosen on the whole "
+            "training set. The optimism gap is the chosen candidate's inner score minus its outer fold's score: "
+            "how much the search flattered itself. Every candidate's scores are in the <code>tuning</code> "
+            "table.</p>")
+    header = ["model", "outer fold", "chosen parameters", f"inner {metric}", f"outer {metric}", "optimism gap"]
+    return Section("tuning", "Nested hyperparameter tuning", text + _table("tuning-table", header, rows))

@@ -195,3 +195,17 @@ def test_optimism_gap_is_the_inner_score_minus_the_recomputed_outer_score(tuned_
         inner = table[(table["outer_fold"] == fold) & table["chosen"]]["inner_score"].iloc[0]
         assert gaps[fold] == pytest.approx(inner - outer)
     assert gaps["cv_pooled"] == pytest.approx(np.mean([gaps[f] for f in ("0", "1", "2")]))
+
+
+def test_the_report_has_a_tuning_section_with_every_outer_fold(tuned_run, spark, tmp_path):
+    from leukspark.report import write_report
+
+    lake = tuned_run["lake"]
+    page = write_report(spark, lake, tuned_run["run_id"], tmp_path / "report", load_config(
+        overrides={"training.models": ["logistic_regression"]})).read_text()
+    section = page[page.index("id='tuning'"):]
+    section = section[:section.index("</section>")]
+    gaps = tuned_run["results"].query("metric == 'optimism_gap'").set_index("fold")["value"]
+    assert section.count("<tr>") == 1 + 4 + 1  # header, outer folds 0-2 and final, the mean
+    assert f"{gaps['cv_pooled']:.4f}" in section
+    assert "C=" in section
