@@ -67,9 +67,6 @@ def candidates(spec, tuning_cfg: dict, overrides: dict, seed: int) -> list[dict]
     if not grid:
         return [base]
     keys = sorted(grid)
-    for key in keys:
-        if not isinstance(grid[key], list) or not grid[key]:
-            raise ConfigError(f"training.tuning.grids.{spec.name}.{key} must be a non-empty list; got {grid[key]!r}")
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     if tuning_cfg["method"] == "random" and len(points) > tuning_cfg["n_candidates"]:
         rng = np.random.default_rng(seed)
