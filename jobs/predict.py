@@ -11,7 +11,7 @@ import sys
 from leukspark.config import load_config
 from leukspark.errors import LeukSparkError
 from leukspark.lake import Lake
-from leukspark.predict import ScoringPolicy, resolve_bundle_dir, score_series
+from leukspark.predict import ScoringPolicy, configured_model, resolve_bundle_dir, score_series
 from leukspark.spark import build_session
 
 
@@ -21,7 +21,7 @@ def parse_args(argv):
     parser.add_argument("--config")
     parser.add_argument("--series", nargs="*", help="series ids (default: all)")
     parser.add_argument("--run", help="run id (default: latest)")
-    parser.add_argument("--model", help="model name (default: the run's best)")
+    parser.add_argument("--model", help="model name (default: predict.model in the configuration, else the run's best)")
     return parser.parse_args(argv)
 
 
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         config = load_config(args.config)
         spark = build_session(config, app_name="leukspark-predict")
         lake = Lake.from_config(spark, args.lake, config)
-        bundle_dir = resolve_bundle_dir(args.lake, args.run, args.model)
+        bundle_dir = resolve_bundle_dir(args.lake, args.run, configured_model(args.model, config))
         scored = score_series(spark, lake, args.series, bundle_dir, ScoringPolicy.from_config(config))
         commit = lake.append("scored_samples", scored, operation="predict")
         print(f"scored {commit.rows_written} sample(s) with {bundle_dir.parent.name}/{bundle_dir.name}")

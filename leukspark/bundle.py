@@ -154,24 +154,12 @@ def save_bundle(
         raise BundleError(f"model_name {model_name!r} does not match the spec's name {spec.name!r}")
     _check_label_mapping(label_mapping)
     genes = _checked_gene_order(gene_order, preprocessor, spec.n_features(model))
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise BundleError(f"{directory}: refusing to overwrite an existing non-empty path")
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(directory)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         staging.chmod(0o755)  # mkdtemp's 0o700 would hide the bundle from other users
-        with open(staging / PREPROCESSOR_FILE, "wb") as handle:
-            np.savez(handle, **preprocessor.to_arrays())
-        (staging / GENES_FILE).write_text("".join(f"{gene}\n" for gene in genes), encoding="utf-8")
-        if input_reference is not None:
-            with open(staging / INPUT_REFERENCE_FILE, "wb") as handle:
-                np.savez(handle, **{key: np.asarray(value, dtype=np.float64) for key, value in input_reference.items()})
-        model_files = list(spec.save(model, staging))
-        clashes = sorted(set(model_files) & set(RESERVED_FILES))
-        if clashes:
-            raise BundleError(f"model {spec.name!r} wrote reserved file name(s) {', '.join(clashes)}")
-
+        model_files = _write_parts(staging, spec, model, preprocessor, genes, input_reference)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model_name": model_name,
@@ -187,23 +175,11 @@ def save_bundle(
             "model_files": model_files,
             "label_mapping": dict(label_mapping),
             "positive_class": leukspark.POSITIVE_CLASS,
-            "leukspark_version": leukspark.__version__,
-            "library_versions": _library_versions(),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **_provenance(),
             "extra": dict(extra or {}),
             "files": {name: _file_record(staging / name) for name in sorted(_files_in(staging))},
         }
-        unlisted_model_files = sorted(set(manifest["files"]) - set(model_files) - set(RESERVED_FILES))
-        if unlisted_model_files:
-            raise BundleError(f"model {spec.name!r} wrote file(s) it did not report: {', '.join(unlisted_model_files)}")
-        try:
-            # Round trip first, so the checksum covers exactly what load_bundle will parse.
-            manifest = json.loads(json.dumps(manifest, allow_nan=False, default=_numpy_scalar_to_python))
-        except (TypeError, ValueError) as exc:
-            raise BundleError(f"{MANIFEST_FILE}: params or extra are not plain JSON values: {exc}") from exc
-        manifest[_MANIFEST_SELF_CHECKSUM] = _manifest_checksum(manifest)
-        text = json.dumps(manifest, indent=2, sort_keys=True)
-        (staging / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
+        _write_manifest(staging, spec, manifest, model_files)
 
         if directory.exists():
             directory.rmdir()  # empty, checked above
@@ -212,6 +188,49 @@ def save_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _prepare_target(directory: Path) -> None:
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise BundleError(f"{directory}: refusing to overwrite an existing non-empty path")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _provenance() -> dict:
+    """What made the bundle: versions of leukspark and its libraries, and when."""
+    return {"leukspark_version": leukspark.__version__, "library_versions": _library_versions(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _write_parts(staging: Path, spec: ModelSpec, model: Any, preprocessor: Preprocessor, genes: list[str],
+                 input_reference: Mapping[str, np.ndarray] | None) -> list[str]:
+    """The preprocessor, gene order, input reference and model files; returns the model's file names."""
+    with open(staging / PREPROCESSOR_FILE, "wb") as handle:
+        np.savez(handle, **preprocessor.to_arrays())
+    (staging / GENES_FILE).write_text("".join(f"{gene}\n" for gene in genes), encoding="utf-8")
+    if input_reference is not None:
+        with open(staging / INPUT_REFERENCE_FILE, "wb") as handle:
+            np.savez(handle, **{key: np.asarray(value, dtype=np.float64) for key, value in input_reference.items()})
+    model_files = list(spec.save(model, staging))
+    clashes = sorted(set(model_files) & set(RESERVED_FILES))
+    if clashes:
+        raise BundleError(f"model {spec.name!r} wrote reserved file name(s) {', '.join(clashes)}")
+    return model_files
+
+
+def _write_manifest(staging: Path, spec: ModelSpec, manifest: dict, model_files: list[str]) -> None:
+    """Check that every file is accounted for, then write the manifest with its own checksum."""
+    unlisted_model_files = sorted(set(manifest["files"]) - set(model_files) - set(RESERVED_FILES))
+    if unlisted_model_files:
+        raise BundleError(f"model {spec.name!r} wrote file(s) it did not report: {', '.join(unlisted_model_files)}")
+    try:
+        # Round trip first, so the checksum covers exactly what load_bundle will parse.
+        manifest = json.loads(json.dumps(manifest, allow_nan=False, default=_numpy_scalar_to_python))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{MANIFEST_FILE}: params or extra are not plain JSON values: {exc}") from exc
+    manifest[_MANIFEST_SELF_CHECKSUM] = _manifest_checksum(manifest)
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    (staging / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
 
 
 def _check_label_mapping(label_mapping: Mapping[str, int]) -> None:

@@ -30,7 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"leukspark {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_synth_command(commands)
+    _add_ingest_command(commands)
+    _add_run_command(commands)
+    _add_predict_command(commands)
+    _add_report_command(commands)
+    _add_rerun_command(commands)
+    return parser
 
+
+def _add_synth_command(commands) -> None:
     synth = commands.add_parser(
         "synth", help="write a GSE13159-shaped series (family SOFT + series matrix)",
         description="Write a synthetic series shaped like GSE13159 (real GSM ids, MILE classes, GPL570 "
@@ -55,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of ALL/AML samples with a mixed-lineage profile (default: ~2%%, random)")
     cohort.add_argument("--signal", type=float, help="scale of the lineage and subtype signal (default 1.0)")
 
+
+def _add_ingest_command(commands) -> None:
     ingest = commands.add_parser(
         "ingest", help="ingest GEO series or matrix files into the lake's Delta tables",
         description="Parse GEO files (family SOFT, sample SOFT, series matrix), GEO accessions "
@@ -64,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lake_arguments(ingest)
     _add_input_arguments(ingest)
 
+
+def _add_run_command(commands) -> None:
     run = commands.add_parser(
         "run", help="run the whole pipeline: ingest, labels, features, split, train, report",
         description="Run ingest -> labels -> features -> split -> train -> report on one input and print "
@@ -83,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="held-out test fraction (default from config: 0.2; 0: cross-validation only, the "
                           "final models fit on every sample)")
 
+
+def _add_predict_command(commands) -> None:
     predict = commands.add_parser(
         "predict", help="score new samples with a trained model bundle",
         description="Score samples from a GEO file, a matrix file, or a series already in the lake with a "
@@ -99,12 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", action="store_true",
                          help="add each sample's top contributing genes (linear models: weight x standardized value)")
 
+
+def _add_report_command(commands) -> None:
     report = commands.add_parser("report", help="write a run's HTML report with its plots",
                                  description="Write one self-contained HTML file and the PNGs for a run.")
     _add_lake_arguments(report)
     report.add_argument("--run", help="run id (default: latest successful run)")
     report.add_argument("--out", required=True, help="output folder")
 
+
+def _add_rerun_command(commands) -> None:
     rerun = commands.add_parser(
         "rerun", help="ingest new series and retrain when the data changed (for schedulers)",
         description="Ingest the series listed in the configuration (ingest.series) or on the command line "
@@ -114,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--series", nargs="*", default=None, metavar="SOURCE",
                        help="GSE accessions or files (default: ingest.series from the config)")
     rerun.add_argument("--report", metavar="DIR", help="write the report of a new run here")
-    return parser
 
 
 def _add_lake_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,9 +215,29 @@ def cmd_run(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_command
+    from .config import load_config
+    from .predict import (
+        ScoringPolicy, configured_model, format_records, predict_file, predict_series_from_lake, resolve_bundle_dir,
+        write_scores,
+    )
 
-    return predict_command(args)
+    config = load_config(args.config)
+    # Resolved once: the bundle that scores the samples is the one their stored rows name.
+    bundle_dir = resolve_bundle_dir(args.lake, args.run, configured_model(args.model, config))
+    options = {"policy": ScoringPolicy.from_config(config), "explain": args.explain, "bundle_dir": bundle_dir}
+    source = Path(args.source).expanduser()
+    if source.exists():
+        scored = predict_file(source, args.lake, platform=args.platform, annotation=args.annotation, **options)
+    else:
+        scored = predict_series_from_lake(args.lake, args.source, **options)
+    if args.explain and all(s.explanation is None for s in scored if s.error is None):
+        print("--explain: this model has no per-gene weights (linear models only); no top_genes given",
+              file=sys.stderr)
+    print(format_records(scored, args.format))
+    if args.write:
+        count = write_scores(args.lake, config, scored, bundle_dir, str(args.source))
+        print(f"appended {count} row(s) to scored_samples", file=sys.stderr)
+    return 0 if all(s.error is None for s in scored) else 3
 
 
 def cmd_report(args) -> int:
@@ -209,9 +247,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_rerun(args) -> int:
-    from .rerun import rerun_command
+    from .rerun import rerun
 
-    return rerun_command(args)
+    pipeline = _pipeline(args)
+    sources = args.series if args.series is not None else list(pipeline.config["ingest"]["series"])
+    outcome = rerun(pipeline, sources, report_dir=args.report)
+    print(f"rerun: new run {outcome.trained.run_id} ({outcome.reason})" if outcome.trained
+          else f"rerun: {outcome.reason}")
+    return 0
 
 
 COMMANDS = {

@@ -191,12 +191,27 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
     everything = everything.assign(predicted=predicted)
     metrics = metric_rows(everything, per_fold if band_setting != "none" else None)
 
+    bands = (per_fold, final_bands) if band_setting != "none" else None
+    extra = _pooled_rows(everything, calibrators if method != "none" else {}, bands)
+    base_metrics = metrics[metrics["model"].isin(models)]
+    best_single = str(leaderboard(base_metrics, training_cfg.get("best_by", "accuracy")).index[0])
+    extra += _mcnemar_rows(everything, list(ensemble_params), best_single)
+    selected, selection_rows = _selected_genes(task_info, gene_order)
+    extra_frame = pd.DataFrame(extra + selection_rows, columns=["model", "fold", "metric", "value", "params"])
+    return Evaluation(everything, metrics, extra_frame, calibrators, final_bands, selected, ensemble_params,
+                      best_single)
+
+
+def _pooled_rows(everything: pd.DataFrame, calibrators: dict, bands: tuple[dict, dict] | None) -> list[tuple]:
+    """Per model, over all out-of-fold rows at once: Brier and ECE (before calibration too, for the
+    calibrated models: pooled and on the test set) and, with abstention, coverage and accuracy of
+    each fold's calls under its own band, and the final band."""
     extra: list[tuple] = []
     for model, part in everything.groupby("model", sort=False):
         cv = part[part["fold"].map(is_cv_fold)]
         pooled = {"brier": brier_score(_y(cv), cv["probability_AML"]),
                   "ece": expected_calibration_error(_y(cv), cv["probability_AML"], 10)}
-        if method != "none" and model in calibrators:
+        if model in calibrators:
             pooled["brier_uncalibrated"] = brier_score(_y(cv), cv["probability_raw"])
             pooled["ece_uncalibrated"] = expected_calibration_error(_y(cv), cv["probability_raw"], 10)
             test = part[part["fold"] == TEST_FOLD]
@@ -204,12 +219,12 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
                 extra += _long(model, TEST_FOLD, {
                     "brier_uncalibrated": brier_score(_y(test), test["probability_raw"]),
                     "ece_uncalibrated": expected_calibration_error(_y(test), test["probability_raw"], 10)})
-        if band_setting != "none":
-            # Each fold's calls under its own (cross-fitted) band, pooled.
-            fold_called = np.concatenate([~abstains(p["probability_AML"], per_fold[model][f])
-                                          for f, p in cv.groupby("fold", sort=False)])
-            y_cv = np.concatenate([_y(p) for _, p in cv.groupby("fold", sort=False)])
-            p_cv = np.concatenate([p["probability_AML"].to_numpy() for _, p in cv.groupby("fold", sort=False)])
+        if bands is not None:
+            per_fold, final_bands = bands
+            by_fold = list(cv.groupby("fold", sort=False))
+            fold_called = np.concatenate([~abstains(p["probability_AML"], per_fold[model][f]) for f, p in by_fold])
+            y_cv = np.concatenate([_y(p) for _, p in by_fold])
+            p_cv = np.concatenate([p["probability_AML"].to_numpy() for _, p in by_fold])
             correct = (p_cv >= 0.5) == y_cv
             pooled["coverage"] = fold_called.mean()
             pooled["accuracy_on_calls"] = correct[fold_called].mean() if fold_called.any() else np.nan
@@ -217,10 +232,14 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
             pooled["abstain_band_lo"] = band[0] if band else 0.5
             pooled["abstain_band_hi"] = band[1] if band else 0.5
         extra += _long(model, POOLED_FOLD, pooled)
+    return extra
 
-    base_metrics = metrics[metrics["model"].isin(models)]
-    best_single = str(leaderboard(base_metrics, training_cfg.get("best_by", "accuracy")).index[0])
-    for name in ensemble_params:
+
+def _mcnemar_rows(everything: pd.DataFrame, ensembles: list[str], best_single: str) -> list[tuple]:
+    """Exact McNemar tests of each ensemble against the best single model, on the test set and
+    pooled over the CV folds."""
+    extra: list[tuple] = []
+    for name in ensembles:
         for fold, where in ((TEST_FOLD, everything["fold"] == TEST_FOLD),
                             (POOLED_FOLD, everything["fold"].map(is_cv_fold))):
             pair = everything[where & everything["model"].isin([name, best_single])]
@@ -231,22 +250,25 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
             y = (wide.index.get_level_values("truth") == POSITIVE_CLASS).astype(int)
             result = mcnemar_exact(y, (wide[name] >= 0.5).astype(int), (wide[best_single] >= 0.5).astype(int))
             extra += _long(name, fold, result, json.dumps({"versus": best_single}))
+    return extra
 
-    selected = None
+
+def _selected_genes(task_info: pd.DataFrame, gene_order: list[str]) -> tuple[pd.DataFrame | None, list[tuple]]:
+    """The genes each CV and final fit selected (model, fold, position, gene, score), and the
+    stability of the CV folds' sets (mean pairwise Jaccard)."""
     with_selection = task_info[task_info["info"].map(lambda i: "selected" in i)]
-    if not with_selection.empty:
-        records = []
-        for row in with_selection.itertuples(index=False):
-            if not (is_cv_fold(row.fold) or row.fold == TEST_FOLD):
-                continue
-            for position, score in zip(row.info["selected"], row.info.get("selection_scores", [])):
-                records.append((row.model, row.fold, int(position), gene_order[int(position)], float(score)))
-        selected = pd.DataFrame(records, columns=["model", "fold", "position", "gene", "score"])
-        for model, part in selected[selected["fold"].map(is_cv_fold)].groupby("model", sort=False):
-            sets = [set(p["position"]) for _, p in part.groupby("fold")]
-            extra += _long(model, POOLED_FOLD, {"selection_jaccard": mean_pairwise_jaccard(sets),
-                                                "selection_k": float(np.mean([len(s) for s in sets]))})
-
-    extra_frame = pd.DataFrame(extra, columns=["model", "fold", "metric", "value", "params"])
-    return Evaluation(everything, metrics, extra_frame, calibrators, final_bands, selected, ensemble_params,
-                      best_single)
+    if with_selection.empty:
+        return None, []
+    records = []
+    for row in with_selection.itertuples(index=False):
+        if not (is_cv_fold(row.fold) or row.fold == TEST_FOLD):
+            continue
+        for position, score in zip(row.info["selected"], row.info.get("selection_scores", [])):
+            records.append((row.model, row.fold, int(position), gene_order[int(position)], float(score)))
+    selected = pd.DataFrame(records, columns=["model", "fold", "position", "gene", "score"])
+    extra: list[tuple] = []
+    for model, part in selected[selected["fold"].map(is_cv_fold)].groupby("model", sort=False):
+        sets = [set(p["position"]) for _, p in part.groupby("fold")]
+        extra += _long(model, POOLED_FOLD, {"selection_jaccard": mean_pairwise_jaccard(sets),
+                                            "selection_k": float(np.mean([len(s) for s in sets]))})
+    return selected, extra

@@ -107,6 +107,12 @@ class Lake:
             raise TableError(f"table '{table}' does not exist at {path}")
         return self._engine_impl.read(path)
 
+    def active_files(self, table: str) -> tuple[str, ...]:
+        """The data files of the table's current version, for tasks that read them directly."""
+        if not self.exists(table):
+            raise TableError(f"table '{table}' does not exist at {self.path(table)}")
+        return tuple(self._engine_impl.active_files(self.path(table)))
+
     def read_or_empty(self, table: str, schema: StructType) -> DataFrame:
         return self.read(table) if self.exists(table) else self.spark.createDataFrame([], schema)
 
@@ -386,6 +392,9 @@ class _DeltaRsEngine:
     def read(self, path: str) -> DataFrame:
         return self._frame(self._table(path))
 
+    def active_files(self, path: str) -> list[str]:
+        return list(self._table(path).file_uris())
+
     def version(self, path: str) -> int:
         return self._table(path).version()
 
@@ -654,6 +663,10 @@ class _DeltaSparkEngine:
 
     def read(self, path: str) -> DataFrame:
         return self.spark.read.format("delta").load(path)
+
+    def active_files(self, path: str) -> list[str]:
+        # The JVM's Delta log is the one to ask; a Delta read's input files are exactly its active files.
+        return list(self.read(path).inputFiles())
 
     def version(self, path: str) -> int:
         return int(self._table(path).history(1).collect()[0]["version"])

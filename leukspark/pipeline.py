@@ -142,17 +142,7 @@ class Pipeline:
         if splits.empty:
             raise SplitError("the splits table is empty: run the split step first")
         bundle_dir = str(Path(self.lake.path("models")) / run_id)
-        context = train_stage.TrainingContext(
-            run_id=run_id,
-            feature_files=tuple(self.lake.read("gene_features").inputFiles()),
-            gene_order=tuple(genes),
-            assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
-                         for r in splits.itertuples(index=False)},
-            seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
-            feature_settings=dict(self.config["features"]),
-            training_inputs=self._training_inputs(splits),
-            selection=cfg["selection"], selection_k=cfg["selection_k"], inner_folds=cfg["tuning"]["inner_folds"],
-        )
+        context = self._training_context(run_id, genes, splits, bundle_dir)
         folds = split_stage.n_folds(splits)
         nested = evaluation.needs_nested_folds(cfg)
         choices = self._tune(context, folds, cfg) if cfg["tuning"]["method"] != "none" else None
@@ -186,22 +176,41 @@ class Pipeline:
             results = pd.concat([results, self._change_rows(results, previous_run)], ignore_index=True)
         stored = predictions if ood_predictions is None else pd.concat([predictions, ood_predictions],
                                                                        ignore_index=True)
-        self.lake.append("predictions", self.spark.createDataFrame(
-            stored[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=f"train {run_id}")
-        self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS),
-                         operation=f"train {run_id}")
-        if outcome.selected is not None:
-            self.lake.append("selected_genes", self.spark.createDataFrame(
-                outcome.selected.assign(run=run_id)[schemas.SELECTED_GENES.fieldNames()], schemas.SELECTED_GENES),
-                operation=f"train {run_id}")
-        if choices is not None:
-            self.lake.append("tuning", self.spark.createDataFrame(
-                tuning.tuning_table(choices, run_id, cfg["tuning"]["metric"]), schemas.TUNING),
-                operation=f"train {run_id}")
+        self._store_training_tables(run_id, stored, results, outcome.selected, choices)
         self._record_run(live, splits, len(genes), best, {"predictions": len(stored), "results": len(results)})
         text = train_stage.format_leaderboard(metrics, cfg["best_by"])
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def _training_context(self, run_id: str, genes: list[str], splits: pd.DataFrame,
+                          bundle_dir: str) -> train_stage.TrainingContext:
+        cfg = self.config["training"]
+        return train_stage.TrainingContext(
+            run_id=run_id,
+            feature_files=self.lake.active_files("gene_features"),
+            gene_order=tuple(genes),
+            assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
+                         for r in splits.itertuples(index=False)},
+            seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
+            feature_settings=dict(self.config["features"]),
+            training_inputs=self._training_inputs(splits),
+            selection=cfg["selection"], selection_k=cfg["selection_k"], inner_folds=cfg["tuning"]["inner_folds"],
+        )
+
+    def _store_training_tables(self, run_id: str, predictions: pd.DataFrame, results: pd.DataFrame,
+                               selected: pd.DataFrame | None, choices: pd.DataFrame | None) -> None:
+        operation = f"train {run_id}"
+        self.lake.append("predictions", self.spark.createDataFrame(
+            predictions[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=operation)
+        self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS), operation=operation)
+        if selected is not None:
+            self.lake.append("selected_genes", self.spark.createDataFrame(
+                selected.assign(run=run_id)[schemas.SELECTED_GENES.fieldNames()], schemas.SELECTED_GENES),
+                operation=operation)
+        if choices is not None:
+            metric = self.config["training"]["tuning"]["metric"]
+            self.lake.append("tuning", self.spark.createDataFrame(
+                tuning.tuning_table(choices, run_id, metric), schemas.TUNING), operation=operation)
 
     def _tune(self, context: train_stage.TrainingContext, n_folds: int, cfg: dict) -> pd.DataFrame:
         """Nested tuning: one fan-out of every (model, outer fold, candidate, inner fold) fit;

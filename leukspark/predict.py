@@ -16,7 +16,6 @@ error instead of a score. A sample's error never stops the others.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,7 +290,8 @@ def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: Sco
 
 def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None, model: str | None = None,
                  platform: str | None = None, annotation: str | Path | None = None,
-                 policy: ScoringPolicy | None = None, explain: bool = False) -> list[ScoredSample]:
+                 policy: ScoringPolicy | None = None, explain: bool = False,
+                 bundle_dir: Path | None = None) -> list[ScoredSample]:
     """Score every sample of a GEO or matrix file. Probe annotations come from the file itself,
     `annotation` (which also names the platform of a probe matrix) and the lake, in that order."""
     from .bundle import load_bundle
@@ -301,7 +301,7 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
         platform = annotation_platform_name(Path(annotation))
     # The input first: a malformed file is refused for what it is, whatever the lake holds.
     values, file_platforms = sample_tables_from_file(path, platform)
-    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
+    bundle = load_bundle(bundle_dir or resolve_bundle_dir(lake_root, run_id, model))
     if annotation is not None:
         file_platforms.append(read_platform_annotation(Path(annotation), platform=platform).to_pandas())
     platforms_needed = sorted(values["platform"].dropna().unique())
@@ -314,10 +314,10 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
 
 def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str | None = None,
                              model: str | None = None, policy: ScoringPolicy | None = None,
-                             explain: bool = False) -> list[ScoredSample]:
+                             explain: bool = False, bundle_dir: Path | None = None) -> list[ScoredSample]:
     from .bundle import load_bundle
 
-    bundle = load_bundle(resolve_bundle_dir(lake_root, run_id, model))
+    bundle = load_bundle(bundle_dir or resolve_bundle_dir(lake_root, run_id, model))
     values = read_small_table(lake_root, "expression", filters=[("series", [series])])
     if values.empty:
         raise PredictionError(f"series {series} has no samples in the lake at {lake_root}")
@@ -337,45 +337,28 @@ def format_records(scored: list[ScoredSample], output_format: str) -> str:
     return "\n".join(lines)
 
 
-def predict_command(args) -> int:
-    from .config import load_config
-
-    config = load_config(args.config)
-    policy = ScoringPolicy.from_config(config)
-    model = args.model or (None if config["predict"]["model"] == "best" else config["predict"]["model"])
-    source = Path(args.source).expanduser()
-    if source.exists():
-        scored = predict_file(source, args.lake, run_id=args.run, model=model, platform=args.platform,
-                              annotation=getattr(args, "annotation", None), policy=policy,
-                              explain=getattr(args, "explain", False))
-    else:
-        scored = predict_series_from_lake(args.lake, args.source, run_id=args.run, model=model, policy=policy,
-                                          explain=getattr(args, "explain", False))
-    if getattr(args, "explain", False) and all(s.explanation is None for s in scored if s.error is None):
-        print("--explain: this model has no per-gene weights (linear models only); no top_genes given",
-              file=sys.stderr)
-    print(format_records(scored, args.format))
-    if args.write:
-        write_scores(args, config, scored, model)
-    return 0 if all(s.error is None for s in scored) else 3
+def configured_model(requested: str | None, config: dict) -> str | None:
+    """The model to score with: the one asked for, else `predict.model` (None: the run's best)."""
+    return requested or (None if config["predict"]["model"] == "best" else config["predict"]["model"])
 
 
-def write_scores(args, config, scored: list[ScoredSample], model: str | None) -> None:
-    """Append scores to `scored_samples` (a Spark session is started only for this)."""
+def write_scores(lake_root: str | Path, config: dict, scored: list[ScoredSample], bundle_dir: Path,
+                 source: str) -> int:
+    """Append scores to `scored_samples`, naming the bundle that scored them (a Spark session is
+    started only for this); returns the number of rows."""
     from datetime import datetime, timezone
 
     from . import schemas
     from .lake import Lake
     from .spark import build_session
 
-    bundle_dir = resolve_bundle_dir(args.lake, args.run, model)  # the bundle that scored them
     spark = build_session(config)
-    lake = Lake.from_config(spark, args.lake, config)
+    lake = Lake.from_config(spark, lake_root, config)
     now = datetime.now(timezone.utc)
-    rows = [(now, bundle_dir.parent.name, bundle_dir.name, s.sample, str(args.source), s.probability_AML,
+    rows = [(now, bundle_dir.parent.name, bundle_dir.name, s.sample, source, s.probability_AML,
              s.prediction, s.missing_genes, s.error, s.input_scale, s.warning) for s in scored]
     lake.append("scored_samples", spark.createDataFrame(rows, schemas.SCORED_SAMPLES), operation="predict")
-    print(f"appended {len(rows)} row(s) to scored_samples", file=sys.stderr)
+    return len(rows)
 
 
 # -- the Spark batch path -----------------------------------------------------------------

@@ -13,9 +13,6 @@ t-SNE. AML is the positive class throughout, as in the rest of leukspark.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +25,6 @@ matplotlib.use("Agg")  # no display on workers or servers; must precede the pypl
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
@@ -40,11 +36,12 @@ from .lake import Lake, resolve_stored_path  # noqa: E402
 from .metrics import confusion_table, roc_auc  # noqa: E402
 from .reference import ALL_MARKERS, AML_MARKERS  # noqa: E402
 from .stages.train import TEST_FOLD, is_cv_fold, leaderboard  # noqa: E402
+from .report_base import DPI, FigureWriter, RunData, Section, _esc, _num, model_colours  # noqa: E402,F401
+from .report_science import science_sections  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
-DPI = 110
 EMBEDDING_SAMPLE_CAP = 3000   # PCA / t-SNE beyond this many samples add time, not insight
 PCA_COMPONENTS_FOR_TSNE = 50  # t-SNE on 50 PCA components: much faster, same picture
 TSNE_EXACT_MAX_SAMPLES = 500
@@ -54,34 +51,6 @@ RANDOM_STATE = 0
 CLASS_COLOURS = {NEGATIVE_CLASS: "#1f77b4", POSITIVE_CLASS: "#d62728", "excluded": "#9e9e9e"}
 CV_METRICS = (("accuracy", "Accuracy"), ("roc_auc", "ROC AUC"), ("f1", "F1"))
 
-
-@dataclass(frozen=True)
-class Section:
-    """One part of the page: `anchor` is the HTML id tests and the table of contents use."""
-
-    anchor: str
-    title: str
-    body: str
-
-
-@dataclass
-class RunData:
-    """Everything the report draws on, collected once from the lake (all small)."""
-
-    run_id: str
-    run: dict
-    labels: pd.DataFrame        # sample, label, subtype
-    excluded: pd.DataFrame      # sample, subtype, reason
-    splits: pd.DataFrame        # sample, set, fold, label
-    n_genes_table: int | None   # rows of the genes table, counted only when the run lacks n_genes
-    metrics: pd.DataFrame       # wide: model, fold, accuracy, ..., fit_seconds (CV folds and test)
-    cv_summary: pd.DataFrame    # index model, columns (metric, "mean"|"std")
-    predictions: pd.DataFrame   # the run's test-set predictions (out-of-fold ones in a CV-only run)
-    models: list[str]           # best first (leaderboard order)
-    evaluated_on: str = "test set"
-    best_by: str = "accuracy"
-    results: pd.DataFrame | None = None   # the run's long results rows
-    oof: pd.DataFrame | None = None       # out-of-fold (CV) prediction rows: model, fold, sample, probability_AML, truth
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,31 +162,7 @@ def cv_summary(results: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------------------
-class FigureWriter:
-    """Saves a figure once as PNG bytes: written to `out_dir` and embedded in the page."""
 
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-
-    def save(self, fig, file_name: str, alt: str) -> str:
-        """Write `file_name`, close the figure, return an <img> tag with the same PNG inline."""
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-        plt.close(fig)
-        png = buffer.getvalue()
-        (self.out_dir / file_name).write_bytes(png)
-        encoded = base64.b64encode(png).decode("ascii")
-        return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{_esc(alt)}">'
-                f'<figcaption>{_esc(file_name)}</figcaption></figure>')
-
-
-def model_colours(models: list[str]) -> dict[str, str]:
-    """A stable colour per model name (sorted order), shared by the ROC and CV charts.
-
-    tab10's blue and red are left out: they mean ALL and AML in the other figures.
-    """
-    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (0, 3)]
-    return {model: to_hex(palette[i % len(palette)]) for i, model in enumerate(sorted(models))}
 
 
 # ---------------------------------------------------------------------------------------
@@ -712,20 +657,6 @@ def top_genes_section(lake: Lake, data: RunData, figures: FigureWriter, n_genes:
     return Section("top-genes", title, "".join(parts))
 
 
-def science_sections(data: RunData, figures: FigureWriter) -> list[Section]:
-    from .report_science import (
-        ensembles_section, markers_section, ood_section, reliability_section, risk_coverage_section,
-        selection_section, tuning_section,
-    )
-
-    sections = [reliability_section(data, figures), risk_coverage_section(data, figures)]
-    for build in (tuning_section, ood_section, selection_section, ensembles_section, markers_section):
-        section = build(data)
-        if section is not None:
-            sections.append(section)
-    return sections
-
-
 # ---------------------------------------------------------------------------------------
 # the page
 # ---------------------------------------------------------------------------------------
@@ -757,14 +688,6 @@ def render_page(run_id: str, sections: list[Section]) -> str:
             f"<title>leukspark report {_esc(run_id)}</title><style>{CSS}</style></head><body>"
             f"<h1>leukspark: ALL vs AML</h1><p>Report of run <code>{_esc(run_id)}</code></p>"
             f"<nav>{nav}</nav>{body}</body></html>\n")
-
-
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value, digits: int = 4) -> str:
-    return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
 def _mean_std(mean, std) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 from . import POSITIVE_CLASS
 from .metrics import calibration_bins, risk_coverage_curve
 from .reference import LINEAGE_MARKERS
-from .report import FigureWriter, RunData, Section, _esc, _num, model_colours
+from .report_base import FigureWriter, RunData, Section, _esc, _num, model_colours
 from .stages.train import POOLED_FOLD, TEST_FOLD
 
 
@@ -210,3 +210,12 @@ def tuning_section(data: RunData) -> Section | None:
             "table.</p>")
     header = ["model", "outer fold", "chosen parameters", f"inner {metric}", f"outer {metric}", "optimism gap"]
     return Section("tuning", "Nested hyperparameter tuning", text + _table("tuning-table", header, rows))
+
+
+def science_sections(data: RunData, figures: FigureWriter) -> list[Section]:
+    sections = [reliability_section(data, figures), risk_coverage_section(data, figures)]
+    for build in (tuning_section, ood_section, selection_section, ensembles_section, markers_section):
+        section = build(data)
+        if section is not None:
+            sections.append(section)
+    return sections

@@ -69,16 +69,3 @@ def _comparison_text(pipeline: Pipeline, run_id: str, previous_run: str) -> str:
     lines = [f"change of test metrics against {previous_run}:"]
     lines += [f"  {r['model']:<22}{r['metric']:<10}{r['value']:+.4f}" for r in rows]
     return "\n".join(lines)
-
-
-def rerun_command(args) -> int:
-    from .cli import _pipeline
-
-    pipeline = _pipeline(args)
-    sources = args.series if args.series is not None else list(pipeline.config["ingest"]["series"])
-    outcome = rerun(pipeline, sources, report_dir=args.report)
-    if outcome.trained:
-        print(f"rerun: new run {outcome.trained.run_id} ({outcome.reason})")
-    else:
-        print(f"rerun: {outcome.reason}")
-    return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install leukspark into ./.venv (idempotent): Java 17 through apt when `java` is missing,
-# then the package with its test extras. torch is pinned to the CPU build (2.13.0).
+# Chromium for the report render test, then the package with its test extras. torch is pinned to the CPU build (2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,14 @@ if ! command -v java >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq openjdk-17-jre-headless
+fi
+
+# The report's render test loads the HTML in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "chromium not found: installing it (apt) for the report render test"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

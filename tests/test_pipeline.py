@@ -333,3 +333,35 @@ def test_spark_batch_scoring_matches_recorded_predictions(run, spark):
     for row in recorded.itertuples():
         assert stored.loc[row.sample, "probability_AML"] == pytest.approx(row.probability_AML, abs=1e-9)
         assert stored.loc[row.sample, "prediction"] == row.predicted
+
+
+def test_predict_model_in_the_configuration_scores_and_names_that_model(run, tmp_path, capsys):
+    """Regression: `predict.model` set in conf and no --model, from the CLI and the spark-submit job:
+    the rows written to scored_samples name the model that scored them, and carry its probabilities."""
+    import importlib.util
+
+    from leukspark.cli import main
+
+    lake, outcome = run["lake"], run["outcome"]["train"]
+    chosen = next(m for m in run["config"]["training"]["models"] if m != outcome.best_model)
+    settings = tmp_path / "predict.yaml"
+    settings.write_text(f"spark: {{shuffle_partitions: 4}}\npredict: {{model: {chosen}}}\n")
+    source = str(run["series"].series_matrix)
+    assert main(["predict", source, "--lake", str(lake.root), "--config", str(settings), "--write"]) == 0
+    printed = {json.loads(line)["sample"]: json.loads(line)["probability_AML"]
+               for line in capsys.readouterr().out.splitlines() if line.strip()}
+    spec = importlib.util.spec_from_file_location("predict_job", Path(__file__).resolve().parents[1] / "jobs" / "predict.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    before = set(lake.read("scored_samples").toPandas()["scored_at"])
+    assert job.main(["--lake", str(lake.root), "--config", str(settings)]) == 0
+
+    stored = lake.read("scored_samples").toPandas()
+    from_cli, from_job = stored[stored["source"] == source], stored[~stored["scored_at"].isin(before)]
+    assert len(from_cli) == N_SAMPLES and set(from_cli["model"]) == {chosen} and set(from_cli["run"]) == {outcome.run_id}
+    assert len(from_job) == N_SAMPLES and set(from_job["model"]) == {chosen}
+    recorded = lake.read("predictions").toPandas()
+    recorded = recorded[(recorded["run"] == outcome.run_id) & (recorded["fold"] == "test") & (recorded["model"] == chosen)]
+    for row in recorded.itertuples():
+        assert printed[row.sample] == pytest.approx(row.probability_AML, abs=1e-9)
+        assert from_cli.set_index("sample").loc[row.sample, "probability_AML"] == pytest.approx(row.probability_AML, abs=1e-9)

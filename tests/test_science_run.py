@@ -5,6 +5,8 @@ the excluded samples. Each table is checked against an oracle computed here."""
 from __future__ import annotations
 
 import json
+import re
+from html import unescape
 
 import numpy as np
 import pandas as pd
@@ -144,3 +146,25 @@ def test_report_has_the_new_sections(run):
         assert f"<section id='{anchor}'>" in html, anchor
     assert (run["base"] / "report" / "reliability.png").exists()
     assert (run["base"] / "report" / "risk_coverage.png").exists()
+
+
+def test_the_report_renders_in_chromium_with_every_image_loaded(run, tmp_path):
+    from browser import render
+    from PIL import Image
+
+    page = run["base"] / "report" / "report.html"
+    html = page.read_text()
+    shown = render(page, tmp_path / "browser")
+    assert shown.broken == [] and shown.images == html.count("<img ") > 0, shown
+    expected = re.findall(r"<section id='[^']+'><h2>(.*?)</h2>", html)
+    assert [unescape(h) for h in expected] == shown.headings, shown.headings
+    for title in ("Calibration", "risk-coverage", "Out-of-distribution", "gene selection", "Ensembles", "Lineage markers"):
+        assert any(title.lower() in h.lower() for h in shown.headings), (title, shown.headings)
+    with Image.open(shown.screenshot) as image:
+        assert image.size == (1280, 4000)
+        assert np.asarray(image.convert("L")).std() > 5  # the page drew something: text, tables, figures
+
+    # The check itself can fail: a page with one unreadable image is caught.
+    broken = tmp_path / "broken.html"
+    broken.write_text(html.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1))
+    assert len(render(broken, tmp_path / "broken").broken) == 1
