@@ -71,8 +71,8 @@ print("RESULT " + json.dumps({"run": outcome.run_id, "best": outcome.best_model}
 
 TASKS = """
 import json, sys
-import pandas as pd
-from deltalake import DeltaTable
+sys.path.insert(0, sys.argv[8])
+from measure import training_context
 from leukspark import tuning
 from leukspark.config import load_config
 from leukspark.stages import train as train_stage
@@ -81,14 +81,8 @@ config = load_config(overrides={"training.params": json.loads(sys.argv[6]), "tra
                                 "training.tuning.method": "random", "training.tuning.n_candidates": candidates,
                                 "training.selection": "moderated_t", "training.selection_k": 1000})
 cfg = config["training"]
-files = tuple(DeltaTable(f"{lake}/gene_features").file_uris())
-genes = DeltaTable(f"{lake}/genes").to_pandas().sort_values("position")["gene"].tolist()
-split = DeltaTable(f"{lake}/splits").to_pandas()
-context = train_stage.TrainingContext(
-    run_id="bench", feature_files=files, gene_order=tuple(genes),
-    assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label) for r in split.itertuples()},
-    seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=None, selection=cfg["selection"],
-    selection_k=cfg["selection_k"], inner_folds=inner)
+context = training_context(lake, "bench", config, selection=cfg["selection"], selection_k=cfg["selection_k"],
+                           inner_folds=inner)
 tasks = tuning.plan_tuning_tasks(cfg["models"], [str(k) for k in range(outer)], cfg["tuning"], cfg["params"], cfg["seed"])
 if sys.argv[2] == "spark":
     from leukspark.spark import build_session
@@ -120,7 +114,6 @@ def prepared_lake(samples: int) -> Path:
 
 
 def compare(samples: int) -> None:
-    import pandas as pd
     from deltalake import DeltaTable
 
     lake = prepared_lake(samples)
@@ -173,7 +166,7 @@ def tuning_fanout(samples: int, outer: int, inner: int, candidates: int) -> None
     for way in ("spark", "sequential"):
         path = WORK / f"tuning_{way}.parquet"
         out[way] = measure(f"tuning {way}", [sys.executable, "-c", TASKS, str(lake), way, str(outer), str(inner),
-                                             str(candidates), params, str(path)])
+                                             str(candidates), params, str(path), str(HERE)])
         if out[way].returncode != 0:
             raise SystemExit(f"tuning {way} failed")
     fits = json.loads(next(l for l in out["spark"].output_tail.splitlines() if l.startswith("RESULT "))[7:])["fits"]

@@ -44,19 +44,14 @@ print("RESULT " + json.dumps({"run": outcome.run_id, "leaderboard": outcome.lead
 
 SEQUENTIAL = """
 import json, sys, time
+sys.path.insert(0, sys.argv[3])
+from measure import training_context
 import pandas as pd
-from deltalake import DeltaTable
 from leukspark.config import load_config
 from leukspark.stages import train as train_stage
 lake = sys.argv[1]
 config = load_config()
-files = tuple(DeltaTable(f"{lake}/gene_features").file_uris())
-genes = DeltaTable(f"{lake}/genes").to_pandas().sort_values("position")["gene"].tolist()
-split = DeltaTable(f"{lake}/splits").to_pandas()
-context = train_stage.TrainingContext(
-    run_id="sequential", feature_files=files, gene_order=tuple(genes),
-    assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label) for r in split.itertuples()},
-    seed=config["training"]["seed"], scaler=config["training"]["scaler"], bundle_root=None)
+context = training_context(lake, "sequential", config)
 tasks = train_stage.plan_tasks(config["training"]["models"], config["split"]["folds"], config["training"]["params"])
 frames = [train_stage._train_one(task, context) for _, task in tasks.iterrows()]
 pd.concat(frames).to_parquet(sys.argv[2])
@@ -75,7 +70,7 @@ def main() -> None:
                                                  str(work / "fanout_predictions.parquet")])
     result = json.loads(next(l for l in fanout.output_tail.splitlines() if l.startswith("RESULT "))[7:])
     sequential = measure("sequential (30 fits)", [sys.executable, "-c", SEQUENTIAL, args.lake,
-                                                  str(work / "sequential_predictions.parquet")])
+                                                  str(work / "sequential_predictions.parquet"), str(HERE)])
     key = ["model", "fold", "sample"]
     a = pd.read_parquet(work / "fanout_predictions.parquet").sort_values(key).reset_index(drop=True)
     b = pd.read_parquet(work / "sequential_predictions.parquet").sort_values(key).reset_index(drop=True)

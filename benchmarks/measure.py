@@ -101,3 +101,18 @@ def write_results(name: str, lines: list[str]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def training_context(lake: str, run_id: str, config: dict, **settings):
+    """A TrainingContext over the tables a lake holds, read with deltalake (no Spark), for
+    benchmark snippets that run training tasks one after another or as a fan-out."""
+    from deltalake import DeltaTable
+
+    from leukspark.stages import train as train_stage
+
+    genes = DeltaTable(f"{lake}/genes").to_pandas().sort_values("position")["gene"].tolist()
+    return train_stage.TrainingContext(
+        run_id=run_id, feature_files=tuple(DeltaTable(f"{lake}/gene_features").file_uris()), gene_order=tuple(genes),
+        assignments=train_stage.split_assignments(DeltaTable(f"{lake}/splits").to_pandas()),
+        seed=config["training"]["seed"], scaler=config["training"]["scaler"], bundle_root=None, **settings)
+

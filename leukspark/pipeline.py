@@ -189,8 +189,7 @@ class Pipeline:
             run_id=run_id,
             feature_files=self.lake.active_files("gene_features"),
             gene_order=tuple(genes),
-            assignments={r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label)
-                         for r in splits.itertuples(index=False)},
+            assignments=train_stage.split_assignments(splits),
             seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
             feature_settings=dict(self.config["features"]),
             training_inputs=self._training_inputs(splits),

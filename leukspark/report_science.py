@@ -102,12 +102,17 @@ def risk_coverage_section(data: RunData, figures: FigureWriter) -> Section:
     return Section("abstention", title, text + img + table)
 
 
-def ood_section(data: RunData) -> Section | None:
-    results = data.results
-    if results is None:
+def _kept_rows(data: RunData, keep) -> pd.DataFrame | None:
+    """The run's results rows for which `keep(results)` is true; None when there are none."""
+    if data.results is None:
         return None
-    ood = results[results["fold"].str.startswith("ood:")]
-    if ood.empty:
+    rows = data.results[keep(data.results)]
+    return None if rows.empty else rows
+
+
+def ood_section(data: RunData) -> Section | None:
+    ood = _kept_rows(data, lambda r: r["fold"].str.startswith("ood:"))
+    if ood is None:
         return None
     wide = ood.pivot_table(index=["model", "fold"], columns="metric", values="value", aggfunc="first").reset_index()
     rows = [[r["model"], r["fold"][4:], int(r["n"]), int(r["errors"]), int(r["abstained"]), int(r["flagged"]),
@@ -184,12 +189,10 @@ def _tuned_values(params: str | None, searched: set[str]) -> str:
 
 
 def tuning_section(data: RunData) -> Section | None:
+    inner = _kept_rows(data, lambda r: r["metric"].str.startswith("tuning_inner_"))
+    if inner is None:
+        return None
     results = data.results
-    if results is None:
-        return None
-    inner = results[results["metric"].str.startswith("tuning_inner_")]
-    if inner.empty:
-        return None
     metric = inner["metric"].iloc[0].removeprefix("tuning_inner_")
     rows = []
     for model, part in inner.groupby("model", sort=False):

@@ -85,6 +85,11 @@ def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: b
     return tasks.sort_values("cost", ascending=False, kind="stable").drop(columns="cost").reset_index(drop=True)
 
 
+def split_assignments(splits: pd.DataFrame) -> dict:
+    """sample -> (set, fold or None, label), from the rows of the `splits` table."""
+    return {r.sample: (r.set, None if pd.isna(r.fold) else int(r.fold), r.label) for r in splits.itertuples(index=False)}
+
+
 def one_partition_per_task(spark: SparkSession, n_tasks: int) -> list[int]:
     """Task keys that Spark's hash partitioning sends to partitions 0..n-1, one each.
 
