@@ -217,14 +217,13 @@ def cmd_run(args) -> int:
 def cmd_predict(args) -> int:
     from .config import load_config
     from .predict import (
-        ScoringPolicy, configured_model, format_records, predict_file, predict_series_from_lake, resolve_bundle_dir,
-        write_scores,
+        ScoringPolicy, configured_model, format_records, predict_file, predict_series_from_lake, write_scores,
     )
 
     config = load_config(args.config)
-    # Resolved once: the bundle that scores the samples is the one their stored rows name.
-    bundle_dir = resolve_bundle_dir(args.lake, args.run, configured_model(args.model, config))
-    options = {"policy": ScoringPolicy.from_config(config), "explain": args.explain, "bundle_dir": bundle_dir}
+    # Each scored sample carries the bundle that scored it, which is what its stored row names.
+    options = {"policy": ScoringPolicy.from_config(config), "explain": args.explain, "run_id": args.run,
+               "model": configured_model(args.model, config)}
     source = Path(args.source).expanduser()
     if source.exists():
         scored = predict_file(source, args.lake, platform=args.platform, annotation=args.annotation, **options)
@@ -235,7 +234,7 @@ def cmd_predict(args) -> int:
               file=sys.stderr)
     print(format_records(scored, args.format))
     if args.write:
-        count = write_scores(args.lake, config, scored, bundle_dir, str(args.source))
+        count = write_scores(args.lake, config, scored, str(args.source))
         print(f"appended {count} row(s) to scored_samples", file=sys.stderr)
     return 0 if all(s.error is None for s in scored) else 3
 

@@ -39,6 +39,7 @@ class ScoredSample:
     shared_gene_fraction: float | None = None  # share of the model's genes the sample has
     warning: str | None = None                 # scored, but unlike the training samples
     explanation: list | None = None            # --explain: top genes by weight x standardized value
+    bundle_dir: Path | None = None             # the bundle that scored it: the run and model its stored row names
 
     def record(self) -> dict:
         context = {"input_scale": self.input_scale} if self.input_scale else {}
@@ -301,7 +302,8 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
         platform = annotation_platform_name(Path(annotation))
     # The input first: a malformed file is refused for what it is, whatever the lake holds.
     values, file_platforms = sample_tables_from_file(path, platform)
-    bundle = load_bundle(bundle_dir or resolve_bundle_dir(lake_root, run_id, model))
+    bundle_dir = bundle_dir or resolve_bundle_dir(lake_root, run_id, model)
+    bundle = load_bundle(bundle_dir)
     if annotation is not None:
         file_platforms.append(read_platform_annotation(Path(annotation), platform=platform).to_pandas())
     platforms_needed = sorted(values["platform"].dropna().unique())
@@ -309,7 +311,13 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
     if file_platforms:
         given = pd.concat(file_platforms, ignore_index=True)
         probes = pd.concat([given, probes[~probes["platform"].isin(given["platform"])]], ignore_index=True)
-    return score_values(bundle, values, probes, policy or ScoringPolicy(), explain)
+    return _scored_by(bundle_dir, score_values(bundle, values, probes, policy or ScoringPolicy(), explain))
+
+
+def _scored_by(bundle_dir: Path, scored: list[ScoredSample]) -> list[ScoredSample]:
+    for result in scored:
+        result.bundle_dir = bundle_dir
+    return scored
 
 
 def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str | None = None,
@@ -317,13 +325,14 @@ def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str 
                              explain: bool = False, bundle_dir: Path | None = None) -> list[ScoredSample]:
     from .bundle import load_bundle
 
-    bundle = load_bundle(bundle_dir or resolve_bundle_dir(lake_root, run_id, model))
+    bundle_dir = bundle_dir or resolve_bundle_dir(lake_root, run_id, model)
+    bundle = load_bundle(bundle_dir)
     values = read_small_table(lake_root, "expression", filters=[("series", [series])])
     if values.empty:
         raise PredictionError(f"series {series} has no samples in the lake at {lake_root}")
     probes = read_small_table(lake_root, "platform_probes",
                               filters=[("platform", sorted(values["platform"].dropna().unique()))])
-    return score_values(bundle, values, probes, policy or ScoringPolicy(), explain)
+    return _scored_by(bundle_dir, score_values(bundle, values, probes, policy or ScoringPolicy(), explain))
 
 
 def format_records(scored: list[ScoredSample], output_format: str) -> str:
@@ -342,9 +351,8 @@ def configured_model(requested: str | None, config: dict) -> str | None:
     return requested or (None if config["predict"]["model"] == "best" else config["predict"]["model"])
 
 
-def write_scores(lake_root: str | Path, config: dict, scored: list[ScoredSample], bundle_dir: Path,
-                 source: str) -> int:
-    """Append scores to `scored_samples`, naming the bundle that scored them (a Spark session is
+def write_scores(lake_root: str | Path, config: dict, scored: list[ScoredSample], source: str) -> int:
+    """Append scores to `scored_samples`, each naming the bundle that scored it (a Spark session is
     started only for this); returns the number of rows."""
     from datetime import datetime, timezone
 
@@ -355,7 +363,7 @@ def write_scores(lake_root: str | Path, config: dict, scored: list[ScoredSample]
     spark = build_session(config)
     lake = Lake.from_config(spark, lake_root, config)
     now = datetime.now(timezone.utc)
-    rows = [(now, bundle_dir.parent.name, bundle_dir.name, s.sample, source, s.probability_AML,
+    rows = [(now, s.bundle_dir.parent.name, s.bundle_dir.name, s.sample, source, s.probability_AML,
              s.prediction, s.missing_genes, s.error, s.input_scale, s.warning) for s in scored]
     lake.append("scored_samples", spark.createDataFrame(rows, schemas.SCORED_SAMPLES), operation="predict")
     return len(rows)
