@@ -1,57 +1,119 @@
-"""Probe-to-gene benchmark at full GSE13159 shape (2,096 x 54,675 = 114.6 M expression rows).
+"""Probe-to-gene benchmark: the features step at 524, 1,048 and 2,096 samples x 54,675 probes.
 
-Needs the lake that `bench_ingest.py --sizes 2096` leaves in benchmarks/work/lake_ingest_2096.
-Times the labels step and the features step (join with platform_probes, groupBy (sample, gene),
-vector assembly, Delta writes of `genes` and `gene_features`) in a subprocess, with the peak
-memory of the process tree. Results: benchmarks/results/features.md.
+For each size (a GSE13159-shaped series, seed 0, ingested into a fresh lake), one subprocess runs
+the labels step and then, timed separately, the features step three ways:
 
-    .venv/bin/python benchmarks/bench_features.py [--lake benchmarks/work/lake_ingest_2096]
+* per-sample (the default since issue 13): each task reads its `expression` files and turns each
+  sample's probes into per-gene sums and counts (one bincount); Spark's groupBy combines those;
+* relational (the previous default, still used for the median): join with the probe map and a
+  groupBy (sample, gene) over every expression row, then the vector assembly;
+* pandas: the single-process collapse of bench_end_to_end.py (per sample: reindex the probe to gene
+  map, groupby mean), on the same rows already in memory (reading them is not timed).
+
+Both Spark forms write `genes` and `gene_features` (Delta commits included) and their vectors are
+checked equal. Results: benchmarks/results/features.md.
+
+    .venv/bin/python benchmarks/bench_features.py [--sizes 524 1048 2096]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import header, measure, write_results  # noqa: E402
+from measure import WORK, header, measure, synthetic_series, write_results  # noqa: E402
 
 STEP = """
 import json, sys, time
+import numpy as np, pandas as pd
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
 from leukspark.config import load_config
 from leukspark.lake import Lake
 from leukspark.pipeline import Pipeline
 from leukspark.spark import build_session
+from leukspark.stages import features as feature_stage
+lake_root = sys.argv[1]
 config = load_config()
-spark = build_session(config)
-pipeline = Pipeline(spark, Lake.from_config(spark, sys.argv[1], config), config)
+began = time.perf_counter(); spark = build_session(config); start_s = time.perf_counter() - began
+lake = Lake.from_config(spark, lake_root, config)
+pipeline = Pipeline(spark, lake, config, echo=lambda m: None)
 began = time.perf_counter(); pipeline.labels(); labels_s = time.perf_counter() - began
-began = time.perf_counter(); summary = pipeline.features(); features_s = time.perf_counter() - began
-rows = pipeline.lake.read("expression").count()
-print("RESULT " + json.dumps({"labels_s": labels_s, "features_s": features_s, "expression_rows": rows,
-      "probes_in": summary.probes_in, "probes_used": summary.probes_used, "genes_out": summary.genes_out}))
+timings = {"spark start": start_s, "labels": labels_s}
+vectors = {}
+for form in ("per-sample", "relational", "per-sample (2nd)"):
+    original = feature_stage.build_features
+    if form == "relational":
+        feature_stage.build_features = lambda *a, expression_files=None, **k: original(*a, **k)
+    began = time.perf_counter(); pipeline.features(); timings[form] = time.perf_counter() - began
+    feature_stage.build_features = original
+    table = DeltaTable(lake.path("gene_features")).to_pandas().sort_values("sample")
+    vectors[form] = np.vstack(table["features"].to_numpy())
+same = all(np.allclose(vectors["relational"], v, rtol=1e-9, atol=1e-12, equal_nan=True) for v in vectors.values())
+
+# pandas: the single-process collapse of bench_end_to_end.py on the same rows (read untimed)
+probes = DeltaTable(lake.path("platform_probes")).to_pandas()
+single = probes[probes["gene_symbols"].map(lambda s: s is not None and len(s) == 1)]
+probe_gene = pd.Series([s[0] for s in single["gene_symbols"]], index=single["probe_id"].astype(str))
+labelled = set(DeltaTable(lake.path("labels")).to_pandas()["sample"])
+tables = {}
+for path in DeltaTable(lake.path("expression")).file_uris():
+    frame = pq.read_table(path.replace("file://", ""), columns=["sample", "probe_id", "value"]).to_pandas()
+    for name, part in frame.groupby("sample"):
+        if name in labelled:
+            tables[name] = part
+began = time.perf_counter()
+rows = {}
+for name in sorted(tables):
+    table = tables[name]
+    values = pd.Series(table["value"].to_numpy(), index=table["probe_id"].astype(str))
+    joined = pd.DataFrame({"gene": probe_gene.reindex(values.index), "value": values}).dropna(subset=["gene"])
+    rows[name] = joined.groupby("gene")["value"].mean()
+matrix = pd.DataFrame(rows).T.sort_index(axis=1)
+timings["pandas"] = time.perf_counter() - began
+print("RESULT " + json.dumps({"timings": timings, "same_vectors": bool(same), "samples": len(tables),
+                              "genes": int(vectors["per-sample"].shape[1]), "pandas_genes": int(matrix.shape[1]),
+                              "expression_files": len(lake.active_files("expression"))}))
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--lake", default=str(HERE / "work" / "lake_ingest_2096"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[524, 1048, 2096])
     args = parser.parse_args()
-    run = measure("labels + features", [sys.executable, "-c", STEP, args.lake])
-    result = json.loads(next(line for line in run.output_tail.splitlines() if line.startswith("RESULT "))[7:])
+    results = []
+    for n in args.sizes:
+        soft = synthetic_series(n)
+        lake = WORK / f"lake_features_{n}"
+        shutil.rmtree(lake, ignore_errors=True)
+        measure(f"ingest {n}", [sys.executable, "-m", "leukspark.cli", "ingest", str(soft), "--lake", str(lake)])
+        run = measure(f"features {n}", [sys.executable, "-c", STEP, str(lake)])
+        line = next(x for x in run.output_tail.splitlines() if x.startswith("RESULT "))
+        results.append((n, run, json.loads(line[7:])))
     lines = [header("Probe-to-gene benchmark", "python benchmarks/bench_features.py " + " ".join(sys.argv[1:])), ""]
-    lines.append(f"Lake: {args.lake} ({result['expression_rows']:,} expression rows). One subprocess runs the "
-                 "labels step, then the features step; the process-tree peak covers both (and the Spark start).\n")
-    lines.append("| step | seconds |")
-    lines.append("| --- | ---: |")
-    lines.append(f"| labels (rules over 2,096 samples) | {result['labels_s']:.1f} |")
-    lines.append(f"| features (join, groupBy, vectors, Delta writes) | {result['features_s']:.1f} |")
-    lines.append(f"| whole subprocess (incl. Spark start) | {run.seconds:.1f} |")
-    lines.append(f"\nPeak memory of the process tree: {run.peak_gb:.2f} GB. Probes in {result['probes_in']:,}, "
-                 f"used {result['probes_used']:,}, genes out {result['genes_out']:,}.")
+    lines.append("Synthetic GSE13159-shaped series (seed 0, default preset), 54,675 probes per sample, ingested "
+                 "into a fresh lake; one subprocess per size. Spark local[2]. Each Spark form is the whole "
+                 "features step (probe map, gene table, vectors, measured genes, Delta writes of `genes` and "
+                 "`gene_features`, the feature_builds row); pandas is the collapse alone on rows already in "
+                 "memory. ratio = pandas / per-sample (above 1: faster than pandas).\n")
+    lines.append("| samples | expression rows | per-sample (s) | again, warm (s) | relational (s) | pandas (s) | "
+                 "ratio vs pandas | vs relational | vectors equal | peak (GB) |")
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for n, run, result in results:
+        t = result["timings"]
+        lines.append(f"| {n:,} | {n * 54675:,} | {t['per-sample']:.1f} | {t['per-sample (2nd)']:.1f} | "
+                     f"{t['relational']:.1f} | {t['pandas']:.1f} | {t['pandas'] / t['per-sample']:.2f} | "
+                     f"{t['relational'] / t['per-sample']:.2f} | {result['same_vectors']} | {run.peak_gb:.2f} |")
+    lines.append("")
+    for n, run, result in results:
+        lines.append(f"- {n:,} samples: {result['expression_files']} expression files, {result['genes']:,} genes "
+                     f"(pandas {result['pandas_genes']:,}), Spark start {result['timings']['spark start']:.1f} s, "
+                     f"labels {result['timings']['labels']:.1f} s")
     write_results("features.md", lines)
 
 

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_command(commands)
     _add_run_command(commands)
     _add_predict_command(commands)
+    _add_score_command(commands)
     _add_report_command(commands)
     _add_rerun_command(commands)
     return parser
@@ -66,13 +67,12 @@ def _add_synth_command(commands) -> None:
 
 
 def _add_ingest_command(commands) -> None:
-    ingest = commands.add_parser(
-        "ingest", help="ingest GEO series or matrix files into the lake's Delta tables",
-        description="Parse GEO files (family SOFT, sample SOFT, series matrix), GEO accessions "
-                    "(downloaded into the cache) or expression matrices (CSV/TSV/GCT) into the tables "
-                    "series, samples, expression and platform_probes. Re-ingesting adds nothing.")
+    ingest = _lake_command(
+        commands, "ingest", "ingest GEO series or matrix files into the lake's Delta tables",
+        "Parse GEO files (family SOFT, sample SOFT, series matrix), GEO accessions (downloaded into the cache) "
+        "or expression matrices (CSV/TSV/GCT) into the tables series, samples, expression and platform_probes. "
+        "Re-ingesting adds nothing.")
     ingest.add_argument("sources", nargs="+", metavar="SOURCE", help="GSE accession, GEO file or matrix file")
-    _add_lake_arguments(ingest)
     _add_input_arguments(ingest)
 
 
@@ -115,24 +115,39 @@ def _add_predict_command(commands) -> None:
                          help="add each sample's top contributing genes (linear models: weight x standardized value)")
 
 
+def _add_score_command(commands) -> None:
+    score = _lake_command(
+        commands, "score", "score the lake's series in a Spark job and append to scored_samples (jobs/predict.py)",
+        "Collapse and score every sample of the lake's series (or of --series) with a run's model in one Spark "
+        "job; the rows go to the scored_samples table. For a file, use predict.")
+    score.add_argument("--series", nargs="*", help="series ids (default: all)")
+    score.add_argument("--run", help="run id (default: latest successful run)")
+    score.add_argument("--model", help="model name (default: predict.model in the configuration, else the run's best)")
+
+
 def _add_report_command(commands) -> None:
-    report = commands.add_parser("report", help="write a run's HTML report with its plots",
-                                 description="Write one self-contained HTML file and the PNGs for a run.")
-    _add_lake_arguments(report)
+    report = _lake_command(commands, "report", "write a run's HTML report with its plots",
+                           "Write one self-contained HTML file and the PNGs for a run.")
     report.add_argument("--run", help="run id (default: latest successful run)")
     report.add_argument("--out", required=True, help="output folder")
 
 
 def _add_rerun_command(commands) -> None:
-    rerun = commands.add_parser(
-        "rerun", help="ingest new series and retrain when the data changed (for schedulers)",
-        description="Ingest the series listed in the configuration (ingest.series) or on the command line "
-                    "that are new, re-derive labels and features, and retrain only when the data changed. "
-                    "Running it twice in a row changes nothing the second time.")
-    _add_lake_arguments(rerun)
+    rerun = _lake_command(
+        commands, "rerun", "ingest new series and retrain when the data changed (for schedulers)",
+        "Ingest the series listed in the configuration (ingest.series) or on the command line that are new, "
+        "re-derive labels and features, and retrain only when the data changed. Running it twice in a row "
+        "changes nothing the second time.")
     rerun.add_argument("--series", nargs="*", default=None, metavar="SOURCE",
                        help="GSE accessions or files (default: ingest.series from the config)")
     rerun.add_argument("--report", metavar="DIR", help="write the report of a new run here")
+
+
+def _lake_command(commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A command that works on a lake: --lake and --config come first in its help."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    _add_lake_arguments(parser)
+    return parser
 
 
 def _add_lake_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,15 +235,18 @@ def cmd_predict(args) -> int:
         ScoringPolicy, configured_model, format_records, predict_file, predict_series_from_lake, write_scores,
     )
 
+    from .lake import LakeReader
+
     config = load_config(args.config)
+    lake = LakeReader.of(args.lake, config)
     # Each scored sample carries the bundle that scored it, which is what its stored row names.
     options = {"policy": ScoringPolicy.from_config(config), "explain": args.explain, "run_id": args.run,
                "model": configured_model(args.model, config)}
     source = Path(args.source).expanduser()
     if source.exists():
-        scored = predict_file(source, args.lake, platform=args.platform, annotation=args.annotation, **options)
+        scored = predict_file(source, lake, platform=args.platform, annotation=args.annotation, **options)
     else:
-        scored = predict_series_from_lake(args.lake, args.source, **options)
+        scored = predict_series_from_lake(lake, args.source, **options)
     if args.explain and all(s.explanation is None for s in scored if s.error is None):
         print("--explain: this model has no per-gene weights (linear models only); no top_genes given",
               file=sys.stderr)
@@ -237,6 +255,12 @@ def cmd_predict(args) -> int:
         count = write_scores(args.lake, config, scored, str(args.source))
         print(f"appended {count} row(s) to scored_samples", file=sys.stderr)
     return 0 if all(s.error is None for s in scored) else 3
+
+
+def cmd_score(args) -> int:
+    pipeline = _pipeline(args)
+    pipeline.score(args.series, run_id=args.run, model=args.model)
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -258,7 +282,7 @@ def cmd_rerun(args) -> int:
 
 COMMANDS = {
     "synth": cmd_synth, "ingest": cmd_ingest, "run": cmd_run, "predict": cmd_predict,
-    "report": cmd_report, "rerun": cmd_rerun,
+    "score": cmd_score, "report": cmd_report, "rerun": cmd_rerun,
 }
 
 

@@ -81,7 +81,18 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     for dotted, value in (overrides or {}).items():
         _set_dotted(config, dotted, value)
     validate_config(config, source=source, defaults=defaults)
+    config["training"]["params"] = resolved_model_params(config["training"]["params"])
     return config
+
+
+def resolved_model_params(overrides: Mapping[str, Mapping]) -> dict[str, dict]:
+    """Every registered model's parameters: its module's defaults, then the configuration's overrides.
+
+    The defaults live on the model's spec only; `training.params` in the YAML holds overrides.
+    """
+    from .models import REGISTRY
+
+    return {name: spec.resolve_params(overrides.get(name)) for name, spec in sorted(REGISTRY.items())}
 
 
 def validate_config(config: dict, source: str = "configuration", defaults: dict | None = None) -> None:

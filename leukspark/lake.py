@@ -44,6 +44,57 @@ STAGING_PREFIX = "part-"
 FILE_PATH_COLUMN = "_leukspark_file"
 
 
+def table_path(root: str, catalog: dict[str, str], table: str) -> str:
+    """Where the catalog puts `table` under `root` (a local folder or a URI)."""
+    name = catalog.get(table, table)
+    if "://" in root:
+        return f"{root.rstrip('/')}/{name}"
+    return str(Path(root).resolve() / name)
+
+
+class LakeReader:
+    """Reads of a lake's small tables (runs, annotations, one series) on the driver, without Spark.
+
+    `predict` scores a file in milliseconds because it never starts a session; it reads
+    through this, with the same catalog as `Lake`, so both find the same tables.
+    """
+
+    def __init__(self, root: str | Path, catalog: dict[str, str] | None = None):
+        self.root = str(root)
+        self.catalog = dict(catalog or {})
+
+    @classmethod
+    def of(cls, lake: "str | Path | LakeReader", config: dict | None = None) -> "LakeReader":
+        if isinstance(lake, LakeReader):
+            return lake
+        return cls(lake, (config or {}).get("tables"))
+
+    def path(self, table: str) -> str:
+        return table_path(self.root, self.catalog, table)
+
+    def exists(self, table: str) -> bool:
+        path = self.path(table)
+        if "://" in path:
+            from deltalake import DeltaTable
+
+            return DeltaTable.is_deltatable(path)
+        return (Path(path) / "_delta_log").is_dir() and any((Path(path) / "_delta_log").glob("*.json"))
+
+    def read_small(self, table: str, columns: list[str] | None = None, filters: list | None = None):
+        """The table as pandas; `filters` is [(column, allowed values), ...], pushed down to the files."""
+        import pyarrow.compute as pc
+        from deltalake import DeltaTable
+
+        if not self.exists(table):
+            raise TableError(f"table '{table}' does not exist at {self.path(table)}")
+        expression = None
+        for column, values in filters or []:
+            condition = pc.field(column).isin(list(values))
+            expression = condition if expression is None else expression & condition
+        dataset = DeltaTable(self.path(table)).to_pyarrow_dataset()
+        return dataset.to_table(columns=columns, filter=expression).to_pandas()
+
+
 @dataclass(frozen=True)
 class StagedFiles:
     """Parquet files written into a table's folder, not yet part of any version."""
@@ -91,10 +142,7 @@ class Lake:
 
     # -- naming ---------------------------------------------------------------------------
     def path(self, table: str) -> str:
-        name = self.catalog.get(table, table)
-        if "://" in self.root:
-            return f"{self.root.rstrip('/')}/{name}"
-        return str(Path(self.root).resolve() / name)
+        return table_path(self.root, self.catalog, table)
 
     def exists(self, table: str) -> bool:
         return self._engine_impl.exists(self.path(table))
@@ -112,6 +160,15 @@ class Lake:
         if not self.exists(table):
             raise TableError(f"table '{table}' does not exist at {self.path(table)}")
         return tuple(self._engine_impl.active_files(self.path(table)))
+
+    def read_small(self, table: str, columns: list[str] | None = None, filters: list | None = None):
+        """A small table (or a filtered slice) as pandas on the driver, as `LakeReader` reads it."""
+        if self.engine == "delta-rs":
+            return LakeReader(self.root, self.catalog).read_small(table, columns, filters)
+        frame = self.read(table)
+        for column, values in filters or []:
+            frame = frame.where(F.col(column).isin(list(values)))
+        return (frame.select(*columns) if columns else frame).toPandas()
 
     def read_or_empty(self, table: str, schema: StructType) -> DataFrame:
         return self.read(table) if self.exists(table) else self.spark.createDataFrame([], schema)

@@ -27,7 +27,8 @@ OOD_METRICS = ("n", "scored", "errors", "abstained", "flagged", "called_ALL", "c
 
 def excluded_matrix(lake, excluded: pd.DataFrame, genes: list[str], feature_cfg: dict):
     """(samples, matrix in `genes` order, platform per sample, value scale per sample) of the excluded samples."""
-    from .stages.features import feature_vectors, gene_values, probe_gene_map, scale_per_sample, to_model_scale
+    from .stages.collapse import collapse, probe_gene_map
+    from .stages.features import feature_vectors
 
     spark = lake.spark
     wanted = spark.createDataFrame([(s,) for s in excluded["sample"]], "sample string")
@@ -36,10 +37,7 @@ def excluded_matrix(lake, excluded: pd.DataFrame, genes: list[str], feature_cfg:
     positions = spark.createDataFrame([(i, g) for i, g in enumerate(genes)], "position int, gene string")
     probe_map = probe_gene_map(lake.read("platform_probes"), feature_cfg["multi_gene"])
     positioned = probe_map.join(F.broadcast(positions), "gene")
-    scoped = to_model_scale(lake.read("expression"), samples, feature_cfg)
-    values = gene_values(scoped, positioned, feature_cfg["aggregate"], key="position")
-    if feature_cfg["scale_per_sample"]:
-        values = scale_per_sample(values, key="position")
+    values = collapse(lake.read("expression"), samples, positioned, feature_cfg, key="position")
     vectors = feature_vectors(values, len(genes)).toPandas().sort_values("sample")
     names = list(vectors["sample"])
     matrix = (np.vstack([np.asarray(v, dtype=np.float64) for v in vectors["features"]]) if names

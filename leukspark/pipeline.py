@@ -27,7 +27,7 @@ from . import __version__, schemas
 from .config import RANGES, config_hash
 from .errors import ConfigError, InputError, LabelError, SplitError, TableError
 from .lake import Lake, stored_path
-from .runs import LiveRun, RunLedger
+from .runs import LiveRun, RunLedger, RunLog
 from .stages import features as feature_stage
 from .stages import labels as label_stage
 from .stages import split as split_stage
@@ -87,7 +87,7 @@ class Pipeline:
 
     def features(self, *, only_if_changed: bool = False) -> feature_stage.ProbeMapSummary | None:
         fingerprint = self.fingerprint(("samples", "labels"))
-        if only_if_changed and self._last_operation("gene_features") == f"features {fingerprint}":
+        if only_if_changed and self.run_log.features_built_from() == fingerprint:
             self.echo("features are up to date with samples, labels and settings: nothing to do")
             return None
         labels = self.lake.read("labels")
@@ -97,10 +97,16 @@ class Pipeline:
         platform_probes = self.lake.read("platform_probes")
         labelled = (self.lake.read("samples").select("sample", "platform", "value_scale")
                     .join(labels.select("sample"), "sample"))
+        # The files are read as they are only where no deletion vector can hide rows in them.
+        files = self.lake.active_files("expression") if self.lake.engine == "delta-rs" else None
         gene_features, genes, probe_map = feature_stage.build_features(
-            expression, platform_probes, labelled, self.config["features"])
-        self.lake.overwrite("genes", genes, operation=f"features {fingerprint}")
-        self.lake.overwrite("gene_features", gene_features, operation=f"features {fingerprint}")
+            expression, platform_probes, labelled, self.config["features"], expression_files=files)
+        self.lake.overwrite("genes", genes, operation="features")
+        self.lake.overwrite("gene_features", gene_features, operation="features")
+        # Recorded last: a build that fails half-way leaves the previous fingerprint, so it is rebuilt.
+        build = (fingerprint, datetime.now(timezone.utc), labelled.count(), genes.count())
+        self.lake.append("feature_builds", self.spark.createDataFrame([build], schemas.FEATURE_BUILDS),
+                         operation="features")
         platforms = [r["platform"] for r in labelled.select("platform").distinct().collect()]
         # The gene table is built from the same scoped probe map, so its genes are the ones counted here.
         summary = feature_stage.summarize_probe_map(platform_probes, probe_map, platforms)
@@ -302,6 +308,18 @@ class Pipeline:
                                params=f"previous run {previous_run}")
         return merged[schemas.RESULTS.fieldNames()]
 
+    def score(self, series: list[str] | None = None, *, run_id: str | None = None,
+              model: str | None = None) -> int:
+        """Score the lake's series (all when None) with a run's model bundle in one Spark job and
+        append the rows to `scored_samples`; returns how many. `model` defaults to `predict.model`."""
+        from .predict import ScoringPolicy, configured_model, score_series
+
+        bundle_dir = self.run_log.bundle_dir(run_id, configured_model(model, self.config))
+        scored = score_series(self.spark, self.lake, series, bundle_dir, ScoringPolicy.from_config(self.config))
+        commit = self.lake.append("scored_samples", scored, operation="predict")
+        self.echo(f"scored {commit.rows_written} sample(s) with {bundle_dir.parent.name}/{bundle_dir.name}")
+        return commit.rows_written
+
     def report(self, out_dir: str, run_id: str | None = None) -> Path:
         from .report import write_report
 
@@ -337,12 +355,6 @@ class Pipeline:
         self.lake.overwrite(table, frame, operation=operation)
         return True
 
-    def _last_operation(self, table: str) -> str | None:
-        if not self.lake.exists(table):
-            return None
-        history = self.lake.history(table)
-        return history[0]["operation"] if history else None
-
     @cached_property
     def ledger(self) -> RunLedger:
         return RunLedger(self.lake, lambda message: self.echo(message))
@@ -352,20 +364,12 @@ class Pipeline:
         a run that is still alive keeps them."""
         return self.ledger.discard_incomplete()
 
-    def latest_run(self) -> str:
-        if not self.lake.exists("runs"):
-            raise TableError("no run recorded in this lake yet: run `leukspark run` first")
-        row = (self.lake.read("runs").where(F.col("status") == "succeeded")
-               .orderBy(F.col("finished_at").desc()).select("run").first())
-        if row is None:
-            raise TableError("no successful run recorded in this lake yet")
-        return row["run"]
+    @cached_property
+    def run_log(self) -> RunLog:
+        return RunLog(self.lake)
 
-    def run_record(self, run_id: str) -> dict:
-        row = self.lake.read("runs").where(F.col("run") == run_id).first()
-        if row is None:
-            raise TableError(f"run {run_id} is not in the runs table")
-        return row.asDict()
+    def latest_run(self) -> str:
+        return self.run_log.latest_run_id()
 
     def _record_run(self, live: LiveRun, splits, n_genes, best, expected_rows: dict[str, int]) -> None:
         record = {

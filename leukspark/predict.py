@@ -1,12 +1,13 @@
 """Scoring new samples with a run's model bundle.
 
-Two paths share the same collapse-and-score code:
+Two paths share the probe-to-gene rules (`stages.collapse`, a pandas and a Spark form) and
+the scoring code:
 
 * `predict_file` parses a GEO or matrix file in plain Python and scores it: one sample
-  takes milliseconds with a loaded bundle, no Spark job.
+  takes milliseconds with a loaded bundle, no Spark job; the lake is read with `LakeReader`.
 * `score_series` is the Spark batch path (`jobs/predict.py`): expression rows from the
-  lake, probes collapsed by the feature stage's groupBy, vectors scored per partition with
-  `mapInPandas`, results appended to `scored_samples`.
+  lake, probes collapsed by the feature stage's groupBy, vectors scored per sample group
+  with `applyInPandas`, results appended to `scored_samples`.
 
 Genes the model needs but a sample lacks are filled with the training means (the bundle's
 imputer) when they are few; above `predict.max_missing_gene_fraction` the sample gets an
@@ -23,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from . import NEGATIVE_CLASS, POSITIVE_CLASS
-from .errors import BundleError, PredictionError, TableError
+from .errors import PredictionError
+from .lake import LakeReader
+from .runs import RunLog
 
 UNCLASSIFIED = "unclassified"  # P(AML) inside the bundle's abstention band
 
@@ -71,93 +74,13 @@ class ScoringPolicy:
         return cls(cfg["max_missing_gene_fraction"], cfg["min_shared_gene_fraction"], cfg["range_margin"])
 
 
-# -- small tables straight from Delta (no Spark session needed) ---------------------------
-def read_small_table(lake_root: str | Path, table: str, columns: list[str] | None = None,
-                     filters: list | None = None) -> pd.DataFrame:
-    from deltalake import DeltaTable
+# -- input scale ---------------------------------------------------------------------------
+def detect_sample_scales(values: pd.DataFrame) -> dict[str, str]:
+    """Each sample's input scale, detected from its values as ingest detects it at training."""
+    from .scale import detect_scale, value_quantiles
 
-    path = Path(lake_root) / table
-    if not (path / "_delta_log").is_dir():
-        raise TableError(f"table '{table}' does not exist at {path}")
-    dataset = DeltaTable(str(path)).to_pyarrow_dataset()
-    import pyarrow.compute as pc
-
-    expression = None
-    for column, values in filters or []:
-        condition = pc.field(column).isin(values)
-        expression = condition if expression is None else expression & condition
-    return dataset.to_table(columns=columns, filter=expression).to_pandas()
-
-
-def resolve_bundle_dir(lake_root: str | Path, run_id: str | None, model: str | None) -> Path:
-    """The bundle folder of `model` in `run_id` (defaults: latest successful run, its best model)."""
-    runs = read_small_table(lake_root, "runs")
-    runs = runs[runs["status"] == "succeeded"]
-    if runs.empty:
-        raise TableError(f"no successful run in the lake at {lake_root}: run `leukspark run` first")
-    if run_id is None:
-        row = runs.sort_values("finished_at").iloc[-1]
-    else:
-        matching = runs[runs["run"] == run_id]
-        if matching.empty:
-            raise TableError(f"run {run_id} is not in the lake; known runs: {', '.join(runs['run'])}")
-        row = matching.iloc[-1]
-    from .lake import resolve_stored_path
-
-    run_bundles = resolve_stored_path(lake_root, row["bundle_dir"], in_lake=f"models/{row['run']}")
-    directory = run_bundles / (model or row["best_model"])
-    if not directory.is_dir():
-        raise BundleError(f"{directory}: no model bundle '{model or row['best_model']}' in run {row['run']}")
-    return directory
-
-
-# -- collapse probes to the bundle's genes -----------------------------------------------
-def probe_to_gene_map(platform_probes: pd.DataFrame, multi_gene: str) -> pd.DataFrame:
-    """(platform, probe_id, gene) with the same rules as the Spark feature stage."""
-    symbols = platform_probes["gene_symbols"].map(
-        lambda s: [x.strip() for x in (list(s) if s is not None else []) if x and x.strip()])
-    frame = platform_probes[["platform", "probe_id"]].assign(symbols=symbols)
-    if multi_gene == "drop":
-        frame = frame[frame["symbols"].map(len) == 1]
-    else:
-        frame = frame[frame["symbols"].map(len) >= 1]
-    if multi_gene in ("drop", "first"):
-        return frame.assign(gene=frame["symbols"].map(lambda s: s[0]))[["platform", "probe_id", "gene"]]
-    exploded = frame.explode("symbols").rename(columns={"symbols": "gene"})
-    return exploded[["platform", "probe_id", "gene"]].drop_duplicates()
-
-
-def collapse_to_genes(values: pd.DataFrame, probe_map: pd.DataFrame, gene_order: list[str],
-                      feature_settings: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (sample, platform, probe_id, value) -> matrix in `gene_order`, and measured-gene counts."""
-    joined = values.merge(probe_map, on=["platform", "probe_id"], how="inner")
-    aggregate = feature_settings.get("aggregate", "mean")
-    per_gene = joined.groupby(["sample", "gene"], sort=False)["value"].agg(aggregate).reset_index()
-    if feature_settings.get("scale_per_sample"):
-        bounds = per_gene.groupby("sample")["value"].agg(["min", "max"])
-        per_gene = per_gene.join(bounds, on="sample")
-        span = (per_gene["max"] - per_gene["min"]).where(lambda s: s > 0)
-        per_gene["value"] = ((per_gene["value"] - per_gene["min"]) / span).fillna(0.0)
-    wide = per_gene.pivot(index="sample", columns="gene", values="value")
-    samples = list(dict.fromkeys(values["sample"]))
-    wide = wide.reindex(index=samples, columns=gene_order)
-    matrix = wide.to_numpy(dtype=float)
-    return matrix, np.isfinite(matrix).sum(axis=1)
-
-
-def to_model_scale(values: pd.DataFrame, feature_settings: dict) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Probe values (sample, platform, probe_id, value) on the model's scale, and each sample's
-    detected input scale: the same per-sample decision as the features stage at training."""
-    from .scale import detect_scale, needs_log, to_log2, transform_settings, value_quantiles
-
-    transform, floor = transform_settings(feature_settings)
-    scales, parts = {}, []
-    for sample, part in values.groupby("sample", sort=False):
-        scales[sample] = detect_scale(value_quantiles(part["value"].to_numpy(dtype=float)))
-        if needs_log(scales[sample], transform):
-            part = part.assign(value=to_log2(part["value"].to_numpy(dtype=float), floor))
-        parts.append(part)
-    return (pd.concat(parts, ignore_index=True) if parts else values), scales
+    return {sample: detect_scale(value_quantiles(part.to_numpy(dtype=float)))
+            for sample, part in values.groupby("sample", sort=False)["value"]}
 
 
 def _scale_error(bundle, input_scale: str | None) -> str | None:
@@ -273,11 +196,13 @@ def sample_tables_from_file(path: Path, platform: str | None = None):
 def score_values(bundle, values: pd.DataFrame, probes: pd.DataFrame, policy: ScoringPolicy,
                  explain: bool = False) -> list[ScoredSample]:
     """Probe values (sample, platform, probe_id, value) -> scale decision, genes, scores."""
+    from .stages.collapse import collapse_pd, gene_matrix, probe_gene_map_pd
+
     settings = bundle.feature_settings
-    values, scales = to_model_scale(values, settings)
-    probe_map = probe_to_gene_map(probes, settings.get("multi_gene", "drop"))
-    matrix, _ = collapse_to_genes(values, probe_map, bundle.gene_order, settings)
+    scales = detect_sample_scales(values)
+    probe_map = probe_gene_map_pd(probes, settings.get("multi_gene", "drop"))
     samples = list(dict.fromkeys(values["sample"]))
+    matrix = gene_matrix(collapse_pd(values, scales, probe_map, settings), samples, bundle.gene_order)
     platform_of = values.drop_duplicates("sample").set_index("sample")["platform"].to_dict()
     scored = score_matrix(bundle, samples, matrix, policy, platforms=platform_of, scales=scales, explain=explain)
     annotated = set(probes["platform"])
@@ -302,12 +227,13 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
         platform = annotation_platform_name(Path(annotation))
     # The input first: a malformed file is refused for what it is, whatever the lake holds.
     values, file_platforms = sample_tables_from_file(path, platform)
-    bundle_dir = bundle_dir or resolve_bundle_dir(lake_root, run_id, model)
+    lake = LakeReader.of(lake_root)
+    bundle_dir = bundle_dir or RunLog(lake).bundle_dir(run_id, model)
     bundle = load_bundle(bundle_dir)
     if annotation is not None:
         file_platforms.append(read_platform_annotation(Path(annotation), platform=platform).to_pandas())
     platforms_needed = sorted(values["platform"].dropna().unique())
-    probes = read_small_table(lake_root, "platform_probes", filters=[("platform", platforms_needed)])
+    probes = lake.read_small("platform_probes", filters=[("platform", platforms_needed)])
     if file_platforms:
         given = pd.concat(file_platforms, ignore_index=True)
         probes = pd.concat([given, probes[~probes["platform"].isin(given["platform"])]], ignore_index=True)
@@ -325,13 +251,13 @@ def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str 
                              explain: bool = False, bundle_dir: Path | None = None) -> list[ScoredSample]:
     from .bundle import load_bundle
 
-    bundle_dir = bundle_dir or resolve_bundle_dir(lake_root, run_id, model)
+    lake = LakeReader.of(lake_root)
+    bundle_dir = bundle_dir or RunLog(lake).bundle_dir(run_id, model)
     bundle = load_bundle(bundle_dir)
-    values = read_small_table(lake_root, "expression", filters=[("series", [series])])
+    values = lake.read_small("expression", filters=[("series", [series])])
     if values.empty:
-        raise PredictionError(f"series {series} has no samples in the lake at {lake_root}")
-    probes = read_small_table(lake_root, "platform_probes",
-                              filters=[("platform", sorted(values["platform"].dropna().unique()))])
+        raise PredictionError(f"series {series} has no samples in the lake at {lake.root}")
+    probes = lake.read_small("platform_probes", filters=[("platform", sorted(values["platform"].dropna().unique()))])
     return _scored_by(bundle_dir, score_values(bundle, values, probes, policy or ScoringPolicy(), explain))
 
 
@@ -380,7 +306,7 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
     from . import schemas
     from .bundle import load_bundle
     from .scale import transform_settings
-    from .stages.features import gene_values, probe_gene_map, scale_per_sample, to_model_scale as spark_model_scale
+    from .stages.collapse import collapse, gene_matrix, probe_gene_map
 
     bundle = load_bundle(bundle_dir)
     settings = bundle.feature_settings
@@ -388,11 +314,9 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
     if series:
         samples = samples.where(F.col("series").isin(*series))
     transform, floor = transform_settings(settings)
-    expression = spark_model_scale(lake.read("expression"), samples, {"transform": transform, "log_floor": floor})
     probe_map = probe_gene_map(lake.read("platform_probes"), settings.get("multi_gene", "drop"))
-    values = gene_values(expression, probe_map, settings.get("aggregate", "mean"))
-    if settings.get("scale_per_sample"):
-        values = scale_per_sample(values)
+    values = collapse(lake.read("expression"), samples, probe_map,
+                      {**settings, "transform": transform, "log_floor": floor})
     wanted = spark.createDataFrame([(g,) for g in bundle.gene_order], "gene string")
     values = values.join(F.broadcast(wanted), "gene", "left_semi")
     inputs = {r["sample"]: (r["platform"], r["value_scale"]) for r in samples.collect()}  # one row per sample
@@ -403,11 +327,8 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
         from .bundle import load_bundle as load
 
         scorer = _BUNDLE_CACHE.get(bundle_path) or _BUNDLE_CACHE.setdefault(bundle_path, load(Path(bundle_path)))
-        frame = group.assign(platform="", probe_id=group["gene"])
-        identity = pd.DataFrame({"platform": "", "probe_id": scorer.gene_order, "gene": scorer.gene_order})
-        matrix, _ = collapse_to_genes(frame[["sample", "platform", "probe_id", "value"]], identity,
-                                      scorer.gene_order, {"aggregate": "mean"})
-        names = list(dict.fromkeys(frame["sample"]))
+        names = list(dict.fromkeys(group["sample"]))
+        matrix = gene_matrix(group, names, scorer.gene_order)
         scored = score_matrix(scorer, names, matrix, policy, platforms={n: inputs[n][0] for n in names},
                               scales={n: inputs[n][1] for n in names})
         return pd.DataFrame({

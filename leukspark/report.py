@@ -32,7 +32,8 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from . import NEGATIVE_CLASS, POSITIVE_CLASS  # noqa: E402
 from .errors import LeukSparkError, TableError  # noqa: E402
-from .lake import Lake, resolve_stored_path  # noqa: E402
+from .lake import Lake  # noqa: E402
+from .runs import RunLog  # noqa: E402
 from .metrics import confusion_table, roc_auc  # noqa: E402
 from .reference import ALL_MARKERS, AML_MARKERS  # noqa: E402
 from .stages.train import TEST_FOLD, is_cv_fold, leaderboard  # noqa: E402
@@ -91,10 +92,7 @@ def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData
 
     A cross-validation-only run has no test set: its figures use the out-of-fold predictions.
     """
-    run_rows = lake.read("runs").where(F.col("run") == run_id).collect()
-    if not run_rows:
-        raise TableError(f"run {run_id} is not in the runs table")
-    run = run_rows[-1].asDict()
+    run = RunLog(lake).record(run_id)
 
     results = lake.read("results").where(F.col("run") == run_id).toPandas()
     if results.empty:
@@ -555,11 +553,7 @@ def leaderboard_section(data: RunData) -> Section:
 # 9. top genes of the linear models
 # ---------------------------------------------------------------------------------------
 def bundle_folder(lake: Lake, data: RunData) -> Path:
-    """Where the run's bundles are in this lake (also when it was copied or moved since)."""
-    recorded = data.run.get("bundle_dir")
-    if not recorded:
-        return Path(lake.path("models")) / data.run_id
-    return resolve_stored_path(lake.root, recorded, in_lake=f"models/{data.run_id}")
+    return RunLog(lake).bundle_folder(data.run)
 
 
 def has_feature_weights(model: str) -> bool:

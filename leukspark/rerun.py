@@ -35,7 +35,7 @@ def rerun(pipeline: Pipeline, sources: list[str], *, report_dir: str | None = No
     pipeline.labels()
     pipeline.features(only_if_changed=True)
     pipeline.split()
-    previous = _last_successful_run(pipeline)
+    previous = pipeline.run_log.latest_successful()
     fingerprint, settings = pipeline.data_fingerprint(), config_hash(pipeline.config)
     if previous and previous["data_fingerprint"] == fingerprint and previous["config_hash"] == settings:
         reason = f"data and settings unchanged since run {previous['run']}: no retraining"
@@ -51,14 +51,6 @@ def rerun(pipeline: Pipeline, sources: list[str], *, report_dir: str | None = No
     if previous:
         pipeline.echo(_comparison_text(pipeline, outcome.run_id, previous["run"]))
     return RerunOutcome(new_samples, outcome, previous["run"] if previous else None, reason)
-
-
-def _last_successful_run(pipeline: Pipeline) -> dict | None:
-    if not pipeline.lake.exists("runs"):
-        return None
-    row = (pipeline.lake.read("runs").where(F.col("status") == "succeeded")
-           .orderBy(F.col("finished_at").desc()).first())
-    return row.asDict() if row else None
 
 
 def _comparison_text(pipeline: Pipeline, run_id: str, previous_run: str) -> str:

@@ -1,4 +1,8 @@
-"""The `runs` table as a ledger of live and finished training runs.
+"""The `runs` table: a log of finished runs (`RunLog`) and a ledger of live ones (`RunLedger`).
+
+`RunLog` answers the questions every command asks of past runs (the latest successful run,
+a run's record, where its bundles are, whether the features were built from the current
+data) from the table alone, with or without a Spark session.
 
 A run writes its row when it starts (status `running`, its owner, a heartbeat) and refreshes
 the heartbeat while it lives. Another writer treats a run as incomplete only when its owner
@@ -23,14 +27,92 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from . import schemas
-from .errors import RunDiscardedError
-from .lake import Lake, removed_staging_text, stored_path, with_missing_columns
+from .errors import BundleError, RunDiscardedError, TableError
+from .lake import Lake, LakeReader, removed_staging_text, resolve_stored_path, stored_path, with_missing_columns
 from .owner import Heartbeat, Owner, current_owner, owner_is_gone, utc_now
 
 log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED, ABANDONED = "running", "succeeded", "failed", "abandoned"
 OUTPUT_TABLES = ("predictions", "results")
+
+
+def _plain(row: dict) -> dict:
+    """A pandas row as plain Python values (datetimes, ints, None for missing)."""
+    import pandas as pd
+
+    plain = {}
+    for key, value in row.items():
+        if value is None or (not isinstance(value, (list, tuple, dict)) and pd.isna(value)):
+            plain[key] = None
+        elif isinstance(value, pd.Timestamp):
+            plain[key] = value.to_pydatetime()
+        elif hasattr(value, "item"):
+            plain[key] = value.item()
+        else:
+            plain[key] = value
+    return plain
+
+
+class RunLog:
+    """Past runs as the `runs` table records them; `lake` is a `Lake`, or a `LakeReader` or lake
+    folder for a reader without Spark."""
+
+    def __init__(self, lake: Lake | LakeReader | str | Path):
+        self.lake = lake if isinstance(lake, Lake) else LakeReader.of(lake)
+
+    def _rows(self):
+        import pandas as pd
+
+        if not self.lake.exists("runs"):
+            return pd.DataFrame(columns=schemas.RUNS.fieldNames())
+        return self.lake.read_small("runs")
+
+    def latest_successful(self) -> dict | None:
+        """The record of the run that succeeded last, or None when none has."""
+        runs = self._rows()
+        runs = runs[runs["status"] == SUCCEEDED]
+        return None if runs.empty else _plain(runs.sort_values("finished_at").iloc[-1].to_dict())
+
+    def latest_run_id(self) -> str:
+        latest = self.latest_successful()
+        if latest is None:
+            raise TableError(f"no successful run recorded in the lake at {self.lake.root}: run `leukspark run` first")
+        return latest["run"]
+
+    def record(self, run_id: str) -> dict:
+        runs = self._rows()
+        matching = runs[runs["run"] == run_id]
+        if matching.empty:
+            known = ", ".join(runs.loc[runs["status"] == SUCCEEDED, "run"]) or "none"
+            raise TableError(f"run {run_id} is not in the runs table at {self.lake.path('runs')}; "
+                             f"successful runs: {known}")
+        return _plain(matching.iloc[-1].to_dict())
+
+    def bundle_folder(self, record: dict) -> Path:
+        """Where the run's bundles are in this lake (also when the lake was copied or moved since)."""
+        if not record.get("bundle_dir"):
+            return Path(self.lake.path("models")) / record["run"]
+        return resolve_stored_path(self.lake.root, record["bundle_dir"], in_lake=f"models/{record['run']}")
+
+    def bundle_dir(self, run_id: str | None, model: str | None) -> Path:
+        """The bundle of `model` in `run_id` (defaults: the latest successful run, its best model)."""
+        record = self.record(run_id) if run_id else self.record(self.latest_run_id())
+        if record["status"] != SUCCEEDED:
+            raise TableError(f"run {record['run']} did not succeed (status {record['status']}): it has no bundles")
+        name = model or record["best_model"]
+        directory = self.bundle_folder(record) / name
+        if not directory.is_dir():
+            raise BundleError(f"{directory}: no model bundle '{name}' in run {record['run']}")
+        return directory
+
+    # -- the features the runs train on ----------------------------------------------------
+    def features_built_from(self) -> str | None:
+        """The fingerprint (samples, labels, features settings) the stored gene features were built from."""
+        if not self.lake.exists("feature_builds"):
+            return None
+        builds = self.lake.read_small("feature_builds")
+        return None if builds.empty else str(builds.sort_values("built_at").iloc[-1]["fingerprint"])
 
 
 @dataclass

@@ -145,6 +145,13 @@ SCORED_SAMPLES = _schema(
     ("warning", StringType(), True),
 )
 
+FEATURE_BUILDS = _schema(   # one row per features build: what `gene_features` was built from
+    ("fingerprint", StringType(), False),
+    ("built_at", TimestampType(), True),
+    ("n_samples", LongType(), True),
+    ("n_genes", LongType(), True),
+)
+
 RUNS = _schema(
     ("run", StringType(), False),
     ("started_at", TimestampType(), True),

@@ -94,7 +94,7 @@ def plan_tuning_tasks(models: list[str], outer_folds: list[str], tuning_cfg: dic
             for outer in outer_folds:
                 for inner in range(tuning_cfg["inner_folds"]):
                     rows.append({"model": model, "fold": TuningFold(outer, index, inner).name, "params": text,
-                                 "cost": float(getattr(spec, "cost", 3))})
+                                 "cost": spec.cost})
     tasks = pd.DataFrame(rows, columns=["model", "fold", "params", "cost"])
     return tasks.sort_values("cost", ascending=False, kind="stable").drop(columns="cost").reset_index(drop=True)
 

@@ -10,7 +10,9 @@ from deltalake import DeltaTable, write_deltalake
 
 from leukspark.lake import Lake
 from leukspark.pipeline import Pipeline
-from leukspark.predict import predict_file, read_small_table, resolve_bundle_dir
+from leukspark.lake import LakeReader
+from leukspark.predict import predict_file
+from leukspark.runs import RunLog
 
 N_PROBES = 300
 
@@ -49,7 +51,7 @@ def test_a_lake_path_that_url_encoding_changes_round_trips(spark, fast, tmp_path
     labelled, _ = pipeline.labels()
     pipeline.features()
     assert lake.read("gene_features").count() == labelled
-    assert len(read_small_table(root, "samples")) == 40
+    assert len(LakeReader(root).read_small("samples")) == 40
 
     # A second ingest rewrites the files of the samples it replaces (copy-on-write through Spark).
     report = pipeline.ingest([str(second.family_soft)])
@@ -66,12 +68,12 @@ def test_a_copied_lake_predicts_with_its_own_bundles(spark, fast, tmp_path, two_
     original = tmp_path / "original" / "lake"
     lake = Lake.from_config(spark, original, fast)
     outcome = Pipeline(spark, lake, fast, echo=lambda m: None).run([str(first.family_soft)])["train"]
-    run_row = read_small_table(original, "runs").iloc[0]
+    run_row = LakeReader(original).read_small("runs").iloc[0]
     assert run_row["bundle_dir"] == f"models/{outcome.run_id}"  # relative to the lake root
 
     copy = tmp_path / "copy" / "lake"
     shutil.copytree(original, copy)
-    assert resolve_bundle_dir(copy, None, None).is_relative_to(copy.resolve())
+    assert RunLog(copy).bundle_dir(None, None).is_relative_to(copy.resolve())
     shutil.rmtree(original)
     scored = predict_file(first.family_soft, copy)
     assert len(scored) == 40 and all(s.error is None for s in scored)
@@ -83,7 +85,7 @@ def test_an_older_lake_with_absolute_bundle_paths_still_works_after_a_move(spark
     lake = Lake.from_config(spark, original, fast)
     outcome = Pipeline(spark, lake, fast, echo=lambda m: None).run([str(first.family_soft)])["train"]
     # What an older version wrote: an absolute bundle_dir and no owner columns.
-    runs = read_small_table(original, "runs").drop(columns=["owner_host", "owner_pid", "owner_token",
+    runs = LakeReader(original).read_small("runs").drop(columns=["owner_host", "owner_pid", "owner_token",
                                                             "heartbeat_at"])
     runs["bundle_dir"] = str(original.resolve() / "models" / outcome.run_id)
     write_deltalake(str(original / "runs"), runs, mode="overwrite", schema_mode="overwrite")
@@ -91,15 +93,15 @@ def test_an_older_lake_with_absolute_bundle_paths_still_works_after_a_move(spark
     moved = tmp_path / "moved" / "lake"
     shutil.copytree(original, moved)
     # Both lakes exist: the moved one must use its own bundles, not the old lake's.
-    assert resolve_bundle_dir(moved, None, None).is_relative_to(moved.resolve())
+    assert RunLog(moved).bundle_dir(None, None).is_relative_to(moved.resolve())
     shutil.rmtree(original)
     assert all(s.error is None for s in predict_file(first.family_soft, moved))
 
     # Training on it adds the owner columns to the old rows and records the new run relative.
     moved_lake = Lake.from_config(spark, moved, fast)
     second = Pipeline(spark, moved_lake, fast, echo=lambda m: None).train()
-    rows = read_small_table(moved, "runs").set_index("run")
+    rows = LakeReader(moved).read_small("runs").set_index("run")
     assert list(rows["status"]) == ["succeeded", "succeeded"]
     assert rows.loc[second.run_id, "bundle_dir"] == f"models/{second.run_id}"
     assert pd.isna(rows.loc[outcome.run_id, "owner_token"])
-    assert resolve_bundle_dir(moved, outcome.run_id, None).is_relative_to(moved.resolve())
+    assert RunLog(moved).bundle_dir(outcome.run_id, None).is_relative_to(moved.resolve())

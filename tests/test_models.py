@@ -338,3 +338,66 @@ def test_preprocessor_errors():
         Preprocessor().fit(np.array([[1.0, np.inf], [2.0, 3.0]]))
     with pytest.raises(ModelError, match="lack center"):
         Preprocessor.from_arrays({"impute_values": np.zeros(3)}, "standard")
+
+
+NEW_MODEL_MODULE = '''
+"""A model added as one file: nearest shrunken centroid (scikit-learn)."""
+import numpy as np
+from sklearn.neighbors import NearestCentroid
+
+from leukspark import checks
+from leukspark.models.base import ModelSpec
+
+
+class CentroidSpec(ModelSpec):
+    name = "test_centroid"
+    cost = 9.0
+    default_params = {"shrink_threshold": 0.5}
+    param_checks = {"shrink_threshold": checks.positive()}
+
+    def _fit(self, X, y, params, seed):
+        return NearestCentroid(shrink_threshold=params["shrink_threshold"]).fit(X, y)
+
+    def _predict_proba(self, model, X):
+        distances = np.stack([np.linalg.norm(X - c, axis=1) for c in model.centroids_], axis=1)
+        return 1.0 / (1.0 + np.exp(distances[:, 1] - distances[:, 0]))
+
+    def n_features(self, model):
+        return model.centroids_.shape[1]
+
+    def save(self, model, directory):
+        raise NotImplementedError
+
+    def load(self, directory):
+        raise NotImplementedError
+
+
+MODEL = CentroidSpec()
+'''
+
+
+def test_adding_a_model_is_adding_one_module(tmp_path, monkeypatch):
+    import sys
+
+    import leukspark.models as registry
+    from leukspark.config import load_config
+    from leukspark.stages.train import plan_tasks
+
+    (tmp_path / "test_centroid.py").write_text(NEW_MODEL_MODULE)
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    try:
+        registry._register_package_models()
+        assert type(get_model("test_centroid")).__name__ == "CentroidSpec"
+        # its defaults come from its module (the YAML holds overrides only), its cost orders the fan-out
+        assert load_config()["training"]["params"]["test_centroid"] == {"shrink_threshold": 0.5}
+        assert load_config(overrides={"training.params": {"test_centroid": {"shrink_threshold": 2.0}}})[
+            "training"]["params"]["test_centroid"] == {"shrink_threshold": 2.0}
+        tasks = plan_tasks(["logistic_regression", "test_centroid"], 2, {})
+        assert tasks["model"].iloc[0] == "test_centroid"
+        X, y = np.random.default_rng(0).normal(size=(40, 5)), np.repeat([0, 1], 20)
+        X[y == 1] += 2.0
+        result = fit_and_predict("test_centroid", {}, X[::2], y[::2], X[1::2], seed=0)
+        assert binary_metrics(y[1::2], result.probabilities)["accuracy"] >= 0.9
+    finally:
+        REGISTRY.pop("test_centroid", None)
+        sys.modules.pop("leukspark.models.test_centroid", None)

@@ -319,10 +319,11 @@ def test_a_bad_test_fraction_is_refused_before_any_table_is_rewritten(run, tmp_p
 
 
 def test_spark_batch_scoring_matches_recorded_predictions(run, spark):
-    from leukspark.predict import resolve_bundle_dir, score_series
+    from leukspark.predict import score_series
+    from leukspark.runs import RunLog
 
     lake, outcome = run["lake"], run["outcome"]["train"]
-    bundle_dir = resolve_bundle_dir(lake.root, outcome.run_id, None)
+    bundle_dir = RunLog(lake.root).bundle_dir(outcome.run_id, None)
     scored = score_series(spark, lake, None, bundle_dir, 0.05)
     lake.append("scored_samples", scored, operation="predict")
     stored = lake.read("scored_samples").toPandas().set_index("sample")

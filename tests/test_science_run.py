@@ -62,12 +62,13 @@ def test_brier_and_ece_rows_equal_recomputation(run):
 
 def test_final_bundle_is_calibrated_and_predict_reproduces_the_recorded_calls(run):
     from leukspark.bundle import load_bundle
-    from leukspark.predict import predict_file, resolve_bundle_dir
+    from leukspark.predict import predict_file
+    from leukspark.runs import RunLog
 
     lake, run_id = run["lake"], run["run_id"]
     best = run["outcome"]["train"].best_model
     assert best in MODELS
-    bundle = load_bundle(resolve_bundle_dir(lake.root, run_id, None))
+    bundle = load_bundle(RunLog(lake.root).bundle_dir(run_id, None))
     assert bundle.calibrator is not None and bundle.calibrator.method == "isotonic"
     assert bundle.preprocessor.selected_genes.size == K
     recorded = run["predictions"]

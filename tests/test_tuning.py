@@ -179,9 +179,9 @@ def test_a_tuned_run_records_every_candidate_and_uses_the_chosen_parameters(tune
     for fold in ("0", "1", "2", "test"):
         assert accuracy[fold] == chosen[fold]
     from leukspark.bundle import load_bundle
-    from leukspark.predict import resolve_bundle_dir
+    from leukspark.runs import RunLog
 
-    bundle = load_bundle(resolve_bundle_dir(tuned_run["lake"].root, tuned_run["run_id"], "logistic_regression"))
+    bundle = load_bundle(RunLog(tuned_run["lake"].root).bundle_dir(tuned_run["run_id"], "logistic_regression"))
     assert bundle.params["C"] == json.loads(chosen["test"])["C"]
     assert not tuned_run["predictions"]["fold"].str.startswith("tune").any()  # tuning rows are not stored
 

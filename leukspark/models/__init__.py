@@ -1,11 +1,15 @@
 """The model registry and the one-call train-and-score used by the cross-validation fan-out.
 
-Adding a model: write a module with a :class:`~leukspark.models.base.ModelSpec` subclass
-and register an instance below (or call :func:`register` from your own code).
+Adding a model is adding one module to this package: a :class:`~leukspark.models.base.ModelSpec`
+subclass (its defaults, parameter checks, tuning grid and cost) and a module-level
+``MODEL = TheSpec()``; every module of the package that has a ``MODEL`` is registered at import.
+Code outside the package calls :func:`register`.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -14,11 +18,7 @@ import numpy as np
 
 from leukspark.errors import ModelError
 from leukspark.models.base import LinearProbabilityModel, ModelSpec, Preprocessor
-from leukspark.models.dnn import DnnSpec
-from leukspark.models.linear_svm import LinearSvmSpec
-from leukspark.models.logistic_regression import LogisticRegressionSpec
-from leukspark.models.random_forest import RandomForestSpec, TreeEnsemble
-from leukspark.models.xgboost_model import XGBoostSpec
+from leukspark.models.random_forest import TreeEnsemble
 
 __all__ = [
     "REGISTRY",
@@ -56,8 +56,14 @@ def get_model(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
 
 
-for _spec in (LogisticRegressionSpec(), LinearSvmSpec(), RandomForestSpec(), XGBoostSpec(), DnnSpec()):
-    register(_spec)
+def _register_package_models() -> None:
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        if isinstance(getattr(module, "MODEL", None), ModelSpec):
+            register(module.MODEL)
+
+
+_register_package_models()
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ class DnnSpec(ModelSpec):
     """
 
     name = "dnn"
+    cost = 5.0
     default_params = {
         "hidden_layers": [256, 64],
         "dropout": 0.5,
@@ -188,3 +189,7 @@ class DnnSpec(ModelSpec):
         except RuntimeError as exc:
             raise ModelError(f"{path.name}: weights do not fit the network layout: {exc}") from exc
         return network.eval()
+
+
+# Found by the registry (leukspark.models): this line is what makes the model available.
+MODEL = DnnSpec()

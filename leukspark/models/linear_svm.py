@@ -52,6 +52,7 @@ class LinearSvmSpec(LinearModelSpec):
     """
 
     name = "linear_svm"
+    cost = 2.0
     default_params = {
         "C": 0.01,
         "max_iter": 10000,
@@ -93,3 +94,7 @@ class LinearSvmSpec(LinearModelSpec):
             slopes=np.array(slopes, dtype=np.float64),
             offsets=np.array(offsets, dtype=np.float64),
         )
+
+
+# Found by the registry (leukspark.models): this line is what makes the model available.
+MODEL = LinearSvmSpec()

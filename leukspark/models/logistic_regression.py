@@ -20,6 +20,7 @@ class LogisticRegressionSpec(LinearModelSpec):
     """
 
     name = "logistic_regression"
+    cost = 1.0
     default_params = {"C": 0.1, "max_iter": 2000, "tol": 1e-4, "class_weight": None}
     param_checks = {"C": checks.positive(), "max_iter": checks.integer(1), "tol": checks.positive(),
                     "class_weight": CLASS_WEIGHT}
@@ -43,3 +44,7 @@ class LogisticRegressionSpec(LinearModelSpec):
             slopes=np.ones(1),
             offsets=np.zeros(1),
         )
+
+
+# Found by the registry (leukspark.models): this line is what makes the model available.
+MODEL = LogisticRegressionSpec()

@@ -121,6 +121,7 @@ class RandomForestSpec(ModelSpec):
     """RandomForestClassifier; ``n_jobs`` defaults to 1 because each Spark task owns one core."""
 
     name = "random_forest"
+    cost = 4.0
     default_params = {
         "n_estimators": 300,
         "max_features": "sqrt",
@@ -169,3 +170,7 @@ class RandomForestSpec(ModelSpec):
 
     def load(self, directory: Path) -> TreeEnsemble:
         return TreeEnsemble.load(directory)
+
+
+# Found by the registry (leukspark.models): this line is what makes the model available.
+MODEL = RandomForestSpec()

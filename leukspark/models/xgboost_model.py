@@ -53,6 +53,7 @@ class XGBoostSpec(ModelSpec):
     """
 
     name = "xgboost"
+    cost = 3.0
     default_params = {
         "n_estimators": 300,
         "learning_rate": 0.1,
@@ -137,3 +138,7 @@ class XGBoostSpec(ModelSpec):
                 f"{self.GENES_FILE}: gene indices do not match the booster's {classifier.n_features_in_} inputs"
             )
         return GeneFilteredBooster(classifier, selected_genes, n_features)
+
+
+# Found by the registry (leukspark.models): this line is what makes the model available.
+MODEL = XGBoostSpec()

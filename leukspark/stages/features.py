@@ -1,4 +1,4 @@
-"""Probe to gene: join expression with the platform annotation and aggregate with a groupBy.
+"""Gene features: probes collapsed to genes (the rules are in `collapse`) and assembled into vectors.
 
 The result is one row per sample with a `features` array in one fixed gene order (the
 `genes` table gives the position of every gene), which is what the models train on.
@@ -15,14 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..errors import FeatureError
-from ..scale import LINEAR, UNKNOWN, needs_log
-
-AGGREGATES = {
-    "mean": F.mean,
-    "median": F.median,
-    "max": F.max,
-}
-
+from .collapse import PER_SAMPLE_AGGREGATES, collapse, collapse_files, probe_gene_map, vector_plan
 
 @dataclass
 class ProbeMapSummary:
@@ -38,24 +31,6 @@ class ProbeMapSummary:
                 f"genes out {self.genes_out:,}")
 
 
-def probe_gene_map(platform_probes: DataFrame, multi_gene: str) -> DataFrame:
-    """(platform, probe_id, gene) rows: which gene(s) each probe counts toward.
-
-    Probes without a symbol are dropped. Multi-gene probes ("A /// B") are dropped, mapped to
-    their first symbol, or counted toward each of their genes, per `multi_gene`.
-    """
-    symbols = F.filter(F.coalesce(F.col("gene_symbols"), F.array().cast("array<string>")),
-                       lambda s: F.length(F.trim(s)) > 0)
-    probes = platform_probes.select("platform", "probe_id", symbols.alias("symbols"))
-    if multi_gene == "drop":
-        return probes.where(F.size("symbols") == 1).select("platform", "probe_id", F.col("symbols")[0].alias("gene"))
-    if multi_gene == "first":
-        return probes.where(F.size("symbols") >= 1).select("platform", "probe_id", F.col("symbols")[0].alias("gene"))
-    if multi_gene == "each":
-        return probes.select("platform", "probe_id", F.explode("symbols").alias("gene")).distinct()
-    raise FeatureError(f"features.multi_gene must be drop, first or each; got {multi_gene!r}")
-
-
 def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platforms: list[str]) -> ProbeMapSummary:
     scoped = platform_probes.where(F.col("platform").isin(*platforms))
     sizes = scoped.select(F.size(F.coalesce("gene_symbols", F.array().cast("array<string>"))).alias("n"))
@@ -69,27 +44,6 @@ def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platfo
                            F.countDistinct("gene").alias("genes")).first()
     return ProbeMapSummary(counts["probes_in"], counts["without"] or 0, counts["multi"] or 0,
                            used_counts["probes"], used_counts["genes"])
-
-
-def gene_values(expression: DataFrame, probe_map: DataFrame, aggregate: str, key: str = "gene") -> DataFrame:
-    """(sample, key, value): probes of one gene combined by `aggregate` in a groupBy; nulls are ignored.
-
-    `probe_map` holds (platform, probe_id, key); with key="position" the shuffle carries small
-    integers instead of gene names.
-    """
-    if aggregate not in AGGREGATES:
-        raise FeatureError(f"features.aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
-    joined = expression.join(F.broadcast(probe_map.select("platform", "probe_id", key)), ["platform", "probe_id"])
-    return joined.groupBy("sample", key).agg(AGGREGATES[aggregate]("value").alias("value"))
-
-
-def scale_per_sample(values: DataFrame, key: str = "gene") -> DataFrame:
-    """Min-max each sample to 0..1 over its genes (the reference study's normalisation)."""
-    bounds = values.groupBy("sample").agg(F.min("value").alias("lo"), F.max("value").alias("hi"))
-    span = F.col("hi") - F.col("lo")
-    return (values.join(bounds, "sample")
-            .select("sample", key,
-                    F.when(span > 0, (F.col("value") - F.col("lo")) / span).otherwise(F.lit(0.0)).alias("value")))
 
 
 def gene_table(probe_map: DataFrame, platforms: list[str]) -> DataFrame:
@@ -120,24 +74,6 @@ def feature_vectors(values: DataFrame, n_genes: int) -> DataFrame:
         return pd.DataFrame({"sample": [group["sample"].iloc[0]], "features": [vector]})
 
     return values.groupBy("sample").applyInPandas(assemble, schema="sample string, features array<double>")
-
-
-def to_model_scale(expression: DataFrame, samples: DataFrame, feature_config: dict) -> DataFrame:
-    """Expression of `samples` only, log2-transformed where `features.transform` says so.
-
-    `samples` carries each sample's detected `value_scale` (from ingest); a linear sample is
-    floored at `features.log_floor` and log2-transformed before probes are combined, since a
-    mean of linear signals is dominated by the brightest probe.
-    """
-    transform, floor = feature_config["transform"], float(feature_config["log_floor"])
-    needs_log(UNKNOWN, transform)  # validates the setting
-    if transform == "none":
-        return expression.join(F.broadcast(samples.select("sample")), "sample", "left_semi")
-    logged = F.lit(True) if transform == "log2" else F.coalesce(F.col("value_scale") == LINEAR, F.lit(False))
-    flags = samples.select("sample", logged.alias("_log"))
-    value = F.when(F.col("_log") & F.col("value").isNotNull(), F.log2(F.greatest(F.col("value"), F.lit(floor))))
-    return (expression.join(F.broadcast(flags), "sample")
-            .withColumn("value", value.otherwise(F.col("value"))).drop("_log"))
 
 
 def measured_positions(vectors: DataFrame) -> np.ndarray:
@@ -175,12 +111,16 @@ def keep_positions(vectors: DataFrame, genes: DataFrame, positions: np.ndarray) 
 
 
 def build_features(expression: DataFrame, platform_probes: DataFrame, samples: DataFrame,
-                   feature_config: dict) -> tuple[DataFrame, DataFrame, DataFrame]:
+                   feature_config: dict, expression_files: tuple[str, ...] | None = None,
+                   ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Stage entry: (gene_features, genes, probe_map) for `samples` (sample, platform, value_scale).
 
     The gene universe is what was measured: genes of the annotation that no sample has a value
     for are left out, so a model never carries (and prediction never asks for) a gene the data
-    did not have.
+    did not have. With `expression_files` (the active files of `expression`, read as they are)
+    and a mean or max aggregate, probes are combined per sample in one pass over the files
+    (`collapse_files`); otherwise by the relational groupBy over `expression`. Both give the
+    same vectors (tests/test_collapse.py).
     """
     probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
     platforms = [r["platform"] for r in samples.select("platform").distinct().collect() if r["platform"]]
@@ -188,11 +128,15 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     n_genes = genes.count()
     _require_genes(n_genes, platforms, feature_config, "could be derived")
     positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
-    scoped = to_model_scale(expression, samples, feature_config)
-    values = gene_values(scoped, positioned_map, feature_config["aggregate"], key="position")
-    if feature_config["scale_per_sample"]:
-        values = scale_per_sample(values, key="position")
-    vectors = feature_vectors(values, n_genes).localCheckpoint()
+    if expression_files and feature_config["aggregate"] in PER_SAMPLE_AGGREGATES:
+        plan = vector_plan(positioned_map.toPandas(), samples.select("sample", "value_scale").toPandas(),
+                           feature_config, n_genes)
+        vectors = collapse_files(expression.sparkSession, expression_files, plan,
+                                 feature_config["scale_per_sample"], n_tasks=len(expression_files))
+    else:
+        values = collapse(expression, samples, positioned_map, feature_config, key="position")
+        vectors = feature_vectors(values, n_genes)
+    vectors = vectors.localCheckpoint()
     measured = measured_positions(vectors)
     _require_genes(len(measured), platforms, feature_config, "have values")
     if len(measured) < n_genes:

@@ -38,8 +38,6 @@ TASK_OUTPUT_SCHEMA = StructType([*schemas.PREDICTIONS.add(StructField("fit_secon
 INFO_SAMPLE = ""  # the one row per task that carries its `info` (JSON) instead of a prediction
 
 
-# Rough relative cost, so that the slowest fits start first and the cores stay busy.
-MODEL_COST = {"dnn": 5, "random_forest": 4, "xgboost": 3, "linear_svm": 2, "logistic_regression": 1}
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: b
                          "params": chosen or json.dumps(params, sort_keys=True, default=str)})
     tasks = pd.DataFrame(rows)
     size = np.select([tasks["fold"] == TEST_FOLD, tasks["fold"].str.contains("/")], [1.25, 0.75], 1.0)
-    tasks["cost"] = tasks["model"].map(MODEL_COST).fillna(3) * size
+    tasks["cost"] = tasks["model"].map(lambda name: get_model(name).cost) * size
     return tasks.sort_values("cost", ascending=False, kind="stable").drop(columns="cost").reset_index(drop=True)
 
 

@@ -1,0 +1,179 @@
+"""The probe-to-gene rules: exact values on a tiny input, and the Spark and pandas forms equal for every setting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukspark import schemas
+from leukspark.errors import FeatureError
+from leukspark.stages import collapse as C
+from leukspark.stages.features import build_features
+
+# Probe annotations with every case the rules treat: padded and empty symbols, no symbol, multi-gene.
+PROBES = [
+    ("GPL1", "p1", ["TP53"]),
+    ("GPL1", "p2", [" TP53 "]),          # trimmed: counts toward TP53
+    ("GPL1", "p3", ["MPO", "CD33"]),     # multi-gene
+    ("GPL1", "p4", []),                  # no symbol
+    ("GPL1", "p5", None),                # no symbol
+    ("GPL1", "p6", ["", "CD19"]),        # an empty symbol is not a gene: single-gene CD19
+    ("GPL1", "p7", ["CD33"]),
+    ("GPL1", "p8", ["MPO"]),
+]
+VALUES = {  # S1 log2, S2 linear (one value under the floor, one negative), S3 log2 with missing values
+    "S1": {"p1": 5.0, "p2": 7.0, "p3": 9.0, "p4": 3.0, "p5": 1.0, "p6": 4.0, "p7": 6.0, "p8": 8.0},
+    "S2": {"p1": 100.0, "p2": 10.0, "p3": 4000.0, "p6": 250.0, "p7": -5.0, "p8": 60000.0},
+    "S3": {"p1": None, "p2": 6.0, "p3": 2.0, "p6": None, "p7": None, "p8": 11.0},
+}
+SCALES = {"S1": "log2", "S2": "linear", "S3": "log2"}
+SCALINGS = {
+    "none": {"transform": "none", "scale_per_sample": False},
+    "log2": {"transform": "log2", "scale_per_sample": False},
+    "auto": {"transform": "auto", "scale_per_sample": False},
+    "auto+minmax": {"transform": "auto", "scale_per_sample": True},
+}
+
+
+def _expression_rows():
+    return [("GSE1", sample, "GPL1", probe, value) for sample, values in VALUES.items() for probe, value in values.items()]
+
+
+@pytest.fixture(scope="module")
+def spark_inputs(spark):
+    expression = spark.createDataFrame(_expression_rows(), schemas.EXPRESSION).cache()
+    probes = spark.createDataFrame([(p, i, s, None) for p, i, s in PROBES], schemas.PLATFORM_PROBES).cache()
+    samples = spark.createDataFrame([(s, "GPL1", SCALES[s]) for s in VALUES], "sample string, platform string, value_scale string")
+    return expression, probes, samples
+
+
+def _pandas_inputs():
+    expression = pd.DataFrame(_expression_rows(), columns=schemas.EXPRESSION.fieldNames())
+    expression["value"] = expression["value"].astype(float)
+    probes = pd.DataFrame([(p, i, s, None) for p, i, s in PROBES], columns=schemas.PLATFORM_PROBES.fieldNames())
+    return expression, probes
+
+
+def _settings(aggregate: str, scaling: str) -> dict:
+    return {"aggregate": aggregate, "log_floor": 20.0, **SCALINGS[scaling]}
+
+
+def _as_dict(rows: pd.DataFrame) -> dict:
+    return {(r.sample, r.gene): (None if pd.isna(r.value) else float(r.value)) for r in rows.itertuples()}
+
+
+def _spark_genes(spark_inputs, multi_gene: str, settings: dict) -> dict:
+    expression, probes, samples = spark_inputs
+    rows = C.collapse(expression, samples, C.probe_gene_map(probes, multi_gene), settings).toPandas()
+    return _as_dict(rows)
+
+
+def _pandas_genes(multi_gene: str, settings: dict) -> dict:
+    expression, probes = _pandas_inputs()
+    return _as_dict(C.collapse_pd(expression, SCALES, C.probe_gene_map_pd(probes, multi_gene), settings))
+
+
+def test_the_rules_give_these_exact_gene_values():
+    # multi_gene drop, mean, no transform: p3 (multi) and p4/p5 (no symbol) are left out.
+    genes = _pandas_genes("drop", _settings("mean", "none"))
+    assert genes[("S1", "TP53")] == 6.0 and genes[("S1", "CD19")] == 4.0
+    assert genes[("S1", "CD33")] == 6.0 and genes[("S1", "MPO")] == 8.0
+    assert genes[("S3", "TP53")] == 6.0            # the missing probe is ignored, not counted as 0
+    assert genes[("S3", "CD19")] is None           # every probe missing: the gene stays missing
+    assert set(g for _, g in genes) == {"TP53", "CD19", "CD33", "MPO"}
+    # each: p3 counts toward MPO and CD33; max picks the larger probe.
+    each = _pandas_genes("each", _settings("max", "none"))
+    assert each[("S1", "MPO")] == 9.0 and each[("S1", "CD33")] == 9.0
+    # first: p3 counts toward MPO only.
+    first = _pandas_genes("first", _settings("median", "none"))
+    assert first[("S1", "MPO")] == 8.5 and first[("S1", "CD33")] == 6.0
+    # auto: only the linear sample S2 is logged, each probe floored at 20 before the mean.
+    auto = _pandas_genes("drop", _settings("mean", "auto"))
+    assert auto[("S2", "TP53")] == pytest.approx((math.log2(100) + math.log2(20)) / 2)
+    assert auto[("S2", "CD33")] == pytest.approx(math.log2(20))   # -5 floored
+    assert auto[("S1", "TP53")] == 6.0                             # log2 sample untouched
+    # min-max per sample: S1's genes span 4..8; a missing gene stays missing.
+    scaled = _pandas_genes("drop", _settings("mean", "auto+minmax"))
+    assert scaled[("S1", "CD19")] == 0.0 and scaled[("S1", "MPO")] == 1.0 and scaled[("S1", "TP53")] == 0.5
+    assert scaled[("S3", "CD19")] is None
+
+
+@pytest.mark.parametrize("scaling", list(SCALINGS))
+@pytest.mark.parametrize("multi_gene", C.MULTI_GENE)
+@pytest.mark.parametrize("aggregate", list(C.AGGREGATES))
+def test_spark_and_pandas_forms_agree(spark_inputs, aggregate, multi_gene, scaling):
+    settings = _settings(aggregate, scaling)
+    from_spark, from_pandas = _spark_genes(spark_inputs, multi_gene, settings), _pandas_genes(multi_gene, settings)
+    assert set(from_spark) == set(from_pandas) and from_spark
+    for key, value in from_pandas.items():
+        if value is None:
+            assert from_spark[key] is None or math.isnan(from_spark[key]), key
+        else:
+            assert from_spark[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
+def test_the_feature_stage_vectors_are_the_pandas_matrix(spark, spark_inputs, config):
+    expression, probes, samples = spark_inputs
+    settings = {**config["features"], "multi_gene": "each", "aggregate": "mean", "min_genes": 1}
+    vectors, genes, _ = build_features(expression, probes, samples, settings)
+    gene_order = [r["gene"] for r in genes.orderBy("position").collect()]
+    assert gene_order == ["CD19", "CD33", "MPO", "TP53"]  # alphabetical; every gene has a value somewhere
+    stored = {r["sample"]: np.asarray(r["features"], dtype=float) for r in vectors.collect()}
+    expression_pd, probes_pd = _pandas_inputs()
+    expected = C.gene_matrix(C.collapse_pd(expression_pd, SCALES, C.probe_gene_map_pd(probes_pd, "each"), settings),
+                             list(VALUES), gene_order)
+    np.testing.assert_allclose(np.vstack([stored[s] for s in VALUES]), expected, rtol=1e-12)
+
+
+def test_a_bad_setting_is_a_feature_error_in_both_forms(spark_inputs):
+    _, probes, _ = spark_inputs
+    _, probes_pd = _pandas_inputs()
+    with pytest.raises(FeatureError, match="multi_gene"):
+        C.probe_gene_map(probes, "all")
+    with pytest.raises(FeatureError, match="multi_gene"):
+        C.probe_gene_map_pd(probes_pd, "all")
+    with pytest.raises(FeatureError, match="aggregate"):
+        C.gene_values_pd(_pandas_inputs()[0], C.probe_gene_map_pd(probes_pd, "drop"), "sum")
+
+
+@pytest.fixture(scope="module")
+def expression_files(tmp_path_factory):
+    """The tiny expression as Parquet files the way ingest writes them (a row group per sample),
+    with S2 split over two files, as a rewrite can leave a sample."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("expression")
+    frame = _pandas_inputs()[0]
+    first = pd.concat([frame[frame["sample"] == "S1"], frame[frame["sample"] == "S2"].iloc[:3]])
+    second = pd.concat([frame[frame["sample"] == "S2"].iloc[3:], frame[frame["sample"] == "S3"]])
+    paths = []
+    for index, part in enumerate((first, second)):
+        path = folder / f"part-{index}.parquet"
+        with pq.ParquetWriter(path, pa.Schema.from_pandas(part, preserve_index=False)) as writer:
+            for _, rows in part.groupby("sample", sort=False):
+                writer.write_table(pa.Table.from_pandas(rows, preserve_index=False))
+        paths.append(str(path))
+    return tuple(paths)
+
+
+@pytest.mark.parametrize("scaling", list(SCALINGS))
+@pytest.mark.parametrize("multi_gene", C.MULTI_GENE)
+@pytest.mark.parametrize("aggregate", C.PER_SAMPLE_AGGREGATES)
+def test_the_per_sample_form_over_files_gives_the_pandas_vectors(spark, expression_files, aggregate, multi_gene,
+                                                                  scaling):
+    settings = _settings(aggregate, scaling)
+    expression_pd, probes_pd = _pandas_inputs()
+    probe_map = C.probe_gene_map_pd(probes_pd, multi_gene)
+    gene_order = sorted(probe_map["gene"].unique())
+    positioned = probe_map.merge(pd.DataFrame({"gene": gene_order, "position": range(len(gene_order))}), on="gene")
+    samples = pd.DataFrame({"sample": list(SCALES), "value_scale": list(SCALES.values())})
+    plan = C.vector_plan(positioned, samples, settings, len(gene_order))
+    vectors = C.collapse_files(spark, expression_files, plan, settings["scale_per_sample"], n_tasks=2).collect()
+    got = np.vstack([np.asarray(r["features"], dtype=float) for r in sorted(vectors, key=lambda r: r["sample"])])
+    expected = C.gene_matrix(C.collapse_pd(expression_pd, SCALES, probe_map, settings), sorted(SCALES), gene_order)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert np.isnan(got).sum() == np.isnan(expected).sum() > 0  # S3's CD19 stays unmeasured
