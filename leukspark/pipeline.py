@@ -95,7 +95,7 @@ class Pipeline:
         if not self.lake.exists("platform_probes"):
             raise TableError("no platform annotation in the lake: ingest a family SOFT or pass --annotation")
         platform_probes = self.lake.read("platform_probes")
-        labelled = (self.lake.read("samples").select("sample", "platform", "value_scale")
+        labelled = (self.lake.read("samples").select("sample", "platform", "value_scale", "n_values")
                     .join(labels.select("sample"), "sample"))
         # The files are read as they are only where no deletion vector can hide rows in them.
         files = self.lake.active_files("expression") if self.lake.engine == "delta-rs" else None

@@ -115,12 +115,16 @@ def test_spark_and_pandas_forms_agree(spark_inputs, aggregate, multi_gene, scali
             assert from_spark[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
-def test_the_feature_stage_vectors_are_the_pandas_matrix(spark, spark_inputs, config):
+@pytest.mark.parametrize("read_files", [False, True], ids=["relational", "per-sample"])
+def test_the_feature_stage_vectors_are_the_pandas_matrix(spark, spark_inputs, expression_files, config, read_files):
     expression, probes, samples = spark_inputs
     settings = {**config["features"], "multi_gene": "each", "aggregate": "mean", "min_genes": 1}
-    vectors, genes, _ = build_features(expression, probes, samples, settings)
-    gene_order = [r["gene"] for r in genes.orderBy("position").collect()]
-    assert gene_order == ["CD19", "CD33", "MPO", "TP53"]  # alphabetical; every gene has a value somewhere
+    vectors, genes, _ = build_features(expression, probes, samples, settings,
+                                       expression_files=expression_files if read_files else None)
+    gene_rows = [(r["position"], r["gene"], r["n_probes"]) for r in genes.orderBy("position").collect()]
+    # alphabetical; every gene has a value somewhere; p3 (MPO /// CD33) counts toward both
+    assert gene_rows == [(0, "CD19", 1), (1, "CD33", 2), (2, "MPO", 2), (3, "TP53", 2)]
+    gene_order = [g for _, g, _ in gene_rows]
     stored = {r["sample"]: np.asarray(r["features"], dtype=float) for r in vectors.collect()}
     expression_pd, probes_pd = _pandas_inputs()
     expected = C.gene_matrix(C.collapse_pd(expression_pd, SCALES, C.probe_gene_map_pd(probes_pd, "each"), settings),
@@ -170,10 +174,29 @@ def test_the_per_sample_form_over_files_gives_the_pandas_vectors(spark, expressi
     probe_map = C.probe_gene_map_pd(probes_pd, multi_gene)
     gene_order = sorted(probe_map["gene"].unique())
     positioned = probe_map.merge(pd.DataFrame({"gene": gene_order, "position": range(len(gene_order))}), on="gene")
-    samples = pd.DataFrame({"sample": list(SCALES), "value_scale": list(SCALES.values())})
+    # S1 and S3 lie whole in one row group (finished in their task); S2's parts are combined by the groupBy.
+    samples = pd.DataFrame({"sample": list(SCALES), "value_scale": list(SCALES.values()),
+                            "n_values": [len(VALUES[s]) for s in SCALES]})
     plan = C.vector_plan(positioned, samples, settings, len(gene_order))
-    vectors = C.collapse_files(spark, expression_files, plan, settings["scale_per_sample"], n_tasks=2).collect()
+    frame, measured = C.collapse_files(spark, expression_files, plan, n_tasks=2)
+    vectors = frame.collect()
     got = np.vstack([np.asarray(r["features"], dtype=float) for r in sorted(vectors, key=lambda r: r["sample"])])
     expected = C.gene_matrix(C.collapse_pd(expression_pd, SCALES, probe_map, settings), sorted(SCALES), gene_order)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     assert np.isnan(got).sum() == np.isnan(expected).sum() > 0  # S3's CD19 stays unmeasured
+    np.testing.assert_array_equal(measured, np.flatnonzero(np.isfinite(expected).any(axis=0)))
+
+
+def test_a_task_finishes_the_samples_it_sees_whole_and_leaves_split_ones_to_the_groupby(expression_files):
+    import pyarrow as pa
+
+    _, probes_pd = _pandas_inputs()
+    probe_map = C.probe_gene_map_pd(probes_pd, "drop")
+    positioned = probe_map.assign(position=probe_map["gene"].map({g: i for i, g in enumerate(sorted(probe_map["gene"].unique()))}))
+    samples = pd.DataFrame({"sample": list(SCALES), "value_scale": list(SCALES.values()),
+                            "n_values": [len(VALUES[s]) for s in SCALES]})
+    plan = C.vector_plan(positioned, samples, _settings("mean", "none"), positioned["position"].nunique())
+    batches = C.read_partials(plan)(iter([pa.RecordBatch.from_pydict({"path": list(expression_files)})]))
+    emitted = [(s, c) for batch in batches for s, c in zip(batch.column("sample").to_pylist(),
+                                                           batch.column("complete").to_pylist())]
+    assert sorted(emitted) == [("S1", True), ("S2", False), ("S2", False), ("S3", True)]

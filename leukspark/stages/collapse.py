@@ -165,9 +165,11 @@ def gene_matrix(gene_rows: pd.DataFrame, samples: list[str], gene_order: list[st
 # -- the per-sample form: one pass over the expression files, no shuffle of probe rows -------
 # The relational form above shuffles every (sample, probe) row to its (sample, gene) group:
 # 114.6 M rows at GSE13159's size. Mean and max decompose, so each task instead reads its
-# expression files with pyarrow and turns each sample's probes into a vector of per-gene sums
-# (or maxima) and counts with one bincount; Spark's groupBy then only combines those vectors
-# (one per sample and file, a few thousand rows) into the feature vectors.
+# expression files with pyarrow and turns each sample's probes into per-gene sums (or maxima)
+# and counts with one bincount. Ingest writes every sample whole into one row group, so a task
+# usually sees all of a sample's rows (it knows from `samples.n_values`) and emits the sample's
+# finished vector; only the parts of a sample split over files (after a rewrite) go through a
+# groupBy that combines them.
 PER_SAMPLE_AGGREGATES = ("mean", "max")
 
 
@@ -178,13 +180,14 @@ class VectorPlan:
     n_genes: int
     aggregate: str
     log_floor: float
+    scale_per_sample: bool
     platforms: dict           # platform -> (probe ids, CSR offsets into `positions`, positions)
     logged: frozenset         # samples to log2 (linear scale under transform auto, or every one with log2)
-    wanted: frozenset         # samples to build vectors for
+    expected_rows: dict       # sample -> its number of expression rows (samples.n_values); wanted samples only
 
 
 def vector_plan(positioned_map: pd.DataFrame, samples: pd.DataFrame, feature_config: dict, n_genes: int) -> VectorPlan:
-    """`positioned_map` (platform, probe_id, position); `samples` (sample, value_scale)."""
+    """`positioned_map` (platform, probe_id, position); `samples` (sample, value_scale[, n_values])."""
     _check(aggregate=feature_config["aggregate"])
     transform = feature_config["transform"]
     platforms = {}
@@ -195,8 +198,10 @@ def vector_plan(positioned_map: pd.DataFrame, samples: pd.DataFrame, feature_con
                                part["position"].to_numpy(dtype=np.int64))
     logged = frozenset(s for s, scale in zip(samples["sample"], samples["value_scale"])
                        if needs_log(scale if isinstance(scale, str) else UNKNOWN, transform))
-    return VectorPlan(n_genes, feature_config["aggregate"], float(feature_config["log_floor"]), platforms,
-                      logged, frozenset(samples["sample"]))
+    counts = samples["n_values"] if "n_values" in samples else pd.Series(-1, index=samples.index)
+    expected = {s: (int(n) if pd.notna(n) else -1) for s, n in zip(samples["sample"], counts)}
+    return VectorPlan(n_genes, feature_config["aggregate"], float(feature_config["log_floor"]),
+                      bool(feature_config.get("scale_per_sample")), platforms, logged, expected)
 
 
 def _positions_of(probe_ids: pa.Array, plan: VectorPlan, platform: str, cache: dict):
@@ -221,21 +226,26 @@ def _positions_of(probe_ids: pa.Array, plan: VectorPlan, platform: str, cache: d
     return result
 
 
-def sample_partials(table: pa.Table, plan: VectorPlan, cache: dict | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(sample, per-gene sums or maxima, per-gene counts) for each wanted sample of `table`
-    (columns sample, platform, probe_id, value), under the scale rule of `collapse`."""
+def _plain(column) -> pa.Array:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
+
+
+def sample_partials(table: pa.Table, plan: VectorPlan, cache: dict | None = None):
+    """(sample, rows seen, per-gene sums or maxima, per-gene counts) for each wanted sample of
+    `table` (columns sample, platform, probe_id, value), under the scale rule of `collapse`."""
     cache = {} if cache is None else cache
     out = []
-    samples = table.column("sample").combine_chunks()
+    samples = _plain(table.column("sample"))
     present = pc.unique(samples).to_pylist()
     for sample in present:
-        if sample not in plan.wanted:
+        if sample not in plan.expected_rows:
             continue
         rows = table if len(present) == 1 else table.filter(pc.equal(samples, sample))
-        platform = rows.column("platform")[0].as_py()
+        platform = _plain(rows.column("platform"))[0].as_py()
         if platform not in plan.platforms:
             continue
-        row_index, position = _positions_of(rows.column("probe_id").combine_chunks(), plan, platform, cache)
+        row_index, position = _positions_of(_plain(rows.column("probe_id")), plan, platform, cache)
         value = rows.column("value").combine_chunks().to_numpy(zero_copy_only=False).astype(float)[row_index]
         if sample in plan.logged:
             value = to_log2(value, plan.log_floor)
@@ -247,12 +257,42 @@ def sample_partials(table: pa.Table, plan: VectorPlan, cache: dict | None = None
         else:
             combined = np.full(plan.n_genes, -np.inf)
             np.maximum.at(combined, position, value)
-        out.append((sample, combined, counts))
+        out.append((sample, rows.num_rows, combined, counts))
     return out
 
 
-def read_partials(plan: VectorPlan):
-    """mapInArrow function over (path) rows: each task reads its expression files row group by row group."""
+def finished_vector(combined: np.ndarray, counts: np.ndarray, aggregate: str, scale_per_sample_: bool) -> np.ndarray:
+    """A sample's feature vector from its (summed) partials; NaN = no probe of the gene measured."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vector = combined / counts if aggregate == "mean" else combined
+    vector = np.where(counts > 0, vector, np.nan)
+    return _min_max(vector) if scale_per_sample_ else vector
+
+
+PARTIAL_ARROW_SCHEMA = pa.schema([("sample", pa.string()), ("complete", pa.bool_()),
+                                  ("combined", pa.list_(pa.float64())), ("counts", pa.list_(pa.int32()))])
+PARTIAL_SCHEMA = "sample string, complete boolean, combined array<double>, counts array<int>"
+
+
+class _MeasuredGenes:
+    """Accumulator of the genes with a value in some sample: an OR of masks, so a retried task
+    that adds its mask twice changes nothing."""
+
+    def __init__(self, n_genes: int):
+        self.n_genes = n_genes
+
+    def zero(self, value):
+        return np.zeros(self.n_genes, dtype=bool)
+
+    def addInPlace(self, left, right):
+        left |= right
+        return left
+
+
+def read_partials(plan: VectorPlan, measured=None):
+    """mapInArrow function over (path) rows: each task reads its expression files row group by row
+    group; a sample seen whole is emitted finished (`complete`, its vector in `combined`). With
+    `measured` (an accumulator), each task adds the genes its samples have a value for."""
     def run(batches):
         import pyarrow.parquet as pq
 
@@ -261,34 +301,33 @@ def read_partials(plan: VectorPlan):
         cache: dict = {}
         for batch in batches:
             for path in batch.column("path").to_pylist():
-                parquet = pq.ParquetFile(local_path(path))
+                parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform", "probe_id"])
                 for group in range(parquet.num_row_groups):
                     table = parquet.read_row_group(group, columns=["sample", "platform", "probe_id", "value"])
-                    partials = sample_partials(table, plan, cache)
-                    if partials:
-                        yield pa.RecordBatch.from_pydict({
-                            "sample": [p[0] for p in partials],
-                            "combined": [p[1] for p in partials],
-                            "counts": [p[2] for p in partials],
-                        }, schema=PARTIAL_ARROW_SCHEMA)
+                    rows = []
+                    for sample, seen, combined, counts in sample_partials(table, plan, cache):
+                        if measured is not None:
+                            measured.add(counts > 0)
+                        if seen == plan.expected_rows[sample]:
+                            rows.append((sample, True, finished_vector(combined, counts, plan.aggregate,
+                                                                       plan.scale_per_sample), None))
+                        else:
+                            rows.append((sample, False, combined, counts))
+                    if rows:
+                        yield pa.RecordBatch.from_arrays(
+                            [pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows]),
+                             pa.array([r[2] for r in rows], pa.list_(pa.float64())),
+                             pa.array([r[3] for r in rows], pa.list_(pa.int32()))], schema=PARTIAL_ARROW_SCHEMA)
     return run
 
 
-PARTIAL_ARROW_SCHEMA = pa.schema([("sample", pa.string()), ("combined", pa.list_(pa.float64())),
-                                  ("counts", pa.list_(pa.int32()))])
-PARTIAL_SCHEMA = "sample string, combined array<double>, counts array<int>"
-
-
 def combine_partials(aggregate: str, scale_per_sample_: bool):
-    """applyInPandas function: a sample's partial vectors -> its feature vector (NaN = unmeasured)."""
+    """applyInPandas function: the parts of a sample split over files -> its feature vector."""
     def run(group: pd.DataFrame) -> pd.DataFrame:
         combined = np.vstack([np.asarray(v, dtype=float) for v in group["combined"]])
         counts = np.vstack([np.asarray(v, dtype=np.int64) for v in group["counts"]]).sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vector = combined.sum(axis=0) / counts if aggregate == "mean" else combined.max(axis=0)
-        vector = np.where(counts > 0, vector, np.nan)
-        if scale_per_sample_:
-            vector = _min_max(vector)
+        summed = combined.sum(axis=0) if aggregate == "mean" else combined.max(axis=0)
+        vector = finished_vector(summed, counts, aggregate, scale_per_sample_)
         return pd.DataFrame({"sample": [group["sample"].iloc[0]], "features": [vector]})
     return run
 
@@ -302,13 +341,21 @@ def _min_max(vector: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(vector), np.nan, scaled)
 
 
-def collapse_files(spark, expression_files: tuple[str, ...], plan: VectorPlan, scale_per_sample_: bool,
-                   n_tasks: int) -> DataFrame:
-    """(sample, features): the per-sample form of `collapse` followed by the vector assembly."""
+def collapse_files(spark, expression_files: tuple[str, ...], plan: VectorPlan,
+                   n_tasks: int) -> tuple[DataFrame, np.ndarray]:
+    """((sample, features), sorted positions of the genes some sample has a value for): the
+    per-sample form of `collapse` followed by the vector assembly.
+
+    The files are read once (the partial vectors are checkpointed), whatever reads the vectors next.
+    """
     if plan.aggregate not in PER_SAMPLE_AGGREGATES:
         raise FeatureError(f"the per-sample collapse combines mean or max, not {plan.aggregate!r}")
+    measured = spark.sparkContext.accumulator(np.zeros(plan.n_genes, dtype=bool), _MeasuredGenes(plan.n_genes))
     paths = spark.createDataFrame([(p,) for p in expression_files], "path string")
-    partials = paths.repartition(max(1, min(n_tasks, len(expression_files)))).mapInArrow(
-        read_partials(plan), PARTIAL_SCHEMA)
-    return partials.groupBy("sample").applyInPandas(combine_partials(plan.aggregate, scale_per_sample_),
-                                                    schema="sample string, features array<double>")
+    partials = (paths.repartition(max(1, min(n_tasks, len(expression_files))))
+                .mapInArrow(read_partials(plan, measured), PARTIAL_SCHEMA).localCheckpoint())
+    finished = partials.where(F.col("complete")).select("sample", F.col("combined").alias("features"))
+    split = (partials.where(~F.col("complete")).groupBy("sample")
+             .applyInPandas(combine_partials(plan.aggregate, plan.scale_per_sample),
+                            schema="sample string, features array<double>"))
+    return finished.unionByName(split), np.flatnonzero(measured.value)

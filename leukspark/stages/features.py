@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..errors import FeatureError
-from .collapse import PER_SAMPLE_AGGREGATES, collapse, collapse_files, probe_gene_map, vector_plan
+from .collapse import PER_SAMPLE_AGGREGATES, collapse, collapse_files, probe_gene_map, probe_gene_map_pd, vector_plan
 
 @dataclass
 class ProbeMapSummary:
@@ -59,6 +59,14 @@ def gene_table(probe_map: DataFrame, platforms: list[str]) -> DataFrame:
         [(i, r["gene"], r["n_probes"]) for i, r in enumerate(rows)], "position int, gene string, n_probes int")
 
 
+def gene_positions_pd(probe_map: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, int]]]:
+    """The pandas form of `gene_table`: (probe map with positions, (position, gene, n_probes) rows)."""
+    counts = probe_map.drop_duplicates(["platform", "probe_id", "gene"]).groupby("gene").size().sort_index()
+    position = {gene: i for i, gene in enumerate(counts.index)}
+    rows = [(i, gene, int(n)) for i, (gene, n) in enumerate(counts.items())]
+    return probe_map.assign(position=probe_map["gene"].map(position)), rows
+
+
 def feature_vectors(values: DataFrame, n_genes: int) -> DataFrame:
     """(sample, features) from (sample, position, value) rows; an unmeasured gene is NaN.
 
@@ -79,16 +87,20 @@ def feature_vectors(values: DataFrame, n_genes: int) -> DataFrame:
 def measured_positions(vectors: DataFrame) -> np.ndarray:
     """Sorted gene positions with a value in at least one of `vectors`' samples.
 
-    Each partition ORs its vectors' finite masks; only those masks (one per partition) reach
-    the driver, never the matrix.
+    Each task ORs the finite masks of its vectors, read straight from the Arrow batches; only
+    those masks (one per batch) reach the driver, never the matrix.
     """
+    import pyarrow as pa
+
     def masks(batches):
         for batch in batches:
-            if len(batch):
-                stacked = np.vstack(batch["features"].to_numpy())
-                yield pd.DataFrame({"measured": [np.isfinite(stacked).any(axis=0)]})
+            features = batch.column("features")
+            if len(features):
+                flat = features.values.to_numpy(zero_copy_only=False).reshape(len(features), -1)
+                yield pa.RecordBatch.from_arrays([pa.array([np.isfinite(flat).any(axis=0)], pa.list_(pa.bool_()))],
+                                                 names=["measured"])
 
-    rows = vectors.select("features").mapInPandas(masks, schema="measured array<boolean>").collect()
+    rows = vectors.select("features").mapInArrow(masks, schema="measured array<boolean>").collect()
     if not rows:
         return np.array([], dtype=int)
     return np.flatnonzero(np.logical_or.reduce([np.asarray(r["measured"], dtype=bool) for r in rows]))
@@ -123,21 +135,27 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     same vectors (tests/test_collapse.py).
     """
     probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
-    platforms = [r["platform"] for r in samples.select("platform").distinct().collect() if r["platform"]]
-    genes = gene_table(probe_map, platforms).localCheckpoint()
-    n_genes = genes.count()
-    _require_genes(n_genes, platforms, feature_config, "could be derived")
-    positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
+    columns = [c for c in ("sample", "platform", "value_scale", "n_values") if c in samples.columns]
+    sample_rows = samples.select(*columns).toPandas()
+    platforms = sorted(p for p in sample_rows["platform"].dropna().unique())
+    spark = expression.sparkSession
     if expression_files and feature_config["aggregate"] in PER_SAMPLE_AGGREGATES:
-        plan = vector_plan(positioned_map.toPandas(), samples.select("sample", "value_scale").toPandas(),
-                           feature_config, n_genes)
-        vectors = collapse_files(expression.sparkSession, expression_files, plan,
-                                 feature_config["scale_per_sample"], n_tasks=len(expression_files))
+        # The annotation is small (~55k probes a platform): its gene table is built on the driver.
+        scoped = platform_probes.where(F.col("platform").isin(*platforms)).toPandas()
+        positioned, gene_rows = gene_positions_pd(probe_gene_map_pd(scoped, feature_config["multi_gene"]))
+        genes = spark.createDataFrame(gene_rows, "position int, gene string, n_probes int")
+        n_genes = len(gene_rows)
+        _require_genes(n_genes, platforms, feature_config, "could be derived")
+        plan = vector_plan(positioned, sample_rows, feature_config, n_genes)
+        vectors, measured = collapse_files(spark, expression_files, plan, n_tasks=len(expression_files))
     else:
+        genes = gene_table(probe_map, platforms).localCheckpoint()
+        n_genes = genes.count()
+        _require_genes(n_genes, platforms, feature_config, "could be derived")
+        positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
         values = collapse(expression, samples, positioned_map, feature_config, key="position")
-        vectors = feature_vectors(values, n_genes)
-    vectors = vectors.localCheckpoint()
-    measured = measured_positions(vectors)
+        vectors = feature_vectors(values, n_genes).localCheckpoint()
+        measured = measured_positions(vectors)
     _require_genes(len(measured), platforms, feature_config, "have values")
     if len(measured) < n_genes:
         vectors, genes = keep_positions(vectors, genes, measured)
