@@ -99,19 +99,16 @@ class Pipeline:
                     .join(labels.select("sample"), "sample"))
         # The files are read as they are only where no deletion vector can hide rows in them.
         files = self.lake.active_files("expression") if self.lake.engine == "delta-rs" else None
-        gene_features, genes, probe_map = feature_stage.build_features(
-            expression, platform_probes, labelled, self.config["features"], expression_files=files)
-        self.lake.overwrite("genes", genes, operation="features")
-        self.lake.overwrite("gene_features", gene_features, operation="features")
+        build = feature_stage.build_features(expression, platform_probes, labelled, self.config["features"],
+                                             expression_files=files)
+        self.lake.overwrite("genes", build.genes, operation="features")
+        self.lake.overwrite("gene_features", build.vectors, operation="features")
         # Recorded last: a build that fails half-way leaves the previous fingerprint, so it is rebuilt.
-        build = (fingerprint, datetime.now(timezone.utc), labelled.count(), genes.count())
-        self.lake.append("feature_builds", self.spark.createDataFrame([build], schemas.FEATURE_BUILDS),
+        record = (fingerprint, datetime.now(timezone.utc), build.n_samples, build.summary.genes_out)
+        self.lake.append("feature_builds", self.spark.createDataFrame([record], schemas.FEATURE_BUILDS),
                          operation="features")
-        platforms = [r["platform"] for r in labelled.select("platform").distinct().collect()]
-        # The gene table is built from the same scoped probe map, so its genes are the ones counted here.
-        summary = feature_stage.summarize_probe_map(platform_probes, probe_map, platforms)
-        self.echo(summary.text())
-        return summary
+        self.echo(build.summary.text())
+        return build.summary
 
     def split(self, *, test_fraction: float | None = None, split_file: str | None = None) -> pd.DataFrame:
         cfg = self.config["split"]

@@ -13,6 +13,7 @@ t-SNE. AML is the positive class throughout, as in the rest of leukspark.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +29,6 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
 
 from . import NEGATIVE_CLASS, POSITIVE_CLASS  # noqa: E402
 from .errors import LeukSparkError, TableError  # noqa: E402
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 EMBEDDING_SAMPLE_CAP = 3000   # PCA / t-SNE beyond this many samples add time, not insight
 PCA_COMPONENTS_FOR_TSNE = 50  # t-SNE on 50 PCA components: much faster, same picture
-TSNE_EXACT_MAX_SAMPLES = 500
 RANDOM_STATE = 0
 
 # One colour per class everywhere, so a reader learns it once.
@@ -94,12 +93,12 @@ def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData
     """
     run = RunLog(lake).record(run_id)
 
-    results = lake.read("results").where(F.col("run") == run_id).toPandas()
+    results = lake.read_small("results", filters=[("run", [run_id])])
     if results.empty:
         raise TableError(f"the results table has no rows for run {run_id}")
     metrics = wide_metrics(results)
-    predictions = (lake.read("predictions").where(F.col("run") == run_id)
-                   .select("model", "fold", "sample", "probability_AML", "predicted", "truth").toPandas())
+    predictions = lake.read_small("predictions", ["model", "fold", "sample", "probability_AML", "predicted", "truth"],
+                                  filters=[("run", [run_id])])
     tested = (predictions["fold"] == TEST_FOLD).any()
     cv_rows = predictions["fold"].map(is_cv_fold)
     oof = predictions[cv_rows].copy()
@@ -111,7 +110,7 @@ def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData
         labels=_read_optional(lake, "labels", ["sample", "label", "subtype"]),
         excluded=_read_optional(lake, "excluded_samples", ["sample", "subtype", "reason"]),
         splits=_read_optional(lake, "splits", ["sample", "set", "fold", "label"]),
-        n_genes_table=(lake.read("genes").count() if run.get("n_genes") is None and lake.exists("genes")
+        n_genes_table=(len(lake.read_small("genes", ["position"])) if run.get("n_genes") is None and lake.exists("genes")
                        else None),
         metrics=metrics,
         cv_summary=cv_summary(results),
@@ -127,7 +126,7 @@ def load_run_data(lake: Lake, run_id: str, best_by: str = "accuracy") -> RunData
 def _read_optional(lake: Lake, table: str, columns: list[str]) -> pd.DataFrame:
     if not lake.exists(table):
         return pd.DataFrame(columns=columns)
-    return lake.read(table).select(*columns).toPandas()
+    return lake.read_small(table, columns)
 
 
 def wide_metrics(results: pd.DataFrame) -> pd.DataFrame:
@@ -255,21 +254,21 @@ class EmbeddingInputs:
 
 
 def gene_embedding_inputs(spark: SparkSession, lake: Lake, data: RunData) -> EmbeddingInputs:
-    """Collect at most EMBEDDING_SAMPLE_CAP labelled samples' features and run PCA on them."""
+    """Read at most EMBEDDING_SAMPLE_CAP labelled samples' features and run PCA on them."""
     empty = pd.DataFrame(columns=["sample", "label", "set"])
     if not lake.exists("gene_features") or data.labels.empty:
         return EmbeddingInputs(empty, None, None, 0, 0, "the lake has no gene_features or labels table")
-    labelled = spark.createDataFrame(data.labels[["sample", "label"]], "sample string, label string")
-    features = lake.read("gene_features").join(labelled, "sample")
-    # A hash order is a deterministic pseudo-random pick, without collecting every sample id.
-    # One row past the cap tells whether the cap applies; only then is a count worth a job.
-    picked = features.orderBy(F.xxhash64("sample"), "sample").limit(EMBEDDING_SAMPLE_CAP + 1).toPandas()
-    n_total = len(picked)
-    if n_total > EMBEDDING_SAMPLE_CAP:
-        n_total = features.count()
-        picked = picked.iloc[:EMBEDDING_SAMPLE_CAP]
-    if len(picked) < 3:
-        return EmbeddingInputs(empty, None, None, n_total, 0, f"only {len(picked)} labelled samples have features")
+    # The ids first (small), then only the picked samples' vectors: no Spark job, no sort of the vectors.
+    with_features = set(lake.read_small("gene_features", ["sample"])["sample"])
+    labelled = data.labels[data.labels["sample"].isin(with_features)][["sample", "label"]]
+    n_total = len(labelled)
+    # A hash order is a deterministic pseudo-random pick that does not depend on the table's file order.
+    order = labelled["sample"].map(lambda s: hashlib.blake2b(s.encode(), digest_size=8).hexdigest())
+    chosen = labelled.assign(_order=order).sort_values(["_order", "sample"]).head(EMBEDDING_SAMPLE_CAP)
+    if len(chosen) < 3:
+        return EmbeddingInputs(empty, None, None, n_total, 0, f"only {len(chosen)} labelled samples have features")
+    vectors = lake.read_small("gene_features", ["sample", "features"], filters=[("sample", chosen["sample"])])
+    picked = chosen.drop(columns="_order").merge(vectors.drop_duplicates("sample"), on="sample")
     # float32 halves the driver memory of a 3,000 x 22,000 matrix; PCA needs no more precision.
     matrix = np.array([np.asarray(v, dtype=np.float32) for v in picked["features"]], dtype=np.float32)
     sets = dict(zip(data.splits["sample"], data.splits["set"]))
@@ -352,10 +351,9 @@ def tsne_section(embedding: EmbeddingInputs, figures: FigureWriter, configured_p
         return Section("tsne", "t-SNE of the gene matrix", f"<p>No t-SNE: {_esc(embedding.reason)}.</p>")
     n_samples = embedding.components.shape[0]
     perplexity = tsne_perplexity(configured_perplexity, n_samples)
-    # Barnes-Hut's per-iteration overhead dominates on small data: the exact O(n^2) method is
-    # several times faster up to a few hundred samples, and slower beyond.
-    method = "exact" if n_samples <= TSNE_EXACT_MAX_SAMPLES else "barnes_hut"
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method=method,
+    # Barnes-Hut, not the exact O(n^2) method: measured 1.6-6.7x faster from 120 to 1,000 samples
+    # (scikit-learn 1.9, 50 components; benchmarks/results/fixed_costs.md).
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method="barnes_hut",
                   random_state=RANDOM_STATE).fit_transform(embedding.components)
     fig, ax = plt.subplots(figsize=(7.5, 6), layout="constrained")
     _scatter_by_class(ax, coords, embedding.samples)

@@ -59,7 +59,7 @@ class FigureWriter:
     def save(self, fig, file_name: str, alt: str) -> str:
         """Write `file_name`, close the figure, return an <img> tag with the same PNG inline."""
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+        fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
         plt.close(fig)
         png = buffer.getvalue()
         (self.out_dir / file_name).write_bytes(png)

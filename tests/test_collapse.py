@@ -11,7 +11,7 @@ import pytest
 from leukspark import schemas
 from leukspark.errors import FeatureError
 from leukspark.stages import collapse as C
-from leukspark.stages.features import build_features
+from leukspark.stages.features import ProbeMapSummary, build_features, summarize_probe_map, summarize_probe_map_pd
 
 # Probe annotations with every case the rules treat: padded and empty symbols, no symbol, multi-gene.
 PROBES = [
@@ -119,8 +119,13 @@ def test_spark_and_pandas_forms_agree(spark_inputs, aggregate, multi_gene, scali
 def test_the_feature_stage_vectors_are_the_pandas_matrix(spark, spark_inputs, expression_files, config, read_files):
     expression, probes, samples = spark_inputs
     settings = {**config["features"], "multi_gene": "each", "aggregate": "mean", "min_genes": 1}
-    vectors, genes, _ = build_features(expression, probes, samples, settings,
-                                       expression_files=expression_files if read_files else None)
+    build = build_features(expression, probes, samples, settings,
+                           expression_files=expression_files if read_files else None)
+    vectors, genes = build.vectors, build.genes
+    # p4 and p5 have no symbol, p3 names two genes (p6's empty symbol is not a second gene)
+    assert build.summary == ProbeMapSummary(probes_in=8, probes_without_symbol=2, probes_multi_gene=1,
+                                            probes_used=6, genes_out=4, genes_unmeasured=0)
+    assert (build.n_samples, build.platforms) == (3, ["GPL1"])
     gene_rows = [(r["position"], r["gene"], r["n_probes"]) for r in genes.orderBy("position").collect()]
     # alphabetical; every gene has a value somewhere; p3 (MPO /// CD33) counts toward both
     assert gene_rows == [(0, "CD19", 1), (1, "CD33", 2), (2, "MPO", 2), (3, "TP53", 2)]
@@ -200,3 +205,44 @@ def test_a_task_finishes_the_samples_it_sees_whole_and_leaves_split_ones_to_the_
     emitted = [(s, c) for batch in batches for s, c in zip(batch.column("sample").to_pylist(),
                                                            batch.column("complete").to_pylist())]
     assert sorted(emitted) == [("S1", True), ("S2", False), ("S2", False), ("S3", True)]
+
+
+@pytest.mark.parametrize("multi_gene", C.MULTI_GENE)
+def test_the_probe_map_summary_is_the_same_in_both_forms(spark_inputs, multi_gene):
+    _, probes, _ = spark_inputs
+    _, probes_pd = _pandas_inputs()
+    from_spark = summarize_probe_map(probes, C.probe_gene_map(probes, multi_gene), ["GPL1"])
+    from_pandas = summarize_probe_map_pd(probes_pd, C.probe_gene_map_pd(probes_pd, multi_gene))
+    assert from_spark == from_pandas
+    # counted from PROBES by hand: every probe with a symbol is used unless it is multi-gene under drop
+    used = {"drop": 5, "first": 6, "each": 6}[multi_gene]
+    assert (from_pandas.probes_in, from_pandas.probes_used, from_pandas.genes_out) == (8, used, 4)
+
+
+def test_a_gene_no_sample_measures_is_left_out_and_counted(spark, spark_inputs, expression_files, config):
+    expression, probes, samples = spark_inputs
+    settings = {**config["features"], "multi_gene": "drop", "aggregate": "mean", "min_genes": 1}
+    only_s3 = samples.where("sample = 'S3'")  # S3 has no CD19 (p6) and no CD33 (p7) value
+    build = build_features(expression, probes, only_s3, settings, expression_files=expression_files)
+    assert [r["gene"] for r in build.genes.orderBy("position").collect()] == ["MPO", "TP53"]
+    assert (build.summary.genes_out, build.summary.genes_unmeasured, build.n_samples) == (2, 2, 1)
+    assert "2 annotated genes without a value in any sample left out" in build.summary.text()
+
+
+def test_row_groups_of_unwanted_samples_are_not_read(expression_files):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    groups = [(path, g) for path in expression_files for g in range(pq.ParquetFile(path).num_row_groups)]
+    held = {(path, g): pq.ParquetFile(path).read_row_group(g, columns=["sample"]).column(0)[0].as_py()
+            for path, g in groups}
+    wanted = ["S1", "S3"]
+    for (path, g), sample in held.items():
+        assert C._may_hold_wanted(pq.ParquetFile(path).metadata.row_group(g), wanted) == (sample in wanted)
+    _, probes_pd = _pandas_inputs()
+    probe_map = C.probe_gene_map_pd(probes_pd, "drop")
+    positioned = probe_map.assign(position=probe_map["gene"].map({g: i for i, g in enumerate(sorted(probe_map["gene"].unique()))}))
+    samples = pd.DataFrame({"sample": wanted, "value_scale": "log2", "n_values": [len(VALUES[s]) for s in wanted]})
+    plan = C.vector_plan(positioned, samples, _settings("mean", "none"), positioned["position"].nunique())
+    batches = C.read_partials(plan)(iter([pa.RecordBatch.from_pydict({"path": list(expression_files)})]))
+    assert sorted(s for batch in batches for s in batch.column("sample").to_pylist()) == wanted

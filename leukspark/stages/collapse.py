@@ -73,12 +73,21 @@ def to_model_scale_pd(values: pd.DataFrame, scales: dict[str, str], feature_conf
 
 
 # -- 2. probe to gene ---------------------------------------------------------------------
+def clean_symbols():
+    """`gene_symbols` trimmed, empty ones dropped (a missing list is empty): the genes a probe names."""
+    trimmed = F.transform(F.coalesce(F.col("gene_symbols"), F.array().cast("array<string>")), lambda s: F.trim(s))
+    return F.filter(trimmed, lambda s: F.length(s) > 0)
+
+
+def clean_symbols_pd(symbols) -> list[str]:
+    """The pandas form of `clean_symbols`, for one probe's list."""
+    return [x.strip() for x in (list(symbols) if symbols is not None else []) if x is not None and x.strip()]
+
+
 def probe_gene_map(platform_probes: DataFrame, multi_gene: str) -> DataFrame:
     """(platform, probe_id, gene) rows: which gene(s) each probe counts toward."""
     _check(multi_gene=multi_gene)
-    trimmed = F.transform(F.coalesce(F.col("gene_symbols"), F.array().cast("array<string>")), lambda s: F.trim(s))
-    symbols = F.filter(trimmed, lambda s: F.length(s) > 0)
-    probes = platform_probes.select("platform", "probe_id", symbols.alias("symbols"))
+    probes = platform_probes.select("platform", "probe_id", clean_symbols().alias("symbols"))
     if multi_gene == "each":
         return probes.select("platform", "probe_id", F.explode("symbols").alias("gene")).distinct()
     kept = probes.where(F.size("symbols") == 1) if multi_gene == "drop" else probes.where(F.size("symbols") >= 1)
@@ -88,9 +97,7 @@ def probe_gene_map(platform_probes: DataFrame, multi_gene: str) -> DataFrame:
 def probe_gene_map_pd(platform_probes: pd.DataFrame, multi_gene: str) -> pd.DataFrame:
     """The pandas form of `probe_gene_map`."""
     _check(multi_gene=multi_gene)
-    symbols = platform_probes["gene_symbols"].map(
-        lambda s: [x.strip() for x in (list(s) if s is not None else []) if x is not None and x.strip()])
-    frame = platform_probes[["platform", "probe_id"]].assign(symbols=symbols)
+    frame = platform_probes[["platform", "probe_id"]].assign(symbols=platform_probes["gene_symbols"].map(clean_symbols_pd))
     if multi_gene == "each":
         exploded = frame[frame["symbols"].map(len) >= 1].explode("symbols").rename(columns={"symbols": "gene"})
         return exploded[["platform", "probe_id", "gene"]].drop_duplicates().reset_index(drop=True)
@@ -289,6 +296,25 @@ class _MeasuredGenes:
         return left
 
 
+def _may_hold_wanted(row_group, wanted: list[str]) -> bool:
+    """False only when the row group's `sample` statistics rule out every wanted (sorted) sample:
+    ingest writes a row group per sample, so the unlabelled samples' groups are never decoded."""
+    import bisect
+
+    for index in range(row_group.num_columns):
+        column = row_group.column(index)
+        if column.path_in_schema != "sample":
+            continue
+        stats = column.statistics
+        if stats is None or not stats.has_min_max:
+            return True
+        low, high = stats.min, stats.max
+        low, high = (low.decode() if isinstance(low, bytes) else low), (high.decode() if isinstance(high, bytes) else high)
+        at = bisect.bisect_left(wanted, low)
+        return at < len(wanted) and wanted[at] <= high
+    return True
+
+
 def read_partials(plan: VectorPlan, measured=None):
     """mapInArrow function over (path) rows: each task reads its expression files row group by row
     group; a sample seen whole is emitted finished (`complete`, its vector in `combined`). With
@@ -299,10 +325,13 @@ def read_partials(plan: VectorPlan, measured=None):
         from ..lake import local_path
 
         cache: dict = {}
+        wanted = sorted(plan.expected_rows)
         for batch in batches:
             for path in batch.column("path").to_pylist():
                 parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform", "probe_id"])
                 for group in range(parquet.num_row_groups):
+                    if not _may_hold_wanted(parquet.metadata.row_group(group), wanted):
+                        continue
                     table = parquet.read_row_group(group, columns=["sample", "platform", "probe_id", "value"])
                     rows = []
                     for sample, seen, combined, counts in sample_partials(table, plan, cache):

@@ -6,7 +6,7 @@ The result is one row per sample with a `features` array in one fixed gene order
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -15,25 +15,49 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..errors import FeatureError
-from .collapse import PER_SAMPLE_AGGREGATES, collapse, collapse_files, probe_gene_map, probe_gene_map_pd, vector_plan
+from .collapse import (PER_SAMPLE_AGGREGATES, clean_symbols, clean_symbols_pd, collapse, collapse_files, probe_gene_map,
+                       probe_gene_map_pd, vector_plan)
 
 @dataclass
 class ProbeMapSummary:
+    """What the annotation of the samples' platforms gave: probes in, dropped and used, genes out.
+
+    `genes_out` is the gene universe the models train on: the annotation's genes less the
+    `genes_unmeasured` ones, which no sample has a value for."""
     probes_in: int
     probes_without_symbol: int
     probes_multi_gene: int
     probes_used: int
     genes_out: int
+    genes_unmeasured: int = 0
 
     def text(self) -> str:
+        unmeasured = (f" ({self.genes_unmeasured:,} annotated genes without a value in any sample left out)"
+                      if self.genes_unmeasured else "")
         return (f"probes in {self.probes_in:,}; without symbol {self.probes_without_symbol:,} (dropped); "
                 f"multi-gene {self.probes_multi_gene:,}; probes used {self.probes_used:,}; "
-                f"genes out {self.genes_out:,}")
+                f"genes out {self.genes_out:,}{unmeasured}")
+
+    def measured(self, n_measured: int) -> "ProbeMapSummary":
+        """This summary once the genes without any value are left out."""
+        return replace(self, genes_out=n_measured, genes_unmeasured=self.genes_out - n_measured)
+
+
+@dataclass
+class FeatureBuild:
+    """The features stage's output: the tables to write and what went into them."""
+    vectors: DataFrame        # (sample, features)
+    genes: DataFrame          # (position, gene, n_probes)
+    summary: ProbeMapSummary
+    n_samples: int            # samples asked for; one without any expression row gets no vector
+    platforms: list[str]
 
 
 def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platforms: list[str]) -> ProbeMapSummary:
+    """Counts over the annotation rows of `platforms` (symbols as the map reads them: trimmed,
+    empty ones dropped); genes_out here is every gene the map names."""
     scoped = platform_probes.where(F.col("platform").isin(*platforms))
-    sizes = scoped.select(F.size(F.coalesce("gene_symbols", F.array().cast("array<string>"))).alias("n"))
+    sizes = scoped.select(F.size(clean_symbols()).alias("n"))
     counts = sizes.agg(
         F.count("*").alias("probes_in"),
         F.sum((F.col("n") == 0).cast("int")).alias("without"),
@@ -44,6 +68,13 @@ def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platfo
                            F.countDistinct("gene").alias("genes")).first()
     return ProbeMapSummary(counts["probes_in"], counts["without"] or 0, counts["multi"] or 0,
                            used_counts["probes"], used_counts["genes"])
+
+
+def summarize_probe_map_pd(scoped_probes: pd.DataFrame, probe_map: pd.DataFrame) -> ProbeMapSummary:
+    """The pandas form of `summarize_probe_map`, over annotation rows already scoped to the platforms."""
+    sizes = scoped_probes["gene_symbols"].map(lambda s: len(clean_symbols_pd(s)))
+    return ProbeMapSummary(len(scoped_probes), int((sizes == 0).sum()), int((sizes > 1).sum()),
+                           len(probe_map.drop_duplicates(["platform", "probe_id"])), int(probe_map["gene"].nunique()))
 
 
 def gene_table(probe_map: DataFrame, platforms: list[str]) -> DataFrame:
@@ -123,9 +154,8 @@ def keep_positions(vectors: DataFrame, genes: DataFrame, positions: np.ndarray) 
 
 
 def build_features(expression: DataFrame, platform_probes: DataFrame, samples: DataFrame,
-                   feature_config: dict, expression_files: tuple[str, ...] | None = None,
-                   ) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Stage entry: (gene_features, genes, probe_map) for `samples` (sample, platform, value_scale).
+                   feature_config: dict, expression_files: tuple[str, ...] | None = None) -> FeatureBuild:
+    """Stage entry: gene feature vectors and gene table for `samples` (sample, platform, value_scale).
 
     The gene universe is what was measured: genes of the annotation that no sample has a value
     for are left out, so a model never carries (and prediction never asks for) a gene the data
@@ -134,32 +164,33 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     (`collapse_files`); otherwise by the relational groupBy over `expression`. Both give the
     same vectors (tests/test_collapse.py).
     """
-    probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
     columns = [c for c in ("sample", "platform", "value_scale", "n_values") if c in samples.columns]
     sample_rows = samples.select(*columns).toPandas()
     platforms = sorted(p for p in sample_rows["platform"].dropna().unique())
     spark = expression.sparkSession
     if expression_files and feature_config["aggregate"] in PER_SAMPLE_AGGREGATES:
-        # The annotation is small (~55k probes a platform): its gene table is built on the driver.
+        # The annotation is small (~55k probes a platform): its gene table and counts are made on the driver.
         scoped = platform_probes.where(F.col("platform").isin(*platforms)).toPandas()
-        positioned, gene_rows = gene_positions_pd(probe_gene_map_pd(scoped, feature_config["multi_gene"]))
+        probe_map = probe_gene_map_pd(scoped, feature_config["multi_gene"])
+        summary = summarize_probe_map_pd(scoped, probe_map)
+        positioned, gene_rows = gene_positions_pd(probe_map)
         genes = spark.createDataFrame(gene_rows, "position int, gene string, n_probes int")
-        n_genes = len(gene_rows)
-        _require_genes(n_genes, platforms, feature_config, "could be derived")
-        plan = vector_plan(positioned, sample_rows, feature_config, n_genes)
+        _require_genes(summary.genes_out, platforms, feature_config, "could be derived")
+        plan = vector_plan(positioned, sample_rows, feature_config, summary.genes_out)
         vectors, measured = collapse_files(spark, expression_files, plan, n_tasks=len(expression_files))
     else:
+        probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
+        summary = summarize_probe_map(platform_probes, probe_map, platforms)
         genes = gene_table(probe_map, platforms).localCheckpoint()
-        n_genes = genes.count()
-        _require_genes(n_genes, platforms, feature_config, "could be derived")
+        _require_genes(summary.genes_out, platforms, feature_config, "could be derived")
         positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
         values = collapse(expression, samples, positioned_map, feature_config, key="position")
-        vectors = feature_vectors(values, n_genes).localCheckpoint()
+        vectors = feature_vectors(values, summary.genes_out).localCheckpoint()
         measured = measured_positions(vectors)
     _require_genes(len(measured), platforms, feature_config, "have values")
-    if len(measured) < n_genes:
+    if len(measured) < summary.genes_out:
         vectors, genes = keep_positions(vectors, genes, measured)
-    return vectors, genes, probe_map
+    return FeatureBuild(vectors, genes, summary.measured(len(measured)), len(sample_rows), platforms)
 
 
 def _require_genes(n_genes: int, platforms: list[str], feature_config: dict, what: str) -> None:
