@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 EMBEDDING_SAMPLE_CAP = 3000   # PCA / t-SNE beyond this many samples add time, not insight
 PCA_COMPONENTS_FOR_TSNE = 50  # t-SNE on 50 PCA components: much faster, same picture
+TSNE_EXACT_MAX_SAMPLES = 100
 RANDOM_STATE = 0
 
 # One colour per class everywhere, so a reader learns it once.
@@ -269,8 +270,10 @@ def gene_embedding_inputs(spark: SparkSession, lake: Lake, data: RunData) -> Emb
         return EmbeddingInputs(empty, None, None, n_total, 0, f"only {len(chosen)} labelled samples have features")
     vectors = lake.read_small("gene_features", ["sample", "features"], filters=[("sample", chosen["sample"])])
     picked = chosen.drop(columns="_order").merge(vectors.drop_duplicates("sample"), on="sample")
+    del vectors
     # float32 halves the driver memory of a 3,000 x 22,000 matrix; PCA needs no more precision.
     matrix = np.array([np.asarray(v, dtype=np.float32) for v in picked["features"]], dtype=np.float32)
+    picked = picked.drop(columns="features")
     sets = dict(zip(data.splits["sample"], data.splits["set"]))
     samples = picked[["sample", "label"]].assign(set=picked["sample"].map(sets).fillna("unassigned"))
     try:
@@ -289,12 +292,18 @@ def standardized_pca(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.decomposition import PCA
 
     observed = ~np.isnan(matrix).all(axis=0)
-    matrix = matrix[:, observed]
-    means = np.nanmean(matrix, axis=0)
-    matrix = np.where(np.isnan(matrix), means, matrix)
-    std = matrix.std(axis=0)
+    work = matrix[:, observed]  # the one copy: imputed and scaled in place (the driver holds it twice at most)
+    missing = np.isnan(work)
+    if missing.any():
+        work[missing] = np.take(np.nanmean(work, axis=0), np.nonzero(missing)[1])
+    del missing
+    std = work.std(axis=0)
     varying = std > 0
-    scaled = (matrix[:, varying] - matrix[:, varying].mean(axis=0)) / std[varying]
+    if not varying.all():
+        work, std = work[:, varying], std[varying]
+    work -= work.mean(axis=0)
+    work /= std
+    scaled = work
     n_components = min(PCA_COMPONENTS_FOR_TSNE, scaled.shape[0], scaled.shape[1])
     if n_components < 2:
         raise ValueError("the gene matrix has fewer than two varying genes: nothing to project")
@@ -351,9 +360,11 @@ def tsne_section(embedding: EmbeddingInputs, figures: FigureWriter, configured_p
         return Section("tsne", "t-SNE of the gene matrix", f"<p>No t-SNE: {_esc(embedding.reason)}.</p>")
     n_samples = embedding.components.shape[0]
     perplexity = tsne_perplexity(configured_perplexity, n_samples)
-    # Barnes-Hut, not the exact O(n^2) method: measured 1.6-6.7x faster from 120 to 1,000 samples
-    # (scikit-learn 1.9, 50 components; benchmarks/results/fixed_costs.md).
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method="barnes_hut",
+    # The exact O(n^2) method only for a few dozen samples: Barnes-Hut's per-iteration overhead wins
+    # there (0.20 vs 0.29 s at 74), but it is 3-7x faster from 300 to 1,000 samples (scikit-learn 1.9,
+    # 50 components; benchmarks/results/fixed_costs.md).
+    method = "exact" if n_samples <= TSNE_EXACT_MAX_SAMPLES else "barnes_hut"
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method=method,
                   random_state=RANDOM_STATE).fit_transform(embedding.components)
     fig, ax = plt.subplots(figsize=(7.5, 6), layout="constrained")
     _scatter_by_class(ax, coords, embedding.samples)
