@@ -209,3 +209,31 @@ def test_the_report_has_a_tuning_section_with_every_outer_fold(tuned_run, spark,
     assert section.count("<tr>") == 1 + 4 + 1  # header, outer folds 0-2 and final, the mean
     assert f"{gaps['cv_pooled']:.4f}" in section
     assert "C=" in section
+
+
+def test_tasks_are_packed_longest_first_into_balanced_bins():
+    costs = np.array([5.0, 1.0, 4.0, 3.0, 3.0, 2.0, 2.0])
+    bins = train_stage.pack_tasks(costs, 3)
+    # LPT by hand: 5->b0, 4->b1, 3->b2, 3->b2 (3 < 4 < 5), 2->b1 (4), 2->b0 (5), 1->b1 (6 < 7)
+    assert bins.tolist() == [0, 1, 1, 2, 2, 1, 0]
+    assert sorted(np.bincount(bins, weights=costs).tolist()) == [6.0, 7.0, 7.0]
+    assert train_stage.pack_tasks(costs, 10).tolist() == [0, 6, 1, 2, 3, 4, 5]  # one task a bin when bins suffice
+    tasks = pd.DataFrame({"model": ["dnn", "logistic_regression", "dnn"], "fold": ["test", "0", "tune:0:1:2"]})
+    assert train_stage.task_costs(tasks).tolist() == [5.0 * 1.25, 1.0, 5.0 * 0.75]
+
+
+def test_the_packed_spark_fan_out_gives_the_sequential_rows(spark, tmp_path, small_problem):
+    samples, matrix, assignments, _, _ = small_problem
+    files = (_write_features(tmp_path / "features.parquet", samples, matrix),)
+    context = train_stage.TrainingContext(run_id="r", feature_files=files, gene_order=tuple(map(str, range(40))),
+                                          assignments=assignments, seed=1, scaler="standard", bundle_root=None,
+                                          inner_folds=2)
+    tasks = tuning.plan_tuning_tasks(["logistic_regression", "linear_svm"], ["0", "1", "2", "test"], TUNING, {}, seed=1)
+    n_bins = train_stage.BINS_PER_CORE * spark.sparkContext.defaultParallelism
+    assert len(tasks) > n_bins  # several tasks share a Spark task
+    key = ["model", "fold", "sample"]
+    fanned = train_stage.run_task_rows(spark, tasks, context).toPandas().drop(columns="fit_seconds")
+    plain = train_stage.run_tasks_sequentially(tasks, context).drop(columns="fit_seconds")
+    assert len(fanned) == len(plain) and fanned.groupby(["model", "fold"]).ngroups == len(tasks)
+    pd.testing.assert_frame_equal(fanned.sort_values(key).reset_index(drop=True)[plain.columns],
+                                  plain.sort_values(key).reset_index(drop=True), check_dtype=False)
