@@ -229,7 +229,7 @@ def test_the_packed_spark_fan_out_gives_the_sequential_rows(spark, tmp_path, sma
                                           assignments=assignments, seed=1, scaler="standard", bundle_root=None,
                                           inner_folds=2)
     tasks = tuning.plan_tuning_tasks(["logistic_regression", "linear_svm"], ["0", "1", "2", "test"], TUNING, {}, seed=1)
-    n_bins = train_stage.BINS_PER_CORE * spark.sparkContext.defaultParallelism
+    n_bins = max(train_stage.MIN_BINS, train_stage.BINS_PER_CORE * spark.sparkContext.defaultParallelism)
     assert len(tasks) > n_bins  # several tasks share a Spark task
     key = ["model", "fold", "sample"]
     fanned = train_stage.run_task_rows(spark, tasks, context).toPandas().drop(columns="fit_seconds")

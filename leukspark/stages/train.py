@@ -117,7 +117,10 @@ def split_task_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # Each Spark task that runs Python costs ~0.2 s before its first row (measured here: 30 one-row tasks
-# 3.5 s, the same rows in few tasks 0.4 s), so tasks are packed into a few bins per core.
+# 3.5 s, the same rows in few tasks 0.4 s). Up to MIN_BINS tasks each get their own Spark task, so
+# Spark's dynamic scheduling balances fits of uneven length; beyond, they are packed into
+# MIN_BINS bins (or BINS_PER_CORE per core on a larger cluster).
+MIN_BINS = 32
 BINS_PER_CORE = 4
 
 
@@ -144,10 +147,10 @@ def pack_tasks(costs: np.ndarray, n_bins: int) -> np.ndarray:
 def run_task_rows(spark: SparkSession, tasks: pd.DataFrame, context: TrainingContext) -> DataFrame:
     """Every task's prediction rows plus one info row per task (sample ''), checkpointed.
 
-    Tasks are packed into at most BINS_PER_CORE bins per core of the session; each bin is one
+    Beyond MIN_BINS (and BINS_PER_CORE per core) tasks are packed into bins; each bin is one
     Spark task that fits its tasks one after another."""
     n_tasks = len(tasks)
-    n_bins = max(1, min(n_tasks, BINS_PER_CORE * spark.sparkContext.defaultParallelism))
+    n_bins = max(1, min(n_tasks, max(MIN_BINS, BINS_PER_CORE * spark.sparkContext.defaultParallelism)))
     bin_keys = one_partition_per_task(spark, n_bins)
     bins = pack_tasks(task_costs(tasks), n_bins)
     keyed = tasks.assign(bin_key=[bin_keys[b] for b in bins], order=np.arange(n_tasks))
