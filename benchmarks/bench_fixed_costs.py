@@ -79,7 +79,7 @@ run_id = pipeline.latest_run()
 timed("report read: delta-rs", lambda: lake.read_small("gene_features", ["sample", "features"]))
 timed("report read: Spark toPandas", lambda: lake.read("gene_features").select("sample", "features").toPandas())
 data = timed("report: load run data", lambda: R.load_run_data(lake, run_id, config["training"]["best_by"]))
-embedding = timed("report: embedding inputs (read + PCA)", lambda: R.gene_embedding_inputs(spark, lake, data))
+embedding = timed("report: embedding inputs (read + PCA)", lambda: R.gene_embedding_inputs(lake, data))
 
 from sklearn.manifold import TSNE
 # t-SNE at this size and at the 524-sample series' 323 labelled samples (two clusters in 50 dimensions,

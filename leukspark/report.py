@@ -65,7 +65,7 @@ def write_report(spark: SparkSession, lake: Lake, run_id: str, out_dir: Path, co
     data = load_run_data(lake, run_id, config["training"]["best_by"])
     figures = FigureWriter(out_dir)
 
-    embedding = gene_embedding_inputs(spark, lake, data)
+    embedding = gene_embedding_inputs(lake, data)
     sections = [
         summary_section(data, report_cfg),
         class_counts_section(data, figures),
@@ -254,7 +254,7 @@ class EmbeddingInputs:
     reason: str | None = None       # why there is no embedding
 
 
-def gene_embedding_inputs(spark: SparkSession, lake: Lake, data: RunData) -> EmbeddingInputs:
+def gene_embedding_inputs(lake: Lake, data: RunData) -> EmbeddingInputs:
     """Read at most EMBEDDING_SAMPLE_CAP labelled samples' features and run PCA on them."""
     empty = pd.DataFrame(columns=["sample", "label", "set"])
     if not lake.exists("gene_features") or data.labels.empty:
