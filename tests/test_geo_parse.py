@@ -553,3 +553,64 @@ def test_infinite_value_in_series_matrix_names_sample_line_and_probe(tmp_path, g
     message = _error_for(_write_text(tmp_path / "GSE37587_series_matrix.txt", lines))
     assert sample in message and f"line {bad_index + 1}" in message and cells[0].strip('"') in message
     assert f"{token!r} is infinite" in message
+
+
+# --------------------------------------------------------------------------- readers sharing a file
+
+
+def _sample_order(path: Path) -> list[str]:
+    return [line.split("=", 1)[1].strip() for line in _raw_lines(path) if line.startswith("^SAMPLE")]
+
+
+def test_readers_sharing_a_family_soft_each_get_their_samples_and_together_all(geo_data_dir):
+    path = geo_data_dir / "GSE781_family.soft.gz"
+    order = _sample_order(path)
+    whole = {r.sample.accession: r for r in iter_geo_records(path) if isinstance(r, SampleTable)}
+    assert list(whole) == order
+    for count in (2, 3):
+        seen = []
+        for index in range(count):
+            records = list(iter_geo_records(path, keep_sample=lambda ordinal: ordinal % count == index))
+            samples = [r for r in records if isinstance(r, SampleTable)]
+            assert [s.sample.accession for s in samples] == order[index::count]
+            # Series and platform records are every reader's: each share needs them.
+            assert sum(isinstance(r, SeriesRecord) for r in records) == 1
+            assert sorted(r.accession for r in records if isinstance(r, PlatformRecord)) == ["GPL96", "GPL97"]
+            for table in samples:
+                reference = whole[table.sample.accession]
+                assert table.probe_id.equals(reference.probe_id) and table.value.equals(reference.value)
+                assert table.first_line == reference.first_line
+            seen += [s.sample.accession for s in samples]
+        assert sorted(seen) == sorted(order)
+
+
+def test_a_broken_table_is_reported_by_the_reader_that_keeps_it_only(geo_data_dir, tmp_path):
+    path = geo_data_dir / "GSE781_family.soft.gz"
+    victim = _sample_order(path)[1]
+    lines = _raw_lines(path)
+    start = lines.index(f"^SAMPLE = {victim}")
+    begin = next(i for i in range(start, len(lines)) if lines[i].lower() == "!sample_table_begin")
+    lines[begin + 2] = lines[begin + 2].split("\t")[0] + "\tnot-a-number"
+    bad = tmp_path / "bad_family.soft.gz"
+    bad.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    others = [r for r in iter_geo_records(bad, keep_sample=lambda ordinal: ordinal != 1) if isinstance(r, SampleTable)]
+    assert victim not in {r.sample.accession for r in others}
+    with pytest.raises(GeoFormatError) as caught:
+        list(iter_geo_records(bad, keep_sample=lambda ordinal: ordinal == 1))
+    assert victim in str(caught.value) and f"line {begin + 3}" in str(caught.value)
+
+
+def test_a_missing_end_marker_is_found_even_in_a_sample_the_reader_skips(geo_data_dir, tmp_path):
+    path = geo_data_dir / "GSE781_family.soft.gz"
+    lines = [line for line in _raw_lines(path)]
+    first_end = next(i for i, line in enumerate(lines) if line.lower() == "!sample_table_end")
+    del lines[first_end]
+    bad = tmp_path / "no_end_family.soft.gz"
+    bad.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(GeoFormatError, match="sample_table_end"):
+        list(iter_geo_records(bad, keep_sample=lambda ordinal: ordinal != 0))
+
+
+def test_a_series_matrix_is_not_read_in_shares(geo_data_dir):
+    with pytest.raises(ValueError, match="series matrix"):
+        iter_geo_records(geo_data_dir / "GSE37587_series_matrix.txt.gz", keep_sample=lambda ordinal: True)

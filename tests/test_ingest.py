@@ -206,3 +206,72 @@ def test_a_utf16_matrix_with_a_byte_order_mark_is_ingested(spark, lake, config, 
     assert sorted(report.new_samples) == ["S1", "S2"] and report.n_missing == 1
     values = {(r["sample"], r["probe_id"]): r["value"] for r in lake.read("expression").collect()}
     assert values[("S1", "TP53")] == 1.5 and values[("S2", "MPO")] is None
+
+
+def _lake_rows(lake, table: str, columns: list[str]) -> list[tuple]:
+    return sorted(tuple(r) for r in lake.read(table).select(*columns).collect())
+
+
+def test_a_soft_file_read_in_shares_gives_the_tables_one_reader_gives(spark, config, tmp_path):
+    from leukspark.lake import Lake
+    from leukspark.synth import write_synthetic_series
+
+    # 110 samples: shares deal blocks of 48 samples, so share 0 reads 48 + 14, share 1 reads 48.
+    series = write_synthetic_series(tmp_path / "s", n_samples=110, n_probes=120, seed=3, write_matrix=False)
+    tiny = series.family_soft.stat().st_size / 2**20 / 4  # the file counts as 4 "split units"
+    lakes = {}
+    for name, split in (("whole", 0), ("shares", tiny)):
+        lakes[name] = Lake.from_config(spark, tmp_path / name, config)
+        report = ingest_sources(spark, lakes[name], [str(series.family_soft)],
+                                {**config, "ingest": {**config["ingest"], "split_file_mb": split}})
+        assert sorted(report.new_samples) == sorted(series.sample_ids)
+    files = {name: {Path(f).name for f in lake.active_files("expression")} for name, lake in lakes.items()}
+    assert all("s00" not in f for f in files["whole"]) and any("s01" in f for f in files["shares"])
+    expression = ["sample", "series", "platform", "probe_id", "value"]
+    assert _lake_rows(lakes["shares"], "expression", expression) == _lake_rows(lakes["whole"], "expression", expression)
+    sample_columns = ["sample", "series", "platform", "n_values", "values_checksum", "value_scale"]
+    assert _lake_rows(lakes["shares"], "samples", sample_columns) == _lake_rows(lakes["whole"], "samples", sample_columns)
+    assert _lake_rows(lakes["shares"], "series", ["series", "n_samples"]) == [("GSE13159", 110)]
+    # Re-sent in shares, the stored samples are recognised: nothing new, nothing committed.
+    version = lakes["shares"].version("expression")
+    again = ingest_sources(spark, lakes["shares"], [str(series.family_soft)],
+                           {**config, "ingest": {**config["ingest"], "split_file_mb": tiny}})
+    assert again.new_samples == [] and len(again.unchanged_samples) == 110
+    assert lakes["shares"].version("expression") == version
+
+
+def test_a_bad_value_in_the_second_share_names_file_and_sample_and_writes_nothing(spark, config, tmp_path):
+    from leukspark.lake import Lake
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(tmp_path / "s", n_samples=110, n_probes=120, seed=3, write_matrix=False)
+    text = gzip.decompress(series.family_soft.read_bytes()).decode()
+    victim = series.sample_ids[60]  # in the second block of 48: share 1 of 2 reads it
+    head, _, rest = text.partition(f"^SAMPLE = {victim}\n")
+    begin = rest.index("!sample_table_begin\n") + len("!sample_table_begin\n")
+    first_row = rest.index("\n", rest.index("\n", begin) + 1)  # the header, then the first data row
+    row = rest[rest.index("\n", begin) + 1:first_row]
+    broken = rest.replace(row, row.split("\t")[0] + "\tnot-a-number", 1)
+    bad = tmp_path / "bad_family.soft.gz"
+    bad.write_bytes(gzip.compress((head + f"^SAMPLE = {victim}\n" + broken).encode()))
+    lake = Lake.from_config(spark, tmp_path / "lake", config)
+    tiny = bad.stat().st_size / 2**20 / 4
+    with pytest.raises(GeoFormatError) as caught:
+        ingest_sources(spark, lake, [str(bad)], {**config, "ingest": {**config["ingest"], "split_file_mb": tiny}})
+    assert str(bad) in str(caught.value) and victim in str(caught.value)
+    assert not lake.exists("expression") and not lake.exists("samples")
+    left = [p for p in (tmp_path / "lake").rglob("*.parquet")]
+    assert left == []  # the staged files of both shares were removed
+
+
+def test_shares_go_to_big_soft_files_only_while_cores_would_idle():
+    from leukspark.stages.ingest import shares_per_file
+
+    mb = 2**20
+    assert shares_per_file([776 * mb], 2, 64 * mb, [True]) == [2]
+    assert shares_per_file([776 * mb], 16, 64 * mb, [True]) == [12]
+    assert shares_per_file([100 * mb], 16, 64 * mb, [True]) == [1]  # not worth a second gunzip
+    assert shares_per_file([776 * mb, 776 * mb], 2, 64 * mb, [True, True]) == [1, 1]
+    assert shares_per_file([776 * mb, 10 * mb], 8, 64 * mb, [True, True]) == [4, 1]
+    assert shares_per_file([776 * mb], 8, 64 * mb, [False]) == [1]  # a matrix or series matrix
+    assert shares_per_file([776 * mb], 8, 0, [True]) == [1]

@@ -328,7 +328,8 @@ def read_partials(plan: VectorPlan, measured=None):
         wanted = sorted(plan.expected_rows)
         for batch in batches:
             for path in batch.column("path").to_pylist():
-                parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform", "probe_id"])
+                # probe_id is read plain: ingest stores it plain (asking for a dictionary would hash it).
+                parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform"])
                 for group in range(parquet.num_row_groups):
                     if not _may_hold_wanted(parquet.metadata.row_group(group), wanted):
                         continue
