@@ -1,8 +1,10 @@
 """Ingest benchmark: GSE13159-shaped family SOFT at 200, 500 and 2,096 samples x 54,675 probes.
 
 For each size: `leukspark ingest` into a fresh lake (wall time, peak memory of the whole process
-tree, Spark JVM included) next to GEOparse parsing the same file (`GEOparse.get_GEO(filepath=...)`),
-both in subprocesses of this one script. Results go to benchmarks/results/ingest.md.
+tree, Spark JVM included), the same with one Spark task per file (`ingest.split_file_mb: 0`, the
+way before a big file was shared between tasks), and GEOparse parsing the same file
+(`GEOparse.get_GEO(filepath=...)`), all in subprocesses of this one script. Results go to
+benchmarks/results/ingest.md.
 
     .venv/bin/python benchmarks/bench_ingest.py [--sizes 200 500 2096] [--skip-geoparse-above N]
 """
@@ -26,31 +28,39 @@ def main() -> None:
     parser.add_argument("--geoparse-memory-limit-gb", type=float, default=21.0)
     args = parser.parse_args()
     rows = []
+    one_task = WORK / "one_task_per_file.yaml"
+    one_task.write_text("ingest:\n  split_file_mb: 0\n")
     for n in args.sizes:
         soft = synthetic_series(n)
         lake = WORK / f"lake_ingest_{n}"
         shutil.rmtree(lake, ignore_errors=True)
         ours = measure(f"leukspark ingest {n}", [sys.executable, "-m", "leukspark.cli", "ingest", str(soft),
                                                 "--lake", str(lake)])
+        shutil.rmtree(lake, ignore_errors=True)
+        single = measure(f"leukspark ingest {n}, one task", [sys.executable, "-m", "leukspark.cli", "ingest",
+                                                             str(soft), "--lake", str(lake), "--config", str(one_task)])
         theirs = measure(f"GEOparse parse {n}", [sys.executable, "-c",
                          "import sys, GEOparse; g = GEOparse.get_GEO(filepath=sys.argv[1], silent=True); "
                          "print(len(g.gsms), 'samples')", str(soft)],
                          memory_limit_gb=args.geoparse_memory_limit_gb)
-        rows.append((n, soft.stat().st_size / 1e6, ours, theirs))
+        rows.append((n, soft.stat().st_size / 1e6, ours, single, theirs))
     lines = [header("Ingest benchmark", "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:])), ""]
     lines.append("Each row: one GSE13159-shaped family SOFT (54,675 probes per sample, gzipped), "
-                 "ingested into a fresh lake (`leukspark ingest`: Spark start, one Spark task "
-                 "streaming the file and writing `expression` Parquet files, one delta-rs commit, then "
-                 "`samples`, `series`, `platform_probes`), and GEOparse "
-                 "parsing the same file into its objects (no pivot). Peak memory is the process tree's "
-                 "(JVM included).\n")
-    lines.append("| samples | file (MB gz) | leukspark ingest (s) | peak (GB) | GEOparse parse (s) | peak (GB) | speed-up |")
-    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, size, ours, theirs in rows:
+                 "ingested into a fresh lake (`leukspark ingest`: Spark start, Spark tasks streaming the "
+                 "file and writing `expression` Parquet files (a file over `ingest.split_file_mb` is read "
+                 "by one task per core, each parsing its share of the samples), one delta-rs commit, then "
+                 "`samples`, `series`, `platform_probes`); the same with one task per file "
+                 "(`ingest.split_file_mb: 0`); and GEOparse parsing the same file into its objects (no "
+                 "pivot). Peak memory is the process tree's (JVM included).\n")
+    lines.append("| samples | file (MB gz) | leukspark ingest (s) | peak (GB) | one task per file (s) | "
+                 "shares vs one task | GEOparse parse (s) | peak (GB) | vs GEOparse |")
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, size, ours, single, theirs in rows:
         their_time = f"{theirs.seconds:.1f}" if theirs.returncode == 0 else f"failed ({theirs.seconds:.0f} s)"
         speedup = f"{theirs.seconds / ours.seconds:.2f}x" if theirs.returncode == 0 and ours.returncode == 0 else "-"
-        lines.append(f"| {n:,} | {size:.0f} | {ours.seconds:.1f} | {ours.peak_gb:.2f} | {their_time} | "
-                     f"{theirs.peak_gb:.2f} | {speedup} |")
+        shared = f"{single.seconds / ours.seconds:.2f}x" if single.returncode == 0 and ours.returncode == 0 else "-"
+        lines.append(f"| {n:,} | {size:.0f} | {ours.seconds:.1f} | {ours.peak_gb:.2f} | {single.seconds:.1f} | "
+                     f"{shared} | {their_time} | {theirs.peak_gb:.2f} | {speedup} |")
     write_results("ingest.md", lines)
 
 

@@ -8,6 +8,8 @@ folds 'k/j' (for calibrators and the stacking meta-learner) and tuning tasks 'tu
 
 from __future__ import annotations
 
+import numpy as np
+
 TEST_FOLD = "test"
 OOD_FOLD = "ood"
 POOLED_FOLD = "cv_pooled"
@@ -23,3 +25,12 @@ def nested_fold(outer: int, held_out: int) -> str:
     `held_out`: out-of-fold probabilities for fitting what is fitted on top of models (the stacking
     meta-learner, a calibrator) for outer fold `outer` without its labels."""
     return f"{outer}/{held_out}"
+
+
+def task_costs(tasks) -> np.ndarray:
+    """Estimated relative cost of each task: the model's `cost`, a final fit (all training rows)
+    x1.25, a nested or tuning fit (fewer rows) x0.75."""
+    from .models import get_model
+
+    size = np.select([tasks["fold"] == TEST_FOLD, tasks["fold"].str.contains("/|:", regex=True)], [1.25, 0.75], 1.0)
+    return tasks["model"].map(lambda name: get_model(name).cost).to_numpy(dtype=float) * size

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import POSITIVE_CLASS
 from .errors import ConfigError
-from .folds import POOLED_FOLD, TEST_FOLD
+from .folds import POOLED_FOLD, TEST_FOLD, task_costs
 
 PREFIX = "tune"
 METRICS = ("roc_auc", "accuracy", "brier", "log_loss")
@@ -93,10 +93,9 @@ def plan_tuning_tasks(models: list[str], outer_folds: list[str], tuning_cfg: dic
             text = json.dumps(params, sort_keys=True, default=str)
             for outer in outer_folds:
                 for inner in range(tuning_cfg["inner_folds"]):
-                    rows.append({"model": model, "fold": TuningFold(outer, index, inner).name, "params": text,
-                                 "cost": spec.cost})
-    tasks = pd.DataFrame(rows, columns=["model", "fold", "params", "cost"])
-    return tasks.sort_values("cost", ascending=False, kind="stable").drop(columns="cost").reset_index(drop=True)
+                    rows.append({"model": model, "fold": TuningFold(outer, index, inner).name, "params": text})
+    tasks = pd.DataFrame(rows, columns=["model", "fold", "params"])
+    return tasks.iloc[np.argsort(-task_costs(tasks), kind="stable")].reset_index(drop=True)
 
 
 def inner_fold_ids(samples: np.ndarray, labels: np.ndarray, in_outer_train: np.ndarray, n_inner: int,

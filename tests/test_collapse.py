@@ -238,7 +238,9 @@ def test_row_groups_of_unwanted_samples_are_not_read(expression_files):
             for path, g in groups}
     wanted = ["S1", "S3"]
     for (path, g), sample in held.items():
-        assert C._may_hold_wanted(pq.ParquetFile(path).metadata.row_group(g), wanted) == (sample in wanted)
+        metadata = pq.ParquetFile(path).metadata
+        assert C.sample_column_index(metadata) == metadata.schema.names.index("sample")
+        assert C._may_hold_wanted(metadata.row_group(g), wanted, C.sample_column_index(metadata)) == (sample in wanted)
     _, probes_pd = _pandas_inputs()
     probe_map = C.probe_gene_map_pd(probes_pd, "drop")
     positioned = probe_map.assign(position=probe_map["gene"].map({g: i for i, g in enumerate(sorted(probe_map["gene"].unique()))}))

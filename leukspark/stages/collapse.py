@@ -296,23 +296,26 @@ class _MeasuredGenes:
         return left
 
 
-def _may_hold_wanted(row_group, wanted: list[str]) -> bool:
+def sample_column_index(metadata) -> int | None:
+    """Index of the `sample` column among a Parquet file's columns (the same in every row group)."""
+    schema = metadata.schema
+    return next((i for i in range(len(schema)) if schema.column(i).path == "sample"), None)
+
+
+def _may_hold_wanted(row_group, wanted: list[str], sample_column: int | None) -> bool:
     """False only when the row group's `sample` statistics rule out every wanted (sorted) sample:
     ingest writes a row group per sample, so the unlabelled samples' groups are never decoded."""
     import bisect
 
-    for index in range(row_group.num_columns):
-        column = row_group.column(index)
-        if column.path_in_schema != "sample":
-            continue
-        stats = column.statistics
-        if stats is None or not stats.has_min_max:
-            return True
-        low, high = stats.min, stats.max
-        low, high = (low.decode() if isinstance(low, bytes) else low), (high.decode() if isinstance(high, bytes) else high)
-        at = bisect.bisect_left(wanted, low)
-        return at < len(wanted) and wanted[at] <= high
-    return True
+    if sample_column is None:
+        return True
+    stats = row_group.column(sample_column).statistics
+    if stats is None or not stats.has_min_max:
+        return True
+    low, high = stats.min, stats.max
+    low, high = (low.decode() if isinstance(low, bytes) else low), (high.decode() if isinstance(high, bytes) else high)
+    at = bisect.bisect_left(wanted, low)
+    return at < len(wanted) and wanted[at] <= high
 
 
 def read_partials(plan: VectorPlan, measured=None):
@@ -330,8 +333,9 @@ def read_partials(plan: VectorPlan, measured=None):
             for path in batch.column("path").to_pylist():
                 # probe_id is read plain: ingest stores it plain (asking for a dictionary would hash it).
                 parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform"])
+                sample_column = sample_column_index(parquet.metadata)
                 for group in range(parquet.num_row_groups):
-                    if not _may_hold_wanted(parquet.metadata.row_group(group), wanted):
+                    if not _may_hold_wanted(parquet.metadata.row_group(group), wanted, sample_column):
                         continue
                     table = parquet.read_row_group(group, columns=["sample", "platform", "probe_id", "value"])
                     rows = []

@@ -23,7 +23,7 @@ from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from .. import POSITIVE_CLASS, NEGATIVE_CLASS, schemas
 from ..errors import ModelError
-from ..folds import OOD_FOLD, POOLED_FOLD, TEST_FOLD, is_cv_fold, nested_fold  # noqa: F401 (re-exported)
+from ..folds import OOD_FOLD, POOLED_FOLD, TEST_FOLD, is_cv_fold, nested_fold, task_costs  # noqa: F401 (re-exported)
 from ..tuning import fold_params, parse_tuning_fold, tuning_rows
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,6 @@ def split_task_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 # MIN_BINS bins (or BINS_PER_CORE per core on a larger cluster).
 MIN_BINS = 32
 BINS_PER_CORE = 4
-
-
-def task_costs(tasks: pd.DataFrame) -> np.ndarray:
-    """Estimated relative cost of each task: the model's `cost`, a final fit (all training rows)
-    x1.25, a nested or tuning fit (fewer rows) x0.75."""
-    from ..models import get_model
-
-    size = np.select([tasks["fold"] == TEST_FOLD, tasks["fold"].str.contains("/|:", regex=True)], [1.25, 0.75], 1.0)
-    return tasks["model"].map(lambda name: get_model(name).cost).to_numpy(dtype=float) * size
 
 
 def pack_tasks(costs: np.ndarray, n_bins: int) -> np.ndarray:
