@@ -614,3 +614,28 @@ def test_a_missing_end_marker_is_found_even_in_a_sample_the_reader_skips(geo_dat
 def test_a_series_matrix_is_not_read_in_shares(geo_data_dir):
     with pytest.raises(ValueError, match="series matrix"):
         iter_geo_records(geo_data_dir / "GSE37587_series_matrix.txt.gz", keep_sample=lambda ordinal: True)
+
+
+def test_gunzip_gives_the_same_text_and_errors_with_zlib_and_with_isal(geo_data_dir, tmp_path, monkeypatch):
+    import zlib
+
+    from leukspark.geo import soft
+
+    modules = [zlib]
+    try:
+        from isal import isal_zlib
+        modules.append(isal_zlib)
+    except ImportError:  # the fallback alone is what such an install runs
+        pass
+    path = geo_data_dir / "GSE781_family.soft.gz"
+    raw = path.read_bytes()
+    truncated, corrupt = tmp_path / "truncated.soft.gz", tmp_path / "corrupt.soft.gz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    corrupt.write_bytes(raw[:5000] + bytes(b ^ 0xFF for b in raw[5000:5100]) + raw[5100:])
+    for module in modules:
+        monkeypatch.setattr(soft, "_inflate", module)
+        assert b"".join(soft.decompressed_chunks(path, 1 << 16)) == gzip.decompress(raw)
+        with pytest.raises(GeoFormatError, match="truncated"):
+            b"".join(soft.decompressed_chunks(truncated))
+        with pytest.raises(GeoFormatError, match="corrupt"):
+            b"".join(soft.decompressed_chunks(corrupt))

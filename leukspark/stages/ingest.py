@@ -160,10 +160,12 @@ def in_share(ordinal: int, index: int, count: int) -> bool:
 def merge_shares(shares: list[ParsedSource]) -> ParsedSource:
     """One file's shares as one reader's result: the metadata every share read once (from the
     first), the samples, files and counts of all. The first share's error, if any, wins."""
-    first = shares[0]
     failed = next((share for share in shares if share.error is not None), None)
-    if len(shares) == 1 or failed is not None:
-        return failed or first
+    if failed is not None:
+        return failed
+    first = shares[0]
+    if len(shares) == 1:
+        return first
     return ParsedSource(
         source_file=first.source_file, series_rows=first.series_rows, platform_tables=first.platform_tables,
         sample_rows=[row for share in shares for row in share.sample_rows],
@@ -487,14 +489,17 @@ def _parse_in_tasks(spark: SparkSession, paths: list[Path], staging_dir: Path, s
     from .. import errors as error_module
 
     shares = shares_per_file([p.stat().st_size for p in paths], spark.sparkContext.defaultParallelism,
-                             split_bytes, [_is_splittable(p) for p in paths] if split_bytes > 0 else [False] * len(paths))
+                             split_bytes, [_is_splittable(p) for p in paths])
     tasks = [(i, str(p.resolve()), share, count) for i, (p, count) in enumerate(zip(paths, shares))
              for share in range(count)]
     parse = partial(_parse_task, staging_dir=str(staging_dir), stored_checksums=stored, platform=platform)
     results = spark.sparkContext.parallelize(tasks, len(tasks)).map(parse).collect()
+    by_file: dict[int, list[ParsedSource]] = {}
+    for (index, *_), result in zip(tasks, results):
+        by_file.setdefault(index, []).append(result)
     parsed = []
     for index in range(len(paths)):
-        result = merge_shares([r for r, task in zip(results, tasks) if task[0] == index])
+        result = merge_shares(by_file[index])
         if result.error is not None:
             name, message = result.error
             error_type = getattr(error_module, name, None)
