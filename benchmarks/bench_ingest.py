@@ -6,7 +6,7 @@ way before a big file was shared between tasks), and GEOparse parsing the same f
 (`GEOparse.get_GEO(filepath=...)`), all in subprocesses of this one script. Results go to
 benchmarks/results/ingest.md.
 
-    .venv/bin/python benchmarks/bench_ingest.py [--sizes 200 500 2096] [--skip-geoparse-above N]
+    .venv/bin/python benchmarks/bench_ingest.py [--sizes 200 500 2096] [--geoparse-memory-limit-gb 21]
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from measure import WORK, header, measure, synthetic_series, write_results  # noqa: E402
 
+
+
+def seconds(run) -> str:
+    return f"{run.seconds:.1f}" if run.returncode == 0 else f"failed ({run.seconds:.0f} s)"
+
+
+def ratio(baseline, run) -> str:
+    """How many times faster `run` is than `baseline`; '-' when either failed."""
+    return f"{baseline.seconds / run.seconds:.2f}x" if baseline.returncode == 0 and run.returncode == 0 else "-"
 
 
 def main() -> None:
@@ -56,11 +65,8 @@ def main() -> None:
                  "shares vs one task | GEOparse parse (s) | peak (GB) | vs GEOparse |")
     lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, size, ours, single, theirs in rows:
-        their_time = f"{theirs.seconds:.1f}" if theirs.returncode == 0 else f"failed ({theirs.seconds:.0f} s)"
-        speedup = f"{theirs.seconds / ours.seconds:.2f}x" if theirs.returncode == 0 and ours.returncode == 0 else "-"
-        shared = f"{single.seconds / ours.seconds:.2f}x" if single.returncode == 0 and ours.returncode == 0 else "-"
-        lines.append(f"| {n:,} | {size:.0f} | {ours.seconds:.1f} | {ours.peak_gb:.2f} | {single.seconds:.1f} | "
-                     f"{shared} | {their_time} | {theirs.peak_gb:.2f} | {speedup} |")
+        lines.append(f"| {n:,} | {size:.0f} | {seconds(ours)} | {ours.peak_gb:.2f} | {seconds(single)} | "
+                     f"{ratio(single, ours)} | {seconds(theirs)} | {theirs.peak_gb:.2f} | {ratio(theirs, ours)} |")
     write_results("ingest.md", lines)
 
 
