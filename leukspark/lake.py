@@ -181,24 +181,38 @@ class Lake:
         return self._engine_impl.history(self.path(table))
 
     def schema(self, table: str) -> StructType:
-        return self.read(table).schema
+        """The table's schema as its log declares it (no Spark job lists its files)."""
+        if not self.exists(table):
+            raise TableError(f"table '{table}' does not exist at {self.path(table)}")
+        return self._engine_impl.spark_schema(self.path(table))
 
     # -- writes ---------------------------------------------------------------------------
     def append(self, table: str, df: DataFrame, *, operation: str = "append") -> CommitInfo:
         """Add the rows of `df` in one commit (creating the table if needed)."""
         path = self.path(table)
-        self._check_schema(table, df)
+        self._check_schema(table, df.schema)
         return self._engine_impl.append(path, df, operation)
 
     def overwrite(self, table: str, df: DataFrame, *, operation: str = "overwrite") -> CommitInfo:
         """Replace the table's rows with `df` in one commit; the old version stays in history."""
         path = self.path(table)
-        self._check_schema(table, df)
+        self._check_schema(table, df.schema)
         return self._engine_impl.overwrite(path, df, operation)
+
+    def append_small(self, table: str, rows, schema: StructType, *, operation: str = "append") -> CommitInfo:
+        """`append` for rows already on the driver (a pandas DataFrame in `schema`'s columns): with
+        delta-rs the driver writes their one Parquet file itself, with no Spark job to start."""
+        self._check_schema(table, schema)
+        return self._engine_impl.append_small(self.path(table), rows, schema, operation)
+
+    def overwrite_small(self, table: str, rows, schema: StructType, *, operation: str = "overwrite") -> CommitInfo:
+        """`overwrite` for rows already on the driver, as `append_small` writes them."""
+        self._check_schema(table, schema)
+        return self._engine_impl.overwrite_small(self.path(table), rows, schema, operation)
 
     def merge(self, table: str, df: DataFrame, keys: Sequence[str], *, operation: str = "merge") -> CommitInfo:
         """Upsert: rows of `df` replace the stored rows with the same key values; others are added."""
-        self._check_schema(table, df)
+        self._check_schema(table, df.schema)
         return self._engine_impl.update(self.path(table), list(keys), lambda _current: df, df.schema, operation)
 
     def update(self, table: str, keys: Sequence[str], change: Callable[[DataFrame], DataFrame | None],
@@ -222,7 +236,7 @@ class Lake:
     def insert_new(self, table: str, df: DataFrame, keys: Sequence[str], *,
                    operation: str = "insert") -> CommitInfo | None:
         """Append only rows whose key is not stored yet (idempotent ingestion). None if nothing new."""
-        self._check_schema(table, df)
+        self._check_schema(table, df.schema)
         return self._engine_impl.insert_new(self.path(table), df, list(keys), operation)
 
     def new_staging(self, table: str) -> "StagedFiles":
@@ -239,16 +253,20 @@ class Lake:
         return StagedFiles(table=table, name=name, directory=directory)
 
     def commit_staged(self, staged: "StagedFiles", schema: StructType, *, replace_keys: DataFrame | None = None,
-                      operation: str = "append") -> CommitInfo | None:
-        """Commit the staged Parquet files in one transaction; rows matching `replace_keys` are replaced.
+                      overwrite: bool = False, operation: str = "append") -> CommitInfo | None:
+        """Commit the staged Parquet files in one transaction; rows matching `replace_keys` are
+        replaced, or with `overwrite` every stored row is (even by no rows at all).
 
-        None (and the staging folder removed) when there is nothing to commit.
+        None (and the staging folder removed) when an append has nothing to commit.
         """
+        if overwrite and replace_keys is not None:
+            raise ValueError("commit_staged: overwrite replaces every row; replace_keys would be ignored")
         table_schema = self.schema(staged.table) if self.exists(staged.table) else None
         if table_schema is not None:
             check_same_schema(table_schema, schema, staged.table)
         try:
-            return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation)
+            return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation,
+                                                   overwrite)
         finally:
             self.keeper.release(staged.directory)
 
@@ -263,10 +281,9 @@ class Lake:
         path = self.path(table)
         return self._engine_impl.delete_keys(path, keys_df, list(keys_df.columns), operation)
 
-    def _check_schema(self, table: str, df: DataFrame) -> None:
-        if not self.exists(table):
-            return
-        check_same_schema(self.schema(table), df.schema, table)
+    def _check_schema(self, table: str, incoming: StructType) -> None:
+        if self.exists(table):
+            check_same_schema(self.schema(table), incoming, table)
 
     # -- leftovers of killed writers ------------------------------------------------------
     def remove_orphaned_staging(self) -> list[str]:
@@ -480,6 +497,25 @@ class _DeltaRsEngine:
             self._drop(path, [staging_name])
             raise
 
+    def _stage_rows(self, path: str, rows, schema: StructType) -> tuple[str, list]:
+        """The driver writes rows it holds (pandas) as the one Parquet file of a fresh staging folder."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        staging_name = _staging_name()
+        staging_dir = Path(path) / staging_name
+        staging_dir.mkdir(parents=True)
+        self.keeper.add(staging_dir)
+        try:
+            table = pa.Table.from_pandas(rows[schema.fieldNames()], schema=to_arrow_schema(schema),
+                                         preserve_index=False)
+            pq.write_table(table, staging_dir / "part-00000.parquet", compression="snappy")
+            return staging_name, self._add_actions(path, staging_name)
+        except BaseException:
+            self._drop(path, [staging_name])
+            raise
+
     @staticmethod
     def _add_actions(path: str, staging_name: str) -> list:
         from deltalake.transaction import AddAction
@@ -592,6 +628,15 @@ class _DeltaRsEngine:
         return self._write(path, df.schema, operation, lambda _snapshot: Plan(actions), mode="overwrite",
                            staged=[staging_name])
 
+    def append_small(self, path: str, rows, schema: StructType, operation: str) -> CommitInfo:
+        staging_name, actions = self._stage_rows(path, rows, schema)
+        return self._write(path, schema, operation, lambda _snapshot: Plan(actions), staged=[staging_name])
+
+    def overwrite_small(self, path: str, rows, schema: StructType, operation: str) -> CommitInfo:
+        staging_name, actions = self._stage_rows(path, rows, schema)
+        return self._write(path, schema, operation, lambda _snapshot: Plan(actions), mode="overwrite",
+                           staged=[staging_name])
+
     def rewrite(self, path: str, transform: Callable[[DataFrame], DataFrame], operation: str) -> CommitInfo:
         def plan(snapshot) -> Plan:
             frame = transform(self._frame(snapshot))
@@ -640,8 +685,11 @@ class _DeltaRsEngine:
         return self._write(path, df.schema, operation, plan)
 
     def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,
-                      operation: str) -> CommitInfo | None:
+                      operation: str, overwrite: bool = False) -> CommitInfo | None:
         adds = self._add_actions(path, staged.name)
+        if overwrite:
+            return self._write(path, schema, operation, lambda _snapshot: Plan(adds), mode="overwrite",
+                               staged=[staged.name])
 
         def plan(snapshot) -> Plan | None:
             touched, survivors = ([], None) if replace_keys is None else self._copy_on_write(path, snapshot,
@@ -721,6 +769,9 @@ class _DeltaSparkEngine:
     def read(self, path: str) -> DataFrame:
         return self.spark.read.format("delta").load(path)
 
+    def spark_schema(self, path: str) -> StructType:
+        return self.read(path).schema
+
     def active_files(self, path: str) -> list[str]:
         # The JVM's Delta log is the one to ask; a Delta read's input files are exactly its active files.
         return list(self.read(path).inputFiles())
@@ -743,6 +794,12 @@ class _DeltaSparkEngine:
 
     def overwrite(self, path: str, df: DataFrame, operation: str) -> CommitInfo:
         return self._write(path, df, "overwrite", operation)
+
+    def append_small(self, path: str, rows, schema: StructType, operation: str) -> CommitInfo:
+        return self.append(path, self.spark.createDataFrame(rows[schema.fieldNames()], schema), operation)
+
+    def overwrite_small(self, path: str, rows, schema: StructType, operation: str) -> CommitInfo:
+        return self.overwrite(path, self.spark.createDataFrame(rows[schema.fieldNames()], schema), operation)
 
     def merge(self, path: str, df: DataFrame, keys: list[str], operation: str) -> CommitInfo:
         if not self.exists(path):
@@ -773,10 +830,16 @@ class _DeltaSparkEngine:
         return CommitInfo(version=self.version(path), operation=operation, rows_written=None)
 
     def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,
-                      operation: str) -> CommitInfo | None:
+                      operation: str, overwrite: bool = False) -> CommitInfo | None:
         # delta-spark writes its own files: the staged Parquet is read back and committed through it.
         try:
-            if not any(staged.directory.glob("*.parquet")):
+            files = [str(f) for f in sorted(staged.directory.glob("*.parquet"))]
+            if overwrite:
+                frame = (self.spark.read.schema(schema).parquet(*files) if files
+                         else self.spark.createDataFrame([], schema))
+                # Spark reads the staged files lazily: they go once delta-spark has written its own.
+                return self._write(path, frame, "overwrite", operation)
+            if not files:
                 return None
             frame = self.spark.read.schema(schema).parquet(str(staged.directory))
             if replace_keys is not None and self.exists(path):

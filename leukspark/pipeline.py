@@ -97,16 +97,30 @@ class Pipeline:
         platform_probes = self.lake.read("platform_probes")
         labelled = (self.lake.read("samples").select("sample", "platform", "value_scale", "n_values")
                     .join(labels.select("sample"), "sample"))
-        # The files are read as they are only where no deletion vector can hide rows in them.
+        # The files are read as they are only where no deletion vector can hide rows in them; the
+        # tasks then write the vectors into the table's staging folder themselves.
         files = self.lake.active_files("expression") if self.lake.engine == "delta-rs" else None
-        build = feature_stage.build_features(expression, platform_probes, labelled, self.config["features"],
-                                             expression_files=files)
-        self.lake.overwrite("genes", build.genes, operation="features")
-        self.lake.overwrite("gene_features", build.vectors, operation="features")
+        staged = self.lake.new_staging("gene_features") if files else None
+        try:
+            build = feature_stage.build_features(expression, platform_probes, labelled, self.config["features"],
+                                                 expression_files=files,
+                                                 vectors_to=staged.directory if staged else None)
+            self.lake.overwrite_small("genes", build.genes, schemas.GENES, operation="features")
+            if build.vector_files:
+                self.lake.commit_staged(staged, schemas.GENE_FEATURES, overwrite=True, operation="features")
+            else:  # an aggregate the per-sample form does not make (median), or no vector at all
+                if staged is not None:
+                    self.lake.discard_staged(staged)
+                    staged = None
+                self.lake.overwrite("gene_features", build.vectors, operation="features")
+        except BaseException:
+            if staged is not None:
+                self.lake.discard_staged(staged)
+            raise
         # Recorded last: a build that fails half-way leaves the previous fingerprint, so it is rebuilt.
-        record = (fingerprint, datetime.now(timezone.utc), build.n_samples, build.summary.genes_out)
-        self.lake.append("feature_builds", self.spark.createDataFrame([record], schemas.FEATURE_BUILDS),
-                         operation="features")
+        record = pd.DataFrame([(fingerprint, datetime.now(timezone.utc), build.n_samples, build.summary.genes_out)],
+                              columns=schemas.FEATURE_BUILDS.fieldNames())
+        self.lake.append_small("feature_builds", record, schemas.FEATURE_BUILDS, operation="features")
         self.echo(build.summary.text())
         return build.summary
 

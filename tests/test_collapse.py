@@ -126,7 +126,7 @@ def test_the_feature_stage_vectors_are_the_pandas_matrix(spark, spark_inputs, ex
     assert build.summary == ProbeMapSummary(probes_in=8, probes_without_symbol=2, probes_multi_gene=1,
                                             probes_used=6, genes_out=4, genes_unmeasured=0)
     assert (build.n_samples, build.platforms) == (3, ["GPL1"])
-    gene_rows = [(r["position"], r["gene"], r["n_probes"]) for r in genes.orderBy("position").collect()]
+    gene_rows = list(genes.sort_values("position").itertuples(index=False, name=None))
     # alphabetical; every gene has a value somewhere; p3 (MPO /// CD33) counts toward both
     assert gene_rows == [(0, "CD19", 1), (1, "CD33", 2), (2, "MPO", 2), (3, "TP53", 2)]
     gene_order = [g for _, g, _ in gene_rows]
@@ -224,7 +224,8 @@ def test_a_gene_no_sample_measures_is_left_out_and_counted(spark, spark_inputs, 
     settings = {**config["features"], "multi_gene": "drop", "aggregate": "mean", "min_genes": 1}
     only_s3 = samples.where("sample = 'S3'")  # S3 has no CD19 (p6) and no CD33 (p7) value
     build = build_features(expression, probes, only_s3, settings, expression_files=expression_files)
-    assert [r["gene"] for r in build.genes.orderBy("position").collect()] == ["MPO", "TP53"]
+    assert build.genes.sort_values("position")["gene"].tolist() == ["MPO", "TP53"]
+    assert build.genes["position"].tolist() == [0, 1]
     assert (build.summary.genes_out, build.summary.genes_unmeasured, build.n_samples) == (2, 2, 1)
     assert "2 annotated genes without a value in any sample left out" in build.summary.text()
 
@@ -248,3 +249,51 @@ def test_row_groups_of_unwanted_samples_are_not_read(expression_files):
     plan = C.vector_plan(positioned, samples, _settings("mean", "none"), positioned["position"].nunique())
     batches = C.read_partials(plan)(iter([pa.RecordBatch.from_pydict({"path": list(expression_files)})]))
     assert sorted(s for batch in batches for s in batch.column("sample").to_pylist()) == wanted
+
+
+def _vectors_in(folder, names) -> dict:
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for name in names:
+        table = pq.read_table(folder / name)
+        for sample, vector in zip(table.column("sample").to_pylist(), table.column("features").to_pylist()):
+            assert sample not in rows, f"{sample} written twice"
+            rows[sample] = np.asarray(vector, dtype=float)
+    return rows
+
+
+@pytest.mark.parametrize("aggregate", C.PER_SAMPLE_AGGREGATES)
+def test_tasks_that_write_their_own_vector_files_give_the_per_sample_vectors(spark, expression_files, aggregate,
+                                                                             tmp_path):
+    expression_pd, probes_pd = _pandas_inputs()
+    probe_map = C.probe_gene_map_pd(probes_pd, "each")
+    gene_order = sorted(probe_map["gene"].unique())
+    positioned = probe_map.merge(pd.DataFrame({"gene": gene_order, "position": range(len(gene_order))}), on="gene")
+    samples = pd.DataFrame({"sample": list(SCALES), "value_scale": list(SCALES.values()),
+                            "n_values": [len(VALUES[s]) for s in SCALES]})
+    settings = _settings(aggregate, "auto+minmax")
+    plan = C.vector_plan(positioned, samples, settings, len(gene_order))
+    names, measured = C.collapse_files_to(spark, expression_files, plan, tmp_path)
+    # every file in the folder is one the step names, and no half-written one is left
+    assert names == sorted(names) and sorted(p.name for p in tmp_path.iterdir()) == names
+    written = _vectors_in(tmp_path, names)
+    assert sorted(written) == sorted(SCALES)   # S2, split over two files, written once by the combining step
+    expected = C.gene_matrix(C.collapse_pd(expression_pd, SCALES, probe_map, settings), sorted(SCALES), gene_order)
+    np.testing.assert_allclose(np.vstack([written[s] for s in sorted(SCALES)]), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(measured, np.flatnonzero(np.isfinite(expected).any(axis=0)))
+
+
+def test_written_vectors_lose_the_genes_no_sample_measures(spark, spark_inputs, expression_files, config, tmp_path):
+    expression, probes, samples = spark_inputs
+    settings = {**config["features"], "multi_gene": "drop", "aggregate": "mean", "min_genes": 1}
+    only_s3 = samples.where("sample = 'S3'")  # S3 has no CD19 (p6) and no CD33 (p7) value
+    build = build_features(expression, probes, only_s3, settings, expression_files=expression_files,
+                           vectors_to=tmp_path)
+    assert build.genes["gene"].tolist() == ["MPO", "TP53"] and build.genes["position"].tolist() == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(build.vector_files)
+    assert all(name.startswith("kept-") for name in build.vector_files)
+    written = _vectors_in(tmp_path, build.vector_files)
+    # S3: MPO is p8 alone (p3 is multi-gene, dropped) = 11.0; TP53 is p2 alone (p1 missing) = 6.0
+    np.testing.assert_allclose(written["S3"], [11.0, 6.0])
+    assert [r["features"] for r in build.vectors.collect()] == [[11.0, 6.0]]

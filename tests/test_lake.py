@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
 from leukspark.errors import SchemaMismatchError, TableError
+from leukspark.lake import STAGING_PREFIX
 
 
 def _rows(spark, ids, tag="v1"):
@@ -120,3 +121,67 @@ def test_commit_is_one_log_entry_for_many_task_files(spark, lake):
     adds = [json.loads(line)["add"] for line in entry if '"add"' in line]
     assert len(adds) == 4
     assert sum(json.loads(a["stats"])["numRecords"] for a in adds) == 1000
+
+
+def _gene_rows(genes):
+    import pandas as pd
+
+    return pd.DataFrame({"position": range(len(genes)), "gene": genes, "n_probes": [2] * len(genes)}).astype(
+        {"position": "int32", "n_probes": "int32"})
+
+
+def test_rows_the_driver_holds_are_committed_without_spark_and_read_back(spark, lake):
+    from leukspark import schemas
+
+    lake.append_small("genes", _gene_rows(["CD19", "MPO"]), schemas.GENES, operation="features")
+    lake.append_small("genes", _gene_rows(["TP53"]), schemas.GENES, operation="features")
+    assert lake.version("genes") == 1
+    read = DeltaTable(lake.path("genes")).to_pandas().sort_values(["gene"])
+    assert read["gene"].tolist() == ["CD19", "MPO", "TP53"]
+    lake.overwrite_small("genes", _gene_rows(["KIT"]), schemas.GENES, operation="features")
+    assert [tuple(r) for r in lake.read("genes").collect()] == [(0, "KIT", 2)]
+    assert [h["operation"] for h in lake.history("genes")][0] == "features"
+    # Every file on disk is an active one: the driver's staging folders are committed, not left.
+    on_disk = sorted(str(p.relative_to(lake.path("genes"))) for p in Path(lake.path("genes")).rglob("*.parquet"))
+    assert len(on_disk) == 3 and all(p.startswith(STAGING_PREFIX) for p in on_disk)
+    assert DeltaTable(lake.path("genes"), version=1).to_pandas().shape[0] == 3
+
+
+def test_rows_the_driver_holds_in_another_schema_are_refused_naming_the_column(spark, lake):
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from leukspark import schemas
+
+    lake.append_small("genes", _gene_rows(["CD19"]), schemas.GENES)
+    wrong = StructType([StructField("position", StringType(), False), *schemas.GENES.fields[1:]])
+    with pytest.raises(SchemaMismatchError, match="'position'"):
+        lake.overwrite_small("genes", _gene_rows(["MPO"]).astype({"position": str}), wrong)
+    assert lake.read("genes").collect()[0]["gene"] == "CD19"
+    assert len(list(Path(lake.path("genes")).rglob("*.parquet"))) == 1  # nothing staged for the refused rows
+
+
+def _stage_vectors(lake, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    staged = lake.new_staging("gene_features")
+    if rows:
+        table = pa.table({"sample": [s for s, _ in rows], "features": [list(v) for _, v in rows]},
+                         schema=pa.schema([("sample", pa.string()), ("features", pa.list_(pa.float64()))]))
+        pq.write_table(table, staged.directory / "part-0.parquet")
+    return staged
+
+
+def test_an_overwriting_staged_commit_replaces_every_row_even_with_none(spark, lake):
+    from leukspark import schemas
+
+    lake.commit_staged(_stage_vectors(lake, [("S1", [1.0, 2.0]), ("S2", [3.0, 4.0])]), schemas.GENE_FEATURES)
+    lake.commit_staged(_stage_vectors(lake, [("S3", [5.0, float("nan")])]), schemas.GENE_FEATURES, overwrite=True)
+    rows = lake.read("gene_features").collect()
+    assert [r["sample"] for r in rows] == ["S3"] and rows[0]["features"][0] == 5.0
+    info = lake.commit_staged(_stage_vectors(lake, []), schemas.GENE_FEATURES, overwrite=True)
+    assert info.version == 2 and lake.read("gene_features").count() == 0
+    assert sorted(DeltaTable(lake.path("gene_features"), version=1).to_pandas()["sample"]) == ["S3"]
+    with pytest.raises(ValueError, match="replace_keys"):
+        lake.commit_staged(_stage_vectors(lake, []), schemas.GENE_FEATURES, overwrite=True,
+                           replace_keys=spark.createDataFrame([("S1",)], "sample string"))

@@ -366,3 +366,37 @@ def test_predict_model_in_the_configuration_scores_and_names_that_model(run, tmp
     for row in recorded.itertuples():
         assert printed[row.sample] == pytest.approx(row.probability_AML, abs=5e-7)  # printed to 6 places
         assert from_cli.set_index("sample").loc[row.sample, "probability_AML"] == pytest.approx(row.probability_AML, abs=1e-9)
+
+
+def test_a_features_step_that_fails_at_its_commit_leaves_the_tables_as_they_were(spark, tmp_path, monkeypatch):
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(tmp_path / "series", n_samples=40, n_probes=200, seed=8, write_matrix=False)
+    config = load_config(overrides={"spark.shuffle_partitions": 4})
+    lake = Lake.from_config(spark, tmp_path / "lake", config)
+    pipeline = Pipeline(spark, lake, config, echo=lambda _m: None)
+    pipeline.ingest([str(series.family_soft)])
+    pipeline.labels()
+    pipeline.features()
+    built = {t: lake.version(t) for t in ("genes", "gene_features", "feature_builds")}
+    vectors = lake.read_small("gene_features").sort_values("sample")
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("disk full while committing")
+
+    monkeypatch.setattr(Lake, "commit_staged", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.features()
+    monkeypatch.undo()
+    assert lake.version("gene_features") == built["gene_features"]
+    assert lake.version("feature_builds") == built["feature_builds"]
+    # the vectors the failed build's tasks wrote are gone with its staging folder
+    table_dir = Path(lake.path("gene_features"))
+    active = {Path(u.removeprefix("file://")).resolve() for u in lake.active_files("gene_features")}
+    assert {p.resolve() for p in table_dir.rglob("*.parquet")} == active
+
+    pipeline.features()   # the rerun finishes the build: one row per sample, the same vectors
+    again = lake.read_small("gene_features").sort_values("sample")
+    assert again["sample"].tolist() == vectors["sample"].tolist()
+    np.testing.assert_array_equal(np.vstack(again["features"]), np.vstack(vectors["features"]))
+    assert lake.version("feature_builds") == built["feature_builds"] + 1

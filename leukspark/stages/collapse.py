@@ -21,6 +21,7 @@ Spark session. Both apply, in this order:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -318,41 +319,54 @@ def _may_hold_wanted(row_group, wanted: list[str], sample_column: int | None) ->
     return at < len(wanted) and wanted[at] <= high
 
 
+def _file_partials(path: str, plan: VectorPlan, cache: dict, wanted: list[str], measured=None):
+    """Per row group of one expression file, a list of (sample, complete, values, counts) for its
+    wanted samples: a sample seen whole comes finished (`complete`, its vector in `values`, counts
+    None); a part of a sample as its per-gene sums or maxima and counts. `measured` (an
+    accumulator) gets the genes with a value."""
+    import pyarrow.parquet as pq
+
+    from ..lake import local_path
+
+    # probe_id is read plain: ingest stores it plain (asking for a dictionary would hash it).
+    parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform"])
+    sample_column = sample_column_index(parquet.metadata)
+    for group in range(parquet.num_row_groups):
+        if not _may_hold_wanted(parquet.metadata.row_group(group), wanted, sample_column):
+            continue
+        table = parquet.read_row_group(group, columns=["sample", "platform", "probe_id", "value"])
+        rows = []
+        for sample, seen, combined, counts in sample_partials(table, plan, cache):
+            if measured is not None:
+                measured.add(counts > 0)
+            if seen == plan.expected_rows[sample]:
+                rows.append((sample, True, finished_vector(combined, counts, plan.aggregate, plan.scale_per_sample),
+                             None))
+            else:
+                rows.append((sample, False, combined, counts))
+        yield rows
+
+
 def read_partials(plan: VectorPlan, measured=None):
     """mapInArrow function over (path) rows: each task reads its expression files row group by row
     group; a sample seen whole is emitted finished (`complete`, its vector in `combined`). With
     `measured` (an accumulator), each task adds the genes its samples have a value for."""
     def run(batches):
-        import pyarrow.parquet as pq
-
-        from ..lake import local_path
-
         cache: dict = {}
         wanted = sorted(plan.expected_rows)
         for batch in batches:
             for path in batch.column("path").to_pylist():
-                # probe_id is read plain: ingest stores it plain (asking for a dictionary would hash it).
-                parquet = pq.ParquetFile(local_path(path), read_dictionary=["sample", "platform"])
-                sample_column = sample_column_index(parquet.metadata)
-                for group in range(parquet.num_row_groups):
-                    if not _may_hold_wanted(parquet.metadata.row_group(group), wanted, sample_column):
-                        continue
-                    table = parquet.read_row_group(group, columns=["sample", "platform", "probe_id", "value"])
-                    rows = []
-                    for sample, seen, combined, counts in sample_partials(table, plan, cache):
-                        if measured is not None:
-                            measured.add(counts > 0)
-                        if seen == plan.expected_rows[sample]:
-                            rows.append((sample, True, finished_vector(combined, counts, plan.aggregate,
-                                                                       plan.scale_per_sample), None))
-                        else:
-                            rows.append((sample, False, combined, counts))
+                for rows in _file_partials(path, plan, cache, wanted, measured):
                     if rows:
-                        yield pa.RecordBatch.from_arrays(
-                            [pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows]),
-                             pa.array([r[2] for r in rows], pa.list_(pa.float64())),
-                             pa.array([r[3] for r in rows], pa.list_(pa.int32()))], schema=PARTIAL_ARROW_SCHEMA)
+                        yield _partials_batch(rows)
     return run
+
+
+def _partials_batch(rows: list[tuple]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows]),
+         pa.array([r[2] for r in rows], pa.list_(pa.float64())),
+         pa.array([r[3] for r in rows], pa.list_(pa.int32()))], schema=PARTIAL_ARROW_SCHEMA)
 
 
 def combine_partials(aggregate: str, scale_per_sample_: bool):
@@ -393,3 +407,136 @@ def collapse_files(spark, expression_files: tuple[str, ...], plan: VectorPlan,
              .applyInPandas(combine_partials(plan.aggregate, plan.scale_per_sample),
                             schema="sample string, features array<double>"))
     return finished.unionByName(split), np.flatnonzero(measured.value)
+
+
+# -- the per-sample form writing its own files --------------------------------------------
+# Handing 20k-double vectors to the JVM (Arrow to rows, rows to Parquet) cost more than reading and
+# collapsing the probes themselves; a task that writes its vectors as Parquet hands over a name.
+WRITTEN_ARROW_SCHEMA = pa.schema([("vector_file", pa.string()), ("n_parts", pa.int64()), ("sample", pa.string()),
+                                  ("combined", pa.list_(pa.float64())), ("counts", pa.list_(pa.int32()))])
+WRITTEN_SCHEMA = "vector_file string, n_parts long, sample string, combined array<double>, counts array<int>"
+VECTOR_ROW_GROUP = 64
+
+
+def collapse_files_to(spark, expression_files: tuple[str, ...], plan: VectorPlan,
+                      directory: str | Path) -> tuple[list[str], np.ndarray]:
+    """(names of the Parquet files of (sample, features) written into `directory`, sorted positions
+    of the genes some sample has a value for): the same vectors as `collapse_files`.
+
+    One task per expression file writes that file's finished vectors; parts of samples that
+    several files share are combined by a groupBy and written by the tasks of that step.
+    """
+    if plan.aggregate not in PER_SAMPLE_AGGREGATES:
+        raise FeatureError(f"the per-sample collapse combines mean or max, not {plan.aggregate!r}")
+    measured = spark.sparkContext.accumulator(np.zeros(plan.n_genes, dtype=bool), _MeasuredGenes(plan.n_genes))
+    n_files = len(expression_files)
+    # range gives one id per partition: the files are spread over the tasks without a shuffle.
+    written = (spark.range(0, n_files, 1, numPartitions=max(n_files, 1))
+               .mapInArrow(write_vectors(plan, expression_files, str(directory), measured), WRITTEN_SCHEMA)
+               .localCheckpoint())
+    per_file = written.where(F.col("n_parts").isNotNull()).select("vector_file", "n_parts").collect()
+    names = [r["vector_file"] for r in per_file if r["vector_file"]]
+    if sum(r["n_parts"] for r in per_file):
+        split = (written.where(F.col("sample").isNotNull()).groupBy("sample")
+                 .applyInPandas(combine_partials(plan.aggregate, plan.scale_per_sample),
+                                schema="sample string, features array<double>"))
+        names += [r["vector_file"] for r in
+                  split.mapInArrow(write_vector_batches(str(directory)), "vector_file string").collect()]
+    return sorted(names), np.flatnonzero(measured.value)
+
+
+def write_vectors(plan: VectorPlan, expression_files: tuple[str, ...], directory: str, measured=None):
+    """mapInArrow function over (id) rows, each id an index into `expression_files`: the finished
+    vectors of that file go to one Parquet file of `directory` named after the id (a retried task
+    replaces its own file); yields a row naming it (with the file's count of parts of samples), and
+    those parts."""
+    def run(batches):
+        cache: dict = {}
+        wanted = sorted(plan.expected_rows)
+        for batch in batches:
+            for index in batch.column("id").to_pylist():
+                finished, n_parts = [], 0
+                for rows in _file_partials(expression_files[index], plan, cache, wanted, measured):
+                    finished += [(r[0], r[2]) for r in rows if r[1]]
+                    parts = [r for r in rows if not r[1]]
+                    if parts:
+                        n_parts += len(parts)
+                        yield _written_batch([None] * len(parts), [None] * len(parts), parts)
+                name = None
+                if finished:
+                    name = f"vectors-{index:05d}.parquet"
+                    write_vector_file(Path(directory) / name, [s for s, _ in finished], [v for _, v in finished])
+                yield _written_batch([name], [n_parts], [(None, None, None, None)])
+    return run
+
+
+def write_vector_batches(directory: str):
+    """mapInArrow function over (sample, features) rows: each task writes its rows to one Parquet
+    file of `directory` (named after its partition) and yields that file's name."""
+    def run(batches):
+        from pyspark import TaskContext
+
+        samples, vectors = [], []
+        for batch in batches:
+            samples += batch.column("sample").to_pylist()
+            vectors += list(_vector_matrix(batch.column("features")))
+        if samples:
+            name = f"vectors-combined-{TaskContext.get().partitionId():05d}.parquet"
+            write_vector_file(Path(directory) / name, samples, vectors)
+            yield pa.RecordBatch.from_arrays([pa.array([name], pa.string())], names=["vector_file"])
+    return run
+
+
+def keep_vector_positions(spark, directory: str | Path, names: list[str], positions: np.ndarray) -> list[str]:
+    """Names of new vector files of `directory` that hold only `positions` of every vector of the
+    files `names`, in that order; the old files are removed once every new one is written (a
+    retried task reads its old file again)."""
+    keep = np.asarray(positions, dtype=np.int64)
+    folder = Path(directory)
+
+    def run(batches):
+        import pyarrow.parquet as pq
+
+        for batch in batches:
+            for index in batch.column("id").to_pylist():
+                table = pq.read_table(folder / names[index])
+                vectors = _vector_matrix(table.column("features"))[:, keep]
+                write_vector_file(folder / f"kept-{names[index]}", table.column("sample").to_pylist(), list(vectors))
+                yield pa.RecordBatch.from_arrays([pa.array([index], pa.int64())], names=["id"])
+
+    if names:
+        spark.range(0, len(names), 1, numPartitions=len(names)).mapInArrow(run, "id long").collect()
+    for name in names:
+        (folder / name).unlink()
+    return [f"kept-{name}" for name in names]
+
+
+def write_vector_file(path: Path, samples: list[str], vectors: list[np.ndarray]) -> None:
+    """(sample, features) rows as a Parquet file laid out as Spark writes array<double>; written
+    aside and renamed, so a reader never sees half a file."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    width = len(vectors[0]) if vectors else 0
+    flat = np.concatenate(vectors).astype(float) if vectors else np.array([], dtype=float)
+    offsets = pa.array(np.arange(len(vectors) + 1, dtype=np.int64) * width, pa.int32())
+    table = pa.table({"sample": pa.array(samples, pa.string()),
+                      "features": pa.ListArray.from_arrays(offsets, pa.array(flat, pa.float64()))})
+    aside = path.with_name(f".{path.name}.writing")
+    pq.write_table(table, aside, compression="snappy", row_group_size=VECTOR_ROW_GROUP)
+    os.replace(aside, path)
+
+
+def _vector_matrix(features) -> np.ndarray:
+    array = features.combine_chunks() if isinstance(features, pa.ChunkedArray) else features
+    if not len(array):
+        return np.empty((0, 0))
+    return array.values.to_numpy(zero_copy_only=False).reshape(len(array), -1)
+
+
+def _written_batch(files: list, counts: list, parts: list[tuple]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(files, pa.string()), pa.array(counts, pa.int64()), pa.array([p[0] for p in parts], pa.string()),
+         pa.array([p[2] for p in parts], pa.list_(pa.float64())), pa.array([p[3] for p in parts], pa.list_(pa.int32()))],
+        schema=WRITTEN_ARROW_SCHEMA)

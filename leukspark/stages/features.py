@@ -7,6 +7,7 @@ The result is one row per sample with a `features` array in one fixed gene order
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..errors import FeatureError
-from .collapse import (PER_SAMPLE_AGGREGATES, clean_symbols, clean_symbols_pd, collapse, collapse_files, probe_gene_map,
-                       probe_gene_map_pd, vector_plan)
+from .collapse import (PER_SAMPLE_AGGREGATES, clean_symbols, clean_symbols_pd, collapse, collapse_files,
+                       collapse_files_to, keep_vector_positions, probe_gene_map, probe_gene_map_pd, vector_plan)
 
 @dataclass
 class ProbeMapSummary:
@@ -47,10 +48,11 @@ class ProbeMapSummary:
 class FeatureBuild:
     """The features stage's output: the tables to write and what went into them."""
     vectors: DataFrame        # (sample, features)
-    genes: DataFrame          # (position, gene, n_probes)
+    genes: pd.DataFrame       # (position, gene, n_probes): ~20k rows, numbered on the driver
     summary: ProbeMapSummary
     n_samples: int            # samples asked for; one without any expression row gets no vector
     platforms: list[str]
+    vector_files: tuple[str, ...] = ()   # with `vectors_to`: the files there that hold `vectors`
 
 
 def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platforms: list[str]) -> ProbeMapSummary:
@@ -77,7 +79,7 @@ def summarize_probe_map_pd(scoped_probes: pd.DataFrame, probe_map: pd.DataFrame)
                            len(probe_map.drop_duplicates(["platform", "probe_id"])), int(probe_map["gene"].nunique()))
 
 
-def gene_table(probe_map: DataFrame, platforms: list[str]) -> DataFrame:
+def gene_table(probe_map: DataFrame, platforms: list[str]) -> pd.DataFrame:
     """(position, gene, n_probes): every gene the platforms' annotation maps a probe to, alphabetically.
 
     Derived from the annotation, not from the values, so the 100 M-row expression table is read
@@ -86,8 +88,19 @@ def gene_table(probe_map: DataFrame, platforms: list[str]) -> DataFrame:
     scoped = probe_map.where(F.col("platform").isin(*platforms))
     rows = (scoped.groupBy("gene").agg(F.countDistinct("platform", "probe_id").cast("int").alias("n_probes"))
             .orderBy("gene").collect())
-    return probe_map.sparkSession.createDataFrame(
-        [(i, r["gene"], r["n_probes"]) for i, r in enumerate(rows)], "position int, gene string, n_probes int")
+    return genes_frame([(i, r["gene"], r["n_probes"]) for i, r in enumerate(rows)])
+
+
+def genes_frame(rows: list[tuple[int, str, int]]) -> pd.DataFrame:
+    """The `genes` table's rows (position, gene, n_probes), as the driver holds them."""
+    frame = pd.DataFrame(rows, columns=["position", "gene", "n_probes"])
+    return frame.astype({"position": "int32", "n_probes": "int32"})
+
+
+def kept_genes(genes: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """`genes` restricted to `positions`, renumbered 0..n-1 in the same order."""
+    kept = genes.set_index("position").loc[np.asarray(positions, dtype=int)].reset_index(drop=True)
+    return genes_frame(list(zip(range(len(kept)), kept["gene"], kept["n_probes"])))
 
 
 def gene_positions_pd(probe_map: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str, int]]]:
@@ -137,7 +150,7 @@ def measured_positions(vectors: DataFrame) -> np.ndarray:
     return np.flatnonzero(np.logical_or.reduce([np.asarray(r["measured"], dtype=bool) for r in rows]))
 
 
-def keep_positions(vectors: DataFrame, genes: DataFrame, positions: np.ndarray) -> tuple[DataFrame, DataFrame]:
+def keep_positions(vectors: DataFrame, genes: pd.DataFrame, positions: np.ndarray) -> tuple[DataFrame, pd.DataFrame]:
     """Vectors and gene table restricted to `positions`, renumbered 0..n-1 in the same order."""
     keep = np.asarray(positions, dtype=np.int64)
 
@@ -146,15 +159,12 @@ def keep_positions(vectors: DataFrame, genes: DataFrame, positions: np.ndarray) 
             yield batch.assign(features=[np.asarray(v, dtype=float)[keep] for v in batch["features"]])
 
     sliced = vectors.mapInPandas(slice_vectors, schema="sample string, features array<double>")
-    spark = genes.sparkSession
-    renumbered = spark.createDataFrame([(int(i), int(p)) for i, p in enumerate(keep)], "new int, position int")
-    kept_genes = (genes.join(F.broadcast(renumbered), "position")
-                  .select(F.col("new").alias("position"), "gene", "n_probes"))
-    return sliced, kept_genes
+    return sliced, kept_genes(genes, keep)
 
 
 def build_features(expression: DataFrame, platform_probes: DataFrame, samples: DataFrame,
-                   feature_config: dict, expression_files: tuple[str, ...] | None = None) -> FeatureBuild:
+                   feature_config: dict, expression_files: tuple[str, ...] | None = None,
+                   vectors_to: str | Path | None = None) -> FeatureBuild:
     """Stage entry: gene feature vectors and gene table for `samples` (sample, platform, value_scale).
 
     The gene universe is what was measured: genes of the annotation that no sample has a value
@@ -162,7 +172,9 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     did not have. With `expression_files` (the active files of `expression`, read as they are)
     and a mean or max aggregate, probes are combined per sample in one pass over the files
     (`collapse_files`); otherwise by the relational groupBy over `expression`. Both give the
-    same vectors (tests/test_collapse.py).
+    same vectors (tests/test_collapse.py). With `vectors_to` as well (a folder, e.g. a Delta
+    table's staging folder), the tasks write the vectors there as Parquet files themselves
+    (`vector_files`) and `vectors` reads those files.
     """
     columns = [c for c in ("sample", "platform", "value_scale", "n_values") if c in samples.columns]
     sample_rows = samples.select(*columns).toPandas()
@@ -174,16 +186,20 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
         probe_map = probe_gene_map_pd(scoped, feature_config["multi_gene"])
         summary = summarize_probe_map_pd(scoped, probe_map)
         positioned, gene_rows = gene_positions_pd(probe_map)
-        genes = spark.createDataFrame(gene_rows, "position int, gene string, n_probes int")
         _require_genes(summary.genes_out, platforms, feature_config, "could be derived")
         plan = vector_plan(positioned, sample_rows, feature_config, summary.genes_out)
+        if vectors_to is not None:
+            return _build_into_files(spark, expression_files, plan, Path(vectors_to), gene_rows, summary,
+                                     sample_rows, platforms, feature_config)
+        genes = genes_frame(gene_rows)
         vectors, measured = collapse_files(spark, expression_files, plan, n_tasks=len(expression_files))
     else:
         probe_map = probe_gene_map(platform_probes, feature_config["multi_gene"])
         summary = summarize_probe_map(platform_probes, probe_map, platforms)
-        genes = gene_table(probe_map, platforms).localCheckpoint()
+        genes = gene_table(probe_map, platforms)
         _require_genes(summary.genes_out, platforms, feature_config, "could be derived")
-        positioned_map = probe_map.join(F.broadcast(genes.select("gene", "position")), "gene")
+        positions = spark.createDataFrame(genes[["gene", "position"]], "gene string, position int")
+        positioned_map = probe_map.join(F.broadcast(positions), "gene")
         values = collapse(expression, samples, positioned_map, feature_config, key="position")
         vectors = feature_vectors(values, summary.genes_out).localCheckpoint()
         measured = measured_positions(vectors)
@@ -191,6 +207,21 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     if len(measured) < summary.genes_out:
         vectors, genes = keep_positions(vectors, genes, measured)
     return FeatureBuild(vectors, genes, summary.measured(len(measured)), len(sample_rows), platforms)
+
+
+def _build_into_files(spark, expression_files: tuple[str, ...], plan, folder: Path, gene_rows: list[tuple],
+                      summary: ProbeMapSummary, sample_rows: pd.DataFrame, platforms: list[str],
+                      feature_config: dict) -> FeatureBuild:
+    names, measured = collapse_files_to(spark, expression_files, plan, folder)
+    _require_genes(len(measured), platforms, feature_config, "have values")
+    genes = genes_frame(gene_rows)
+    if len(measured) < summary.genes_out:
+        names = keep_vector_positions(spark, folder, names, measured)
+        genes = kept_genes(genes, measured)
+    schema = "sample string, features array<double>"
+    vectors = (spark.read.schema(schema).parquet(*[str(folder / n) for n in names]) if names
+               else spark.createDataFrame([], schema))
+    return FeatureBuild(vectors, genes, summary.measured(len(measured)), len(sample_rows), platforms, tuple(names))
 
 
 def _require_genes(n_genes: int, platforms: list[str], feature_config: dict, what: str) -> None:
