@@ -61,6 +61,10 @@ class PredictionError(LeukSparkError):
     """A sample cannot be scored (wrong platform, empty, too many genes missing)."""
 
 
+class LakePathError(TableError):
+    """A lake root that the Delta engine in use would open as another folder."""
+
+
 class ConcurrentWriteError(TableError):
     """Another writer kept committing to the same table first, beyond the bounded retries."""
 

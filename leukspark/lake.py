@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import shutil
 import time
 import uuid
@@ -35,13 +36,32 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from .errors import ConcurrentWriteError, SchemaMismatchError, TableError
+from .errors import ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError
 from .owner import MARKER_NAME, MarkerKeeper, owner_is_gone, read_marker
 
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = "part-"
 FILE_PATH_COLUMN = "_leukspark_file"
+
+
+# delta-rs (its kernel) percent-decodes a local table path once more when it reads the log, so a
+# folder named `my%20lake` is looked for as `my lake`; a bare `%` is left alone.
+PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def check_delta_rs_root(root: str | Path) -> None:
+    """LakePathError when delta-rs would open a local lake root as another folder."""
+    root = str(root)
+    if "://" in root:
+        return
+    resolved = str(Path(root).resolve())
+    escape = PERCENT_ESCAPE.search(resolved)
+    if escape:
+        raise LakePathError(
+            f"lake path {resolved!r} holds {escape.group()!r}, which delta-rs reads as a percent escape: it would "
+            f"look for the tables under {unquote(resolved)!r}. Use a folder whose name has no '%' followed by two "
+            f"hex digits (a '%' alone is fine), or lake.engine: delta-spark")
 
 
 def table_path(root: str, catalog: dict[str, str], table: str) -> str:
@@ -60,6 +80,7 @@ class LakeReader:
     """
 
     def __init__(self, root: str | Path, catalog: dict[str, str] | None = None):
+        check_delta_rs_root(root)
         self.root = str(root)
         self.catalog = dict(catalog or {})
 
@@ -121,6 +142,8 @@ class Lake:
         self.root = str(root)
         self.catalog = dict(catalog or {})
         self.engine = choose_engine(spark, engine)
+        if self.engine == "delta-rs":
+            check_delta_rs_root(root)
         self.heartbeat_interval_s = float(heartbeat_interval_s)
         self.owner_timeout_s = float(owner_timeout_s)
         self.keeper = MarkerKeeper(self.heartbeat_interval_s)
@@ -373,6 +396,31 @@ def local_path(uri: str) -> str:
     return uri
 
 
+def _add_paths(table) -> list[str]:
+    """Paths of the snapshot's active files as its log stores them (relative to the table)."""
+    import pyarrow as pa
+
+    return pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
+
+
+def refuse_deletion_vectors(table, path: str) -> None:
+    """TableError when rows of the snapshot's files are hidden by deletion vectors (a table that
+    delta-spark wrote with them on): its files cannot then be read as they are."""
+    if "deletionVectors" not in (table.protocol().reader_features or []):
+        return
+    import pyarrow as pa
+
+    try:
+        hidden = pa.table(table.deletion_vectors()).num_rows
+    except Exception as exc:  # an unreadable vector hides rows just the same
+        raise TableError(f"table at {path}: cannot read its deletion vectors ({exc})") from None
+    if hidden:
+        raise TableError(
+            f"table at {path} has deletion vectors in {hidden} file(s) (rows deleted by delta-spark without "
+            f"rewriting files); the delta-rs engine reads files as they are and would see those rows: use "
+            f"lake.engine: delta-spark, or rewrite the table without them (REORG TABLE ... APPLY (PURGE))")
+
+
 def _referenced_by_log(table_folder: Path, staging_name: str) -> bool:
     log_dir = table_folder / "_delta_log"
     if not log_dir.is_dir():
@@ -388,7 +436,7 @@ def _referenced_by_log(table_folder: Path, staging_name: str) -> bool:
     if any(log_dir.glob("*.checkpoint*.parquet")):
         from deltalake import DeltaTable
 
-        return any(f.startswith(f"{staging_name}/") for f in DeltaTable(str(table_folder)).files())
+        return any(unquote(p).startswith(f"{staging_name}/") for p in _add_paths(DeltaTable(str(table_folder))))
     return False
 
 
@@ -457,6 +505,7 @@ class _DeltaRsEngine:
 
     def _frame(self, snapshot) -> DataFrame:
         """The rows of exactly that version."""
+        refuse_deletion_vectors(snapshot, snapshot.table_uri)
         schema = self._spark_schema(snapshot)
         files = [local_path(uri) for uri in snapshot.file_uris()]
         if not files:
@@ -467,7 +516,9 @@ class _DeltaRsEngine:
         return self._frame(self._table(path))
 
     def active_files(self, path: str) -> list[str]:
-        return list(self._table(path).file_uris())
+        table = self._table(path)
+        refuse_deletion_vectors(table, path)
+        return list(table.file_uris())
 
     def version(self, path: str) -> int:
         return self._table(path).version()

@@ -105,7 +105,8 @@ class Pipeline:
             build = feature_stage.build_features(expression, platform_probes, labelled, self.config["features"],
                                                  expression_files=files,
                                                  vectors_to=staged.directory if staged else None)
-            self.lake.overwrite_small("genes", build.genes, schemas.GENES, operation="features")
+            # Vectors first: the big commit is the one that can lose to other writers or fail, and
+            # then `genes` still describes the vectors that are stored.
             if build.vector_files:
                 self.lake.commit_staged(staged, schemas.GENE_FEATURES, overwrite=True, operation="features")
             else:  # an aggregate the per-sample form does not make (median), or no vector at all
@@ -113,6 +114,8 @@ class Pipeline:
                     self.lake.discard_staged(staged)
                     staged = None
                 self.lake.overwrite("gene_features", build.vectors, operation="features")
+            staged = None
+            self.lake.overwrite_small("genes", build.genes, schemas.GENES, operation="features")
         except BaseException:
             if staged is not None:
                 self.lake.discard_staged(staged)
@@ -151,10 +154,19 @@ class Pipeline:
         with self.ledger.tracked(live):
             return self._train(live, previous_run)
 
+    def _check_genes_match_vectors(self, n_genes: int) -> None:
+        """TableError when `genes` and `gene_features` come from different builds (one whose second
+        commit failed): positions would name the wrong genes."""
+        first = self.lake.read("gene_features").select(F.size("features").alias("n")).first()
+        if first is not None and first["n"] != n_genes:
+            raise TableError(f"gene_features holds vectors of {first['n']} genes but the genes table lists "
+                             f"{n_genes}: the last features build did not finish; run the features step again")
+
     def _train(self, live: LiveRun, previous_run: str | None) -> TrainingOutcome:
         run_id, started = live.run_id, live.started
         cfg = self.config["training"]
         genes = [r["gene"] for r in self.lake.read("genes").orderBy("position").collect()]
+        self._check_genes_match_vectors(len(genes))
         splits = self.lake.read("splits").toPandas()
         if splits.empty:
             raise SplitError("the splits table is empty: run the split step first")

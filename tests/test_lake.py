@@ -185,3 +185,86 @@ def test_an_overwriting_staged_commit_replaces_every_row_even_with_none(spark, l
     with pytest.raises(ValueError, match="replace_keys"):
         lake.commit_staged(_stage_vectors(lake, []), schemas.GENE_FEATURES, overwrite=True,
                            replace_keys=spark.createDataFrame([("S1",)], "sample string"))
+
+
+def _dead_owner():
+    import socket
+    import subprocess
+    import sys
+
+    from leukspark.owner import Owner
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return Owner(socket.gethostname(), process.pid, "gone.t")
+
+
+def test_staging_of_a_killed_writer_is_swept_when_older_commits_live_only_in_a_checkpoint(spark, lake):
+    from leukspark import schemas
+    from leukspark.owner import MARKER_NAME, write_marker
+
+    lake.append_small("genes", _gene_rows(["CD19"]), schemas.GENES)
+    lake.append_small("genes", _gene_rows(["MPO"]), schemas.GENES)
+    table_dir = Path(lake.path("genes"))
+    DeltaTable(str(table_dir)).create_checkpoint()
+    lake.append_small("genes", _gene_rows(["TP53"]), schemas.GENES)
+    # log clean-up: the commits up to the checkpoint are gone, only the checkpoint names their files
+    for version in (0, 1):
+        (table_dir / "_delta_log" / f"{version:020d}.json").unlink()
+    committed = sorted(p for p in table_dir.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX))
+    write_marker(committed[0], _dead_owner())       # killed between its commit and removing its marker
+    killed = table_dir / f"{STAGING_PREFIX}killed-writer"
+    killed.mkdir()
+    (killed / "part-0.parquet").write_bytes(b"never committed")
+    write_marker(killed, _dead_owner())
+
+    assert lake.remove_orphaned_staging() == [f"genes/{killed.name}"]
+    assert not killed.exists() and committed[0].is_dir() and not (committed[0] / MARKER_NAME).exists()
+    assert sorted(r["gene"] for r in lake.read("genes").collect()) == ["CD19", "MPO", "TP53"]
+
+
+def test_files_that_deletion_vectors_hide_rows_of_are_not_read_as_they_are(spark, lake):
+    import struct
+    import time
+
+    import pandas as pd
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    path = lake.path("dv")
+    write_deltalake(path, pd.DataFrame({"id": [1, 2, 3]}), configuration={"delta.enableDeletionVectors": "true"})
+    assert [r["id"] for r in lake.read("dv").orderBy("id").collect()] == [1, 2, 3]  # enabled, none yet
+    # What delta-spark's DELETE of row 1 commits: the file again, with an inline deletion vector.
+    first = [json.loads(x) for x in (Path(path) / "_delta_log" / f"{0:020d}.json").read_text().splitlines()]
+    add = next(e["add"] for e in first if "add" in e)
+    now = int(time.time() * 1000)
+    bitmap = struct.pack("<IIHHIH", 12346, 1, 0, 0, 16, 1)      # portable roaring bitmap {1}
+    vector = struct.pack("<iqi", 1681511377, 1, 0) + bitmap       # magic, one 32-bit bucket, key 0
+    entries = [{"commitInfo": {"timestamp": now, "operation": "DELETE"}},
+               {"remove": {"path": add["path"], "deletionTimestamp": now, "dataChange": True}},
+               {"add": {**add, "modificationTime": now, "deletionVector": {
+                   "storageType": "i", "pathOrInlineDv": _z85(vector), "sizeInBytes": len(vector),
+                   "cardinality": 1}}}]
+    (Path(path) / "_delta_log" / f"{1:020d}.json").write_text("\n".join(json.dumps(e) for e in entries) + "\n")
+    assert pa.table(DeltaTable(path).deletion_vectors()).column("selection_vector").to_pylist() == [
+        [True, False, True]]   # delta-rs itself reads the vector: row 1 is deleted
+    with pytest.raises(TableError, match="deletion vectors in 1 file"):
+        lake.read("dv")
+    with pytest.raises(TableError, match="deletion vectors"):
+        lake.active_files("dv")
+
+
+def _z85(data: bytes) -> str:
+    """ZeroMQ's Base85 (the encoding of inline deletion vectors), padded to whole 4-byte words."""
+    import struct
+
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+    data += b"\0" * (-len(data) % 4)
+    out = []
+    for (word,) in struct.iter_unpack(">I", data):
+        digits = []
+        for _ in range(5):
+            word, digit = divmod(word, 85)
+            digits.append(alphabet[digit])
+        out.append("".join(reversed(digits)))
+    return "".join(out)

@@ -37,6 +37,21 @@ def fast(config):
             "ingest": {**config["ingest"], "on_conflict": "replace"}}
 
 
+@pytest.mark.parametrize("name, escape", [("lake%20one", "%20"), ("lake%41", "%41"), ("data%2fmore", "%2f")])
+def test_a_lake_path_that_delta_rs_would_decode_is_refused_naming_it(spark, fast, tmp_path, name, escape, capsys):
+    from leukspark.cli import main
+    from leukspark.errors import LakePathError
+
+    root = tmp_path / name / "lake"
+    with pytest.raises(LakePathError, match=f"holds '{escape}', which delta-rs"):
+        Lake.from_config(spark, root, fast)
+    with pytest.raises(LakePathError, match="percent escape"):
+        LakeReader(root)
+    assert main(["predict", "nothing.csv", "--lake", str(root)]) != 0
+    assert "percent escape" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()   # refused before anything is written
+
+
 @pytest.mark.parametrize("name", ["lake with spaces", "lake 100%", "lake#1", "lake-léukémie"])
 def test_a_lake_path_that_url_encoding_changes_round_trips(spark, fast, tmp_path, two_series, name):
     first, second = two_series

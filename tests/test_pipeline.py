@@ -369,34 +369,48 @@ def test_predict_model_in_the_configuration_scores_and_names_that_model(run, tmp
 
 
 def test_a_features_step_that_fails_at_its_commit_leaves_the_tables_as_they_were(spark, tmp_path, monkeypatch):
+    from leukspark.errors import TableError
     from leukspark.synth import write_synthetic_series
 
-    series = write_synthetic_series(tmp_path / "series", n_samples=40, n_probes=200, seed=8, write_matrix=False)
+    series = write_synthetic_series(tmp_path / "series", n_samples=40, n_probes=400, seed=8, write_matrix=False)
     config = load_config(overrides={"spark.shuffle_partitions": 4})
     lake = Lake.from_config(spark, tmp_path / "lake", config)
     pipeline = Pipeline(spark, lake, config, echo=lambda _m: None)
     pipeline.ingest([str(series.family_soft)])
     pipeline.labels()
     pipeline.features()
-    built = {t: lake.version(t) for t in ("genes", "gene_features", "feature_builds")}
+    tables = ("genes", "gene_features", "feature_builds")
+    built = {t: lake.version(t) for t in tables}
     vectors = lake.read_small("gene_features").sort_values("sample")
 
     def refuse(*_args, **_kwargs):
         raise OSError("disk full while committing")
 
-    monkeypatch.setattr(Lake, "commit_staged", refuse)
-    with pytest.raises(OSError, match="disk full"):
-        pipeline.features()
-    monkeypatch.undo()
-    assert lake.version("gene_features") == built["gene_features"]
-    assert lake.version("feature_builds") == built["feature_builds"]
-    # the vectors the failed build's tasks wrote are gone with its staging folder
+    # 1. the vectors' commit fails: no table moves, and no file of the failed build is left
+    with monkeypatch.context() as patch:
+        patch.setattr(Lake, "commit_staged", refuse)
+        with pytest.raises(OSError, match="disk full"):
+            pipeline.features()
+    assert {t: lake.version(t) for t in tables} == built
     table_dir = Path(lake.path("gene_features"))
     active = {Path(u.removeprefix("file://")).resolve() for u in lake.active_files("gene_features")}
     assert {p.resolve() for p in table_dir.rglob("*.parquet")} == active
 
-    pipeline.features()   # the rerun finishes the build: one row per sample, the same vectors
+    # 2. a build of another gene set whose `genes` commit fails: training refuses the mismatch
+    each = Pipeline(spark, lake, load_config(overrides={"spark.shuffle_partitions": 4,
+                                                        "features.multi_gene": "each"}), echo=lambda _m: None)
+    with monkeypatch.context() as patch:
+        patch.setattr(Lake, "overwrite_small", refuse)
+        with pytest.raises(OSError, match="disk full"):
+            each.features()
+    assert lake.version("gene_features") == built["gene_features"] + 1 and lake.version("genes") == built["genes"]
+    assert len(lake.read_small("gene_features")["features"].iloc[0]) != len(lake.read_small("genes"))
+    with pytest.raises(TableError, match="did not finish"):
+        pipeline._check_genes_match_vectors(len(lake.read_small("genes")))
+
+    pipeline.features()   # the rerun finishes the build: one row per sample, the first vectors again
     again = lake.read_small("gene_features").sort_values("sample")
     assert again["sample"].tolist() == vectors["sample"].tolist()
     np.testing.assert_array_equal(np.vstack(again["features"]), np.vstack(vectors["features"]))
+    pipeline._check_genes_match_vectors(len(lake.read_small("genes")))
     assert lake.version("feature_builds") == built["feature_builds"] + 1
