@@ -306,7 +306,7 @@ class Lake:
 
     def _check_schema(self, table: str, incoming: StructType) -> None:
         if self.exists(table):
-            check_same_schema(self.schema(table), incoming, table)
+            check_same_schema(self._engine_impl.spark_schema(self.path(table)), incoming, table)
 
     # -- leftovers of killed writers ------------------------------------------------------
     def remove_orphaned_staging(self) -> list[str]:

@@ -109,12 +109,12 @@ class Pipeline:
             # then `genes` still describes the vectors that are stored.
             if build.vector_files:
                 self.lake.commit_staged(staged, schemas.GENE_FEATURES, overwrite=True, operation="features")
+                staged = None   # committed: its files are the table's now
             else:  # an aggregate the per-sample form does not make (median), or no vector at all
                 if staged is not None:
                     self.lake.discard_staged(staged)
                     staged = None
                 self.lake.overwrite("gene_features", build.vectors, operation="features")
-            staged = None
             self.lake.overwrite_small("genes", build.genes, schemas.GENES, operation="features")
         except BaseException:
             if staged is not None:

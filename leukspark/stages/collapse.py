@@ -479,7 +479,7 @@ def write_vector_batches(directory: str):
         samples, vectors = [], []
         for batch in batches:
             samples += batch.column("sample").to_pylist()
-            vectors += list(_vector_matrix(batch.column("features")))
+            vectors += list(vector_matrix(batch.column("features")))
         if samples:
             name = f"vectors-combined-{TaskContext.get().partitionId():05d}.parquet"
             write_vector_file(Path(directory) / name, samples, vectors)
@@ -500,7 +500,7 @@ def keep_vector_positions(spark, directory: str | Path, names: list[str], positi
         for batch in batches:
             for index in batch.column("id").to_pylist():
                 table = pq.read_table(folder / names[index])
-                vectors = _vector_matrix(table.column("features"))[:, keep]
+                vectors = vector_matrix(table.column("features"))[:, keep]
                 write_vector_file(folder / f"kept-{names[index]}", table.column("sample").to_pylist(), list(vectors))
                 yield pa.RecordBatch.from_arrays([pa.array([index], pa.int64())], names=["id"])
 
@@ -528,11 +528,12 @@ def write_vector_file(path: Path, samples: list[str], vectors: list[np.ndarray])
     os.replace(aside, path)
 
 
-def _vector_matrix(features) -> np.ndarray:
+def vector_matrix(features) -> np.ndarray:
+    """An Arrow list column of equal-length vectors as a (rows, genes) matrix."""
     array = features.combine_chunks() if isinstance(features, pa.ChunkedArray) else features
     if not len(array):
         return np.empty((0, 0))
-    return array.values.to_numpy(zero_copy_only=False).reshape(len(array), -1)
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), -1)
 
 
 def _written_batch(files: list, counts: list, parts: list[tuple]) -> pa.RecordBatch:

@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 
 from ..errors import FeatureError
 from .collapse import (PER_SAMPLE_AGGREGATES, clean_symbols, clean_symbols_pd, collapse, collapse_files,
-                       collapse_files_to, keep_vector_positions, probe_gene_map, probe_gene_map_pd, vector_plan)
+                       collapse_files_to, keep_vector_positions, probe_gene_map, probe_gene_map_pd, vector_matrix,
+                       vector_plan)
 
 @dataclass
 class ProbeMapSummary:
@@ -140,7 +141,7 @@ def measured_positions(vectors: DataFrame) -> np.ndarray:
         for batch in batches:
             features = batch.column("features")
             if len(features):
-                flat = features.values.to_numpy(zero_copy_only=False).reshape(len(features), -1)
+                flat = vector_matrix(features)
                 yield pa.RecordBatch.from_arrays([pa.array([np.isfinite(flat).any(axis=0)], pa.list_(pa.bool_()))],
                                                  names=["measured"])
 
