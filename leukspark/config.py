@@ -26,7 +26,7 @@ DEFAULT_CONFIG_PATH = files("leukspark").joinpath("conf/default.yaml")
 # Keys whose values are free-form mappings (their inner keys are not checked here).
 FREE_FORM_KEYS = {"spark.extra", "training.params", "training.tuning.grids"}
 # Keys that take more than one type (checked by their own rules in validate_config).
-MIXED_TYPE_KEYS = {"predict.abstain_band"}
+MIXED_TYPE_KEYS = {"predict.abstain_band", "features.log_floor"}
 ENSEMBLES = {"soft_voting", "stacking"}
 
 CHOICES = {
@@ -55,9 +55,10 @@ RANGES = {
     "predict.max_missing_gene_fraction": checks.number(0, 1),
     "predict.min_shared_gene_fraction": checks.number(0, 1),
     "predict.range_margin": checks.number(0, 1),
-    "features.log_floor": checks.positive(),
+    "features.log_floor": checks.positive(special=("auto", "none")),
     "predict.target_accuracy": checks.number(0, 1, low_open=True),
     "training.selection_k": checks.integer(1),
+    "training.best_within": checks.number(0, 1),
     "training.marker_top_n": checks.integer(1),
     "training.tuning.n_candidates": checks.integer(1),
     "training.tuning.inner_folds": checks.integer(2),
@@ -204,6 +205,9 @@ def _check_models(training: dict, source: str) -> None:
             raise ConfigError(f"{source}: training.models[{index}]: unknown model {name!r}; known models: {known}")
         if name in models[:index]:
             raise ConfigError(f"{source}: training.models[{index}]: model {name} is listed twice")
+    for index, name in enumerate(training["prefer"]):
+        if not isinstance(name, str) or name not in REGISTRY:
+            raise ConfigError(f"{source}: training.prefer[{index}]: unknown model {name!r}; known models: {known}")
     for name, grid in training["tuning"]["grids"].items():
         if name not in REGISTRY:
             raise ConfigError(f"{source}: training.tuning.grids.{name}: unknown model; known models: {known}")

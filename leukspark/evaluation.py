@@ -38,7 +38,7 @@ from .calibration import fit_calibrator
 from .metrics import (
     abstains, brier_score, choose_abstain_band, expected_calibration_error, mcnemar_exact, mean_pairwise_jaccard,
 )
-from .stages.train import POOLED_FOLD, TEST_FOLD, is_cv_fold, leaderboard, metric_rows
+from .stages.train import POOLED_FOLD, TEST_FOLD, best_model, is_cv_fold, metric_rows
 
 ENSEMBLES = ("soft_voting", "stacking")
 UNCLASSIFIED = "unclassified"
@@ -194,7 +194,7 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
     bands = (per_fold, final_bands) if band_setting != "none" else None
     extra = _pooled_rows(everything, calibrators if method != "none" else {}, bands)
     base_metrics = metrics[metrics["model"].isin(models)]
-    best_single = str(leaderboard(base_metrics, training_cfg.get("best_by", "accuracy")).index[0])
+    best_single = best_model(base_metrics, training_cfg)
     extra += _mcnemar_rows(everything, list(ensemble_params), best_single)
     selected, selection_rows = _selected_genes(task_info, gene_order)
     extra_frame = pd.DataFrame(extra + selection_rows, columns=["model", "fold", "metric", "value", "params"])
@@ -272,3 +272,17 @@ def _selected_genes(task_info: pd.DataFrame, gene_order: list[str]) -> tuple[pd.
         extra += _long(model, POOLED_FOLD, {"selection_jaccard": mean_pairwise_jaccard(sets),
                                             "selection_k": float(np.mean([len(s) for s in sets]))})
     return selected, extra
+
+
+def group_rows(predictions: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    """Per model and group: accuracy and n of the out-of-fold calls on that group, fold 'group:<name>'.
+
+    Under `split.group_by` every out-of-fold call on a group comes from a fit that never saw the group,
+    so these are across-group scores; the test set (drawn from the same groups) is the in-group one."""
+    oof = predictions[predictions["fold"].map(is_cv_fold)]
+    oof = oof.assign(group=oof["sample"].map(groups)).dropna(subset=["group"])
+    rows = []
+    for (model, group), part in oof.groupby(["model", "group"]):
+        right = float((part["predicted"] == part["truth"]).mean())
+        rows += [(model, f"group:{group}", "accuracy", right, None), (model, f"group:{group}", "n", float(len(part)), None)]
+    return pd.DataFrame(rows, columns=["model", "fold", "metric", "value", "params"])

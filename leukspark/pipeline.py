@@ -56,6 +56,7 @@ class Pipeline:
     config: dict
     echo: Callable[[str], None] = print
     timings: dict = field(default_factory=dict)
+    groups: pd.Series | None = None   # sample -> group, set by a grouped split step
 
     # -- steps ----------------------------------------------------------------------------
     def ingest(self, sources: list[str], *, annotation: str | None = None,
@@ -127,7 +128,8 @@ class Pipeline:
         self.echo(build.summary.text())
         return build.summary
 
-    def split(self, *, test_fraction: float | None = None, split_file: str | None = None) -> pd.DataFrame:
+    def split(self, *, test_fraction: float | None = None, split_file: str | None = None,
+              label_file: str | None = None) -> pd.DataFrame:
         cfg = self.config["split"]
         fraction = cfg["test_fraction"] if test_fraction is None else test_fraction
         labels = self.lake.read("labels").select("sample", "label").toPandas()
@@ -139,9 +141,28 @@ class Pipeline:
             split = split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
         else:
             split = split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
+        if cfg["group_by"] != "none":
+            groups = self.sample_groups(cfg["group_by"], label_file)
+            split = split_stage.grouped_folds(split, groups, cfg["folds"], cfg["seed"])
+            self.groups = groups  # the train step of this pipeline reports accuracy per group
         self._overwrite_if_changed("splits", split_stage.split_frame(self.spark, split), "split")
         self.echo(split_stage.split_summary(split))
+        if cfg["group_by"] != "none":
+            self.echo(split_stage.group_summary(split, groups))
         return split
+
+    def sample_groups(self, group_by: str, label_file: str | None = None) -> pd.Series:
+        """sample -> group under `split.group_by`: a samples field (series, title, source,
+        characteristics.<key>) or a column of the label file."""
+        samples_field = group_by in label_stage.PLAIN_FIELDS or group_by.startswith(label_stage.CHARACTERISTIC_PREFIX)
+        if samples_field:
+            rows = (self.lake.read("samples").select("sample", label_stage.field_column(group_by).alias("group"))
+                    .toPandas())
+            return rows.dropna().set_index("sample")["group"]
+        if label_file is None:
+            raise SplitError(f"split.group_by {group_by!r} is not a samples field (series, title, source, "
+                             "characteristics.<key>) and no --labels file was given to read it from")
+        return pd.Series(label_stage.label_file_column(label_file, group_by))
 
     def train(self, run_id: str | None = None, *, previous_run: str | None = None) -> TrainingOutcome:
         """Fan out every (model, fold) fit; append predictions, results (and the change against
@@ -192,6 +213,8 @@ class Pipeline:
         if choices is not None:
             extra = pd.concat([extra, tuning.result_rows(choices, metrics, cfg["tuning"]["metric"])],
                               ignore_index=True)
+        if self.groups is not None:
+            extra = pd.concat([extra, evaluation.group_rows(predictions, self.groups)], ignore_index=True)
         marker_rows = self._marker_enrichment(bundle_dir, cfg)
         ood_predictions, ood_rows = self._score_excluded(bundle_dir, run_id, genes) if cfg["ood_check"] else (None, None)
         results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
@@ -207,7 +230,7 @@ class Pipeline:
                                                                        ignore_index=True)
         self._store_training_tables(run_id, stored, results, outcome.selected, choices)
         self._record_run(live, splits, len(genes), best, {"predictions": len(stored), "results": len(results)})
-        text = train_stage.format_leaderboard(metrics, cfg["best_by"])
+        text = train_stage.format_leaderboard(metrics, cfg["best_by"], best)
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
 
@@ -417,7 +440,7 @@ class Pipeline:
             ("ingest", lambda: self.ingest(sources, annotation=annotation, platform=platform)),
             ("labels", lambda: self.labels(label_file, sample_order=_matrix_sample_order(sources, label_file))),
             ("features", self.features),
-            ("split", lambda: self.split(test_fraction=test_fraction, split_file=split_file)),
+            ("split", lambda: self.split(test_fraction=test_fraction, split_file=split_file, label_file=label_file)),
             ("train", self.train),
             ("report", lambda: self.report(report_dir, outcome["train"].run_id)),
         ]

@@ -215,9 +215,32 @@ def tuning_section(data: RunData) -> Section | None:
     return Section("tuning", "Nested hyperparameter tuning", text + _table("tuning-table", header, rows))
 
 
+def groups_section(data: RunData) -> Section | None:
+    """In-group (test set: samples of groups the fit saw) vs across-group (grouped CV) accuracy per model."""
+    grouped = _kept_rows(data, lambda r: r["fold"].str.startswith("group:"))
+    if grouped is None:
+        return None
+    names = sorted(grouped["fold"].str[6:].unique())
+    rows = []
+    for model in data.models:
+        test = _value(data.results, model, TEST_FOLD, "accuracy")
+        row = [model, _num(_value(data.results, model, "cv_mean", "accuracy"), 4),
+               "-" if test is None else _num(test, 4)]
+        for name in names:
+            accuracy, n = (_value(grouped, model, f"group:{name}", m) for m in ("accuracy", "n"))
+            row.append("-" if accuracy is None else f"{_num(accuracy, 3)} (n={int(n)})")
+        rows.append(row)
+    text = ("<p>Cross-validation folds grouped by <code>split.group_by</code>: every out-of-fold call on a "
+            "group comes from a fit that never saw that group. In-group: the test set, drawn from the groups "
+            "the final fit saw (none in a cross-validation-only run). A model whose across-group accuracy "
+            "falls far below its in-group accuracy has learned the groups, not the classes.</p>")
+    header = ["model", "across-group (grouped CV mean)", "in-group (test set)"] + [f"group {n}" for n in names]
+    return Section("groups", "In-group vs across-group accuracy", text + _table("groups-table", header, rows))
+
+
 def science_sections(data: RunData, figures: FigureWriter) -> list[Section]:
     sections = [reliability_section(data, figures), risk_coverage_section(data, figures)]
-    for build in (tuning_section, ood_section, selection_section, ensembles_section, markers_section):
+    for build in (groups_section, tuning_section, ood_section, selection_section, ensembles_section, markers_section):
         section = build(data)
         if section is not None:
             sections.append(section)

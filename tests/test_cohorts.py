@@ -133,6 +133,28 @@ def test_real_mas5_sample_is_linear_and_its_log_is_not(geo_data_dir):
     assert detect_scale(value_quantiles(np.array([np.nan]))) == "unknown"
 
 
+def test_the_floor_free_log_keeps_every_order_the_floor_ties(geo_data_dir):
+    """Rank features (log_floor auto) take linear values through asinh(x/2)/ln 2: strictly increasing,
+    so within-sample ranks equal the ranks of the raw values; the floored log ties them."""
+    from scipy.stats import rankdata
+
+    from leukspark.geo.soft import SampleTable, iter_geo_records
+    from leukspark.scale import log_floor_of, to_log2
+
+    table = next(r for r in iter_geo_records(geo_data_dir / "GSM11805.txt.gz") if isinstance(r, SampleTable))
+    values = table.value.to_numpy(zero_copy_only=False).astype(float)
+    values = values[np.isfinite(values)]
+    assert log_floor_of({"log_floor": "auto", "normalize": "rank"}) is None
+    assert log_floor_of({"log_floor": "auto", "normalize": "quantile"}) == 20.0
+    assert log_floor_of({"log_floor": 5, "normalize": "rank"}) == 5.0 and log_floor_of({}) == 20.0
+    free = to_log2(values, None)
+    assert np.array_equal(rankdata(free), rankdata(values))        # every order kept, negatives included
+    floored = to_log2(values, 20.0)
+    assert len(np.unique(floored)) < len(np.unique(free))           # the floor ties what lies under it
+    big = values > 8
+    assert np.abs(free[big] - np.log2(values[big])).max() < 0.03    # log2 where the floor did not bite
+
+
 def test_features_are_log2_of_the_linear_values(linear_run, cohort):
     """The trained gene values equal the mean over probes of log2(linear value), from the files."""
     lake = linear_run["lake"]

@@ -35,6 +35,8 @@ SCALINGS = {
     "log2": {"transform": "log2", "scale_per_sample": False},
     "auto": {"transform": "auto", "scale_per_sample": False},
     "auto+minmax": {"transform": "auto", "scale_per_sample": True},
+    # rank features: linear values logged without the floor (log_floor auto), so S2's -5 and 10 keep their order
+    "auto+rank": {"transform": "auto", "scale_per_sample": False, "normalize": "rank", "log_floor": "auto"},
 }
 
 

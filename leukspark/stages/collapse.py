@@ -6,7 +6,8 @@ Spark session. Both apply, in this order:
 
 1. scale: a sample on a linear scale (or every sample, with `transform: log2`) is floored at
    `log_floor` and log2-transformed, probe by probe, before probes are combined, since a
-   mean of linear signals is dominated by the brightest probe;
+   mean of linear signals is dominated by the brightest probe (with no floor, `log_floor: auto`
+   under rank features, the strictly monotone `scale.monotone_log2`);
 2. probe to gene: symbols are trimmed and empty ones dropped; a probe without a symbol is
    dropped; a multi-gene probe ("A /// B") is dropped, counted toward its first gene, or
    toward each of its genes (`multi_gene`: drop | first | each);
@@ -31,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..errors import FeatureError
-from ..scale import LINEAR, UNKNOWN, needs_log, to_log2
+from ..scale import LINEAR, UNKNOWN, log_floor_of, needs_log, to_log2
 
 MULTI_GENE = ("drop", "first", "each")
 AGGREGATES = {"mean": F.mean, "median": F.median, "max": F.max}
@@ -50,20 +51,22 @@ def to_model_scale(expression: DataFrame, samples: DataFrame, feature_config: di
 
     A sample's scale is the one ingest detected and stored in `samples.value_scale`.
     """
-    transform, floor = feature_config["transform"], float(feature_config["log_floor"])
+    transform, floor = feature_config["transform"], log_floor_of(feature_config)
     needs_log(UNKNOWN, transform)  # validates the setting
     if transform == "none":
         return expression.join(F.broadcast(samples.select("sample")), "sample", "left_semi")
     logged = F.lit(True) if transform == "log2" else F.coalesce(F.col("value_scale") == LINEAR, F.lit(False))
     flags = samples.select("sample", logged.alias("_log"))
-    value = F.when(F.col("_log") & F.col("value").isNotNull(), F.log2(F.greatest(F.col("value"), F.lit(floor))))
+    log_value = (F.asinh(F.col("value") / 2.0) / F.lit(float(np.log(2.0))) if floor is None
+                 else F.log2(F.greatest(F.col("value"), F.lit(floor))))  # the Spark form of scale.to_log2
+    value = F.when(F.col("_log") & F.col("value").isNotNull(), log_value)
     return (expression.join(F.broadcast(flags), "sample")
             .withColumn("value", value.otherwise(F.col("value"))).drop("_log"))
 
 
 def to_model_scale_pd(values: pd.DataFrame, scales: dict[str, str], feature_config: dict) -> pd.DataFrame:
     """The pandas form: `values` (sample, ..., value), `scales` the detected scale of each sample."""
-    transform, floor = feature_config.get("transform", "none"), float(feature_config.get("log_floor", 20.0))
+    transform, floor = feature_config.get("transform", "none"), log_floor_of(feature_config)
     needs_log(UNKNOWN, transform)
     logged = values["sample"].map(lambda s: needs_log(scales.get(s, UNKNOWN), transform)).to_numpy(dtype=bool)
     if not logged.any():
@@ -187,7 +190,7 @@ class VectorPlan:
 
     n_genes: int
     aggregate: str
-    log_floor: float
+    log_floor: float | None   # None: the floor-free log (scale.monotone_log2)
     scale_per_sample: bool
     platforms: dict           # platform -> (probe ids, CSR offsets into `positions`, positions)
     logged: frozenset         # samples to log2 (linear scale under transform auto, or every one with log2)
@@ -208,7 +211,7 @@ def vector_plan(positioned_map: pd.DataFrame, samples: pd.DataFrame, feature_con
                        if needs_log(scale if isinstance(scale, str) else UNKNOWN, transform))
     counts = samples["n_values"] if "n_values" in samples else pd.Series(-1, index=samples.index)
     expected = {s: (int(n) if pd.notna(n) else -1) for s, n in zip(samples["sample"], counts)}
-    return VectorPlan(n_genes, feature_config["aggregate"], float(feature_config["log_floor"]),
+    return VectorPlan(n_genes, feature_config["aggregate"], log_floor_of(feature_config),
                       bool(feature_config.get("scale_per_sample")), platforms, logged, expected)
 
 

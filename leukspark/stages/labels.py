@@ -64,6 +64,32 @@ def read_label_file(spark: SparkSession, path: str | Path, *, sample_order: list
 
 def read_label_rows(path: str | Path, *, sample_order: list[str] | None = None) -> list[tuple]:
     """(sample, label, subtype, rule) rows of a label file; a malformed file is a LabelError naming it."""
+    path, text = Path(path), _label_text(path)
+    return _read_cls(path, text, sample_order) if path.suffix.lower() == ".cls" else _read_label_table(path, text)
+
+
+def label_file_column(path: str | Path, column: str) -> dict[str, str]:
+    """sample -> value of another column of a CSV/TSV label file (e.g. the centre a sample came from,
+    for `split.group_by`); a missing column, or a sample without a value, is a LabelError naming it."""
+    path = Path(path)
+    if path.suffix.lower() == ".cls":
+        raise LabelError(f"{path}: a GSEA .cls file has no column {column!r}; give groups in a CSV label file")
+    lines = _label_text(path).splitlines()
+    reader = csv.DictReader(lines, dialect="excel-tab" if "\t" in lines[0] else "excel")
+    fields = {name.lower().strip(): name for name in (reader.fieldnames or [])}
+    if column.lower() not in fields or "sample" not in fields:
+        raise LabelError(f"{path}: no column {column!r} to group samples by; found {reader.fieldnames}")
+    values = {}
+    for line_number, record in enumerate(reader, start=2):
+        sample = (record[fields["sample"]] or "").strip()
+        value = (record[fields[column.lower()]] or "").strip()
+        if not value:
+            raise LabelError(f"{path}: line {line_number}: sample {sample} has no {column!r} to group it by")
+        values[sample] = value
+    return values
+
+
+def _label_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: label file does not exist")
@@ -75,7 +101,7 @@ def read_label_rows(path: str | Path, *, sample_order: list[str] | None = None) 
         raise LabelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8") from None
     if not text.strip():
         raise LabelError(f"{path}: the label file is empty")
-    return _read_cls(path, text, sample_order) if path.suffix.lower() == ".cls" else _read_label_table(path, text)
+    return text
 
 
 def check_label_samples(samples: DataFrame, given: DataFrame, path: str | Path, strict: bool) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from .. import schemas
 from ..errors import SplitError
@@ -81,6 +81,47 @@ def extend_split(stored: pd.DataFrame, labels: pd.DataFrame, test_fraction: floa
         added = stratified_split(fresh, test_fraction, folds, seed + 1)
     return (pd.concat([kept[["sample", "set", "fold", "label"]], added[["sample", "set", "fold", "label"]]])
             .sort_values("sample").reset_index(drop=True))
+
+
+def grouped_folds(split: pd.DataFrame, groups: pd.Series, folds: int, seed: int) -> pd.DataFrame:
+    """The split with its training folds drawn again so that no group (series, lab, centre) is split
+    over two folds: each fold's score is then a score on groups the fit never saw.
+
+    With at most `folds` groups that is leave-one-group-out; with more, groups are packed into
+    `folds` folds that keep the class balance as far as whole groups allow (scikit-learn's
+    StratifiedGroupKFold). The test set is kept as it is. `groups` maps sample -> group; a training
+    sample without one, or fewer than two groups among the training samples, is a SplitError.
+    """
+    train = split[split["set"] == TRAIN].sort_values("sample").reset_index(drop=True)
+    group_of = train["sample"].map(groups)
+    if group_of.isna().any():
+        missing = train.loc[group_of.isna(), "sample"].tolist()
+        raise SplitError(f"split.group_by: {len(missing)} training sample(s) have no group, e.g. {missing[:5]}")
+    n_groups = group_of.nunique()
+    if n_groups < 2:
+        raise SplitError(f"split.group_by: the training samples form {n_groups} group(s); grouped "
+                         "cross-validation needs at least 2 (set split.group_by: none)")
+    fold_of = np.full(len(train), -1)
+    splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(train["sample"], train["label"], group_of)):
+        fold_of[held_out] = fold
+    train = train.assign(fold=fold_of)
+    return (pd.concat([train, split[split["set"] != TRAIN]])[["sample", "set", "fold", "label"]]
+            .sort_values("sample").reset_index(drop=True))
+
+
+def group_summary(split: pd.DataFrame, groups: pd.Series) -> str:
+    """Which groups each fold holds, and the groups that hold one class only (their fold scores
+    that class's calls alone: with Golub's centres, DFCI sent only ALL and CALGB only AML)."""
+    train = split[split["set"] == TRAIN].assign(group=lambda f: f["sample"].map(groups))
+    lines = ["grouped cross-validation: no group is split over two folds"]
+    for fold, part in train.groupby("fold"):
+        names = ", ".join(f"{g} ({len(p)})" for g, p in part.groupby("group"))
+        lines.append(f"  fold {int(fold)}: {names}")
+    single = [f"{g} (only {p['label'].iloc[0]})" for g, p in train.groupby("group") if p["label"].nunique() == 1]
+    if single:
+        lines.append("  groups of one class, so group and class are confounded there: " + ", ".join(single))
+    return "\n".join(lines)
 
 
 def n_folds(split: pd.DataFrame) -> int:

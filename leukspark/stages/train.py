@@ -341,11 +341,28 @@ def leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> pd.DataFram
                              ascending=[False, False, True], kind="stable")
 
 
+def best_model(metrics: pd.DataFrame, training_cfg: dict) -> str:
+    """The run's best model: among the models whose mean CV `best_by` lies within `best_within` of
+    the top one, the first in `prefer`; models `prefer` does not name come after, in leaderboard order.
+
+    Why not the top CV score alone: inside one cohort every model reaches its ceiling and the
+    differences are a sample or two, while across labs they are tens of points and in a fixed
+    direction (benchmarks/results/cross_cohort.md: the in-cohort leader was the least portable model
+    there). The order in `prefer` is that cross-cohort measurement; with grouped folds
+    (`split.group_by`) the CV score itself is an across-group score.
+    """
+    board = leaderboard(metrics, training_cfg.get("best_by", "accuracy"))
+    top = board["cv_rank_metric"].iloc[0]
+    near = [m for m in board.index if board.at[m, "cv_rank_metric"] >= top - training_cfg.get("best_within", 0.0)]
+    prefer = [m for m in training_cfg.get("prefer", []) if m in near]
+    return str((prefer + [m for m in near if m not in prefer])[0])
+
+
 def has_test_set(metrics: pd.DataFrame) -> bool:
     return bool((metrics["fold"] == TEST_FOLD).any())
 
 
-def format_leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> str:
+def format_leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy", best: str | None = None) -> str:
     from ..metrics import confusion_table
 
     board = leaderboard(metrics, best_by)
@@ -355,7 +372,8 @@ def format_leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy") -> str:
              f"{'model':<22}{'CV acc':>16}{'CV AUC':>8}" + (f"{'test acc':>10}{'errors':>8}{'ROC AUC':>9}{'F1':>8}"
                                                           f"{'fit s':>8}" if tested else "")]
     for model, row in board.iterrows():
-        line = f"{model:<22}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}{row.cv_roc_auc_mean:>8.4f}"
+        name = f"{model} (best)" if model == best else model
+        line = f"{name:<22}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}{row.cv_roc_auc_mean:>8.4f}"
         if tested:
             line += (f"{row.test_accuracy:>10.4f}{int(row.test_errors):>8d}{row.test_roc_auc:>9.4f}"
                      f"{row.test_f1:>8.4f}{row.fit_seconds:>8.1f}")
