@@ -9,7 +9,7 @@ spec declares its own preprocessing (``preprocessing``): no per-gene scaling or 
 and no imputation. An unmeasured gene is NaN for the model and its pair abstains (votes 0);
 training estimates each pair's probabilities over the rows where both genes are measured.
 
-Training (scores in :mod:`leukspark.models.pairs`), on the training rows only:
+Training (scores in :mod:`leukspark.pairs`), on the training rows only:
 
 1. Within-sample ranks; prefilter to ``prefilter_genes`` candidates (half ranked higher in AML,
    half in ALL, by the Welch t of the ranks). The search is O(genes^2 x samples): the 21,000
@@ -45,7 +45,7 @@ from leukspark import checks
 from leukspark.errors import ModelError
 from leukspark.models.base import ArraysFile, ModelSpec
 from leukspark.models.linear_svm import fit_platt_sigmoid
-from leukspark.models.pairs import (pair_votes, prefilter_genes, scores_from_ranks, top_disjoint_pairs,
+from leukspark.pairs import (pair_votes, prefilter_genes, scores_from_ranks, top_disjoint_pairs,
                                     within_sample_ranks)
 
 

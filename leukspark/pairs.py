@@ -15,6 +15,9 @@ Scores, for genes i and j over the training rows where both are measured:
   each gene's measured rows (not over the rows where both genes are measured): with nothing
   missing they are the same, and it costs O(genes) instead of another pass over the pairs.
 
+The module sits outside ``leukspark.models`` so that a Spark task importing it does not import
+every model's library (torch, xgboost) through the registry.
+
 Cost: ``O(genes^2 x samples)`` comparisons, hence the per-gene prefilter (:func:`prefilter_genes`)
 and blocks of genes ``i`` against all later genes ``j`` whose memory is bounded
 (``max_block_elements``).
@@ -26,7 +29,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-from scipy.stats import rankdata
 
 from leukspark.errors import ModelError
 
@@ -52,6 +54,8 @@ def within_sample_ranks(matrix: np.ndarray) -> np.ndarray:
     float32: distinct ranks differ by at least 0.5 / measured (> 1e-6 for up to 500,000 genes),
     far above float32 spacing below 1, so the order and the ties of every row survive. NaN stays NaN.
     """
+    from scipy.stats import rankdata  # here: Spark tasks import this module and need only numpy
+
     values = np.asarray(matrix, dtype=np.float64)
     ranks = rankdata(values, axis=1, nan_policy="omit")
     measured = np.maximum(np.isfinite(values).sum(axis=1, keepdims=True), 1)
@@ -87,8 +91,8 @@ def _welch_t(aml: np.ndarray, all_: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         n_aml, n_all = np.isfinite(aml).sum(axis=0), np.isfinite(all_).sum(axis=0)
         difference = np.nanmean(aml, axis=0, dtype=np.float64) - np.nanmean(all_, axis=0, dtype=np.float64)
-        variance = (np.nanvar(aml, axis=0, dtype=np.float64) / n_aml
-                    + np.nanvar(all_, axis=0, dtype=np.float64) / n_all)
+        variance = (np.nanvar(aml, axis=0, dtype=np.float64, ddof=1) / n_aml
+                    + np.nanvar(all_, axis=0, dtype=np.float64, ddof=1) / n_all)
     # A gene constant in both classes (variance 0) ranks as t = 0, not as a division by zero.
     return np.divide(difference, np.sqrt(variance), out=np.zeros_like(difference), where=variance > 0)
 
@@ -215,8 +219,9 @@ def spark_pair_scores(spark, matrix: np.ndarray, labels: np.ndarray, *, prefilte
             yield start, stop, score_block(rows, start, stop)
 
     try:
-        blocks = context.parallelize(range(len(bounds)), slices).mapPartitions(score_partition).toLocalIterator()
-        delta = _assemble(subset.shape[1], blocks)
+        # collect, not toLocalIterator: the latter runs one job per partition, one after another.
+        blocks = context.parallelize(range(len(bounds)), slices).mapPartitions(score_partition).collect()
+        delta = _assemble(subset.shape[1], iter(blocks))
     finally:
         shared.unpersist()
     return PairScores(candidates, delta, _gamma(subset, labels))
