@@ -202,10 +202,17 @@ def _gamma(subset: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def spark_pair_scores(spark, matrix: np.ndarray, labels: np.ndarray, *, prefilter: int | None = None,
                       max_block_elements: int = MAX_BLOCK_ELEMENTS, partitions: int | None = None) -> PairScores:
-    """:func:`numpy_pair_scores` as Spark tasks: the ranks of the candidate genes are broadcast
-    once, block ids are parallelized, each task scores its blocks with :func:`score_block`, and the
-    driver assembles the same matrix (the same kernel on the same blocks: bit-identical)."""
+    """:func:`numpy_pair_scores` as Spark tasks over blocks of gene pairs (ranks and prefilter on
+    the driver; see :func:`spark_scores_from_ranks`)."""
     labels, ranks, candidates = _prepared(matrix, labels, prefilter)
+    return spark_scores_from_ranks(spark, ranks, labels, candidates, max_block_elements, partitions)
+
+
+def spark_scores_from_ranks(spark, ranks: np.ndarray, labels: np.ndarray, candidates: np.ndarray,
+                            max_block_elements: int = MAX_BLOCK_ELEMENTS, partitions: int | None = None) -> PairScores:
+    """:func:`scores_from_ranks` as Spark tasks: the candidates' ranks are broadcast once, block ids
+    are parallelized, each task scores its blocks with :func:`score_block`, and the driver assembles
+    the same matrix (the same kernel on the same blocks: bit-identical)."""
     subset = ranks[:, candidates]
     bounds = block_bounds(*subset.shape, max_block_elements)
     context = spark.sparkContext
