@@ -145,7 +145,7 @@ class KtspSpec(ModelSpec):
         "prefilter_genes": checks.integer(2, special=(None,)),  # None: every gene (slow at full size)
     }
     # k is already tuned inside fit; the candidate set is what an outer search can usefully vary.
-    tuning_grid = {"prefilter_genes": [200, 1000, 4000]}
+    tuning_grid = {"prefilter_genes": [250, 1000, 2000]}
     # Only the order of genes within a sample: no per-gene affine map, selection or imputation.
     preprocessing = {"scaler": "none", "normalize": "none", "selection": "none", "impute": False}
     explanation_key = "pairs"
