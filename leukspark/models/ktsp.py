@@ -13,8 +13,8 @@ Training (scores in :mod:`leukspark.pairs`), on the training rows only:
 
 1. Within-sample ranks; prefilter to ``prefilter_genes`` candidates (half ranked higher in AML,
    half in ALL, by the Welch t of the ranks). The search is O(genes^2 x samples): the 21,000
-   genes of GSE13159 are 2.2e8 pairs x 1,033 samples, about an hour on one core, against about
-   a second for 1,000 candidates; a pair of genes that are both unremarkable on their own
+   genes of GSE13159 are 2.2e8 pairs x 1,033 samples, about half an hour on one core, against a
+   few seconds for 1,000 candidates (benchmarks/results/ktsp.md); a pair of genes that are both unremarkable on their own
    rarely makes a top pair, as switchBox's default Wilcoxon filter also assumes.
 2. Greedy choice of disjoint pairs by |delta| (ties: Tan's rank-difference score).
 3. P(AML) = sigmoid(slope x signed vote share + offset), the signed share being
@@ -136,7 +136,7 @@ class KtspSpec(ModelSpec):
     """k top-scoring pairs; see the module docstring for the method and its choices."""
 
     name = "ktsp"
-    cost = 3.0  # one pair search per inner fold and one final, ~1-2 s each at 1,000 x 1,000 candidates
+    cost = 3.0  # one pair search per inner fold and one final, a few seconds each at 1,000 candidates
     default_params = {"k": None, "max_k": 25, "inner_folds": 5, "prefilter_genes": 1000}
     param_checks = {
         "k": checks.odd_integer(1, special=(None,)),  # None: chosen by the inner CV
