@@ -78,7 +78,8 @@ class Bundle:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """P(AML) for each row of a raw matrix whose columns follow ``gene_order``.
 
-        NaN entries are imputed with the training means by the bundled preprocessor. A bundle
+        NaN entries are imputed with the training means by the bundled preprocessor (a model
+        whose spec declares ``impute: False``, k-TSP, gets them as NaN and abstains on them). A bundle
         with a calibrator (``training.calibration``) returns calibrated probabilities.
         """
         probabilities = self.spec.predict_proba(self.model, self.preprocessor.transform(X))
@@ -92,20 +93,29 @@ class Bundle:
 
     def explain(self, X: np.ndarray, top: int = 5) -> list[list[dict]] | None:
         """Per row, the genes contributing most to the log-odds of a linear model: weight x the
-        standardized value the model sees (positive pushes toward AML); None for other models."""
+        standardized value the model sees (positive pushes toward AML); a model with its own
+        explanation (``ModelSpec.explain_rows``, under ``explanation_key``) gives that; None otherwise."""
+        genes = np.asarray(self.gene_order, dtype=object)
+        if self.preprocessor.selected_genes is not None:
+            genes = genes[self.preprocessor.selected_genes]
+        rows = self.spec.explain_rows(self.model, self.preprocessor.transform(X), genes)
+        if rows is not None:  # the model's own explanation (k-TSP: its pairs and their votes)
+            return rows
         weights = self.spec.feature_weights(self.model)
         if weights is None:
             return None
         values = self.preprocessor.transform(X).astype(np.float64)
-        genes = np.asarray(self.gene_order, dtype=object)
-        if self.preprocessor.selected_genes is not None:
-            genes = genes[self.preprocessor.selected_genes]
         contributions = values * np.asarray(weights, dtype=np.float64)
         out = []
         for row in contributions:
             order = np.argsort(-np.abs(row), kind="stable")[:top]
             out.append([{"gene": str(genes[i]), "contribution": round(float(row[i]), 6)} for i in order])
         return out
+
+    @property
+    def explanation_key(self) -> str:
+        """The record field of :meth:`explain`'s rows ("top_genes"; k-TSP: "pairs")."""
+        return self.spec.explanation_key
 
     @property
     def used_genes(self) -> np.ndarray:
@@ -168,6 +178,7 @@ def save_bundle(
             "scaler": preprocessor.scaler,
             "normalize": preprocessor.normalizer.method,
             "selection": preprocessor.selection,
+            "impute": preprocessor.impute,
             "gene_order_file": GENES_FILE,
             "n_genes": len(genes),
             "preprocessor_file": PREPROCESSOR_FILE,
@@ -301,7 +312,8 @@ def load_bundle(directory: Path) -> Bundle:
         with np.load(preprocessor_path, allow_pickle=False) as archive:
             preprocessor = Preprocessor.from_arrays({key: archive[key] for key in archive.files}, manifest["scaler"],
                                                     manifest.get("normalize", "none"),
-                                                    manifest.get("selection", "none"))
+                                                    manifest.get("selection", "none"),
+                                                    manifest.get("impute", True) is not False)
     except (LeukSparkError, OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{preprocessor_path.name}: {exc}") from exc
     if preprocessor.n_features != len(gene_order):

@@ -111,3 +111,20 @@ def _kind(types: tuple[type, ...]) -> str:
     if types == (int,):
         return "an integer"
     return " or ".join(f"a {t.__name__}" for t in types)
+
+
+@dataclass(frozen=True)
+class OddInteger(Check):
+    """An odd integer in [low, high] (or one of `special`): k-TSP's number of voting pairs."""
+
+    def accepts(self, value: Any) -> bool:
+        if any(_same(value, s) for s in self.special):
+            return True
+        return super().accepts(value) and value % 2 == 1
+
+    def describe(self) -> str:
+        return " or ".join(["an odd integer" + self._range()] + ["null" if s is None else repr(s) for s in self.special])
+
+
+def odd_integer(low: int | None = None, high: int | None = None, *, special: tuple = ()) -> OddInteger:
+    return OddInteger((int,), low, high, special=special)

@@ -42,6 +42,7 @@ class ScoredSample:
     shared_gene_fraction: float | None = None  # share of the model's genes the sample has
     warning: str | None = None                 # scored, but unlike the training samples
     explanation: list | None = None            # --explain: top genes by weight x standardized value
+    explanation_key: str = "top_genes"         # its record field (k-TSP: "pairs", each pair's vote)
     bundle_dir: Path | None = None             # the bundle that scored it: the run and model its stored row names
 
     def record(self) -> dict:
@@ -56,7 +57,7 @@ class ScoredSample:
         if self.warning:
             record["warning"] = self.warning
         if self.explanation is not None:
-            record["top_genes"] = self.explanation
+            record[self.explanation_key] = self.explanation
         return record
 
 
@@ -126,7 +127,7 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
     training samples is scored through the genes the two share (the others are filled with
     the training means); each scored sample is checked against the training distribution.
     A probability inside the bundle's abstention band gives prediction 'unclassified'; with
-    `explain`, a linear model's samples get their top contributing genes.
+    `explain`, a linear model's samples get their top contributing genes, a k-TSP model's its pairs' votes.
     """
     from .input_check import out_of_range
 
@@ -161,6 +162,7 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
                 result.prediction = UNCLASSIFIED
             if explanations is not None:
                 result.explanation = explanations[i]
+                result.explanation_key = getattr(bundle, "explanation_key", "top_genes")
     return results
 
 

@@ -19,13 +19,14 @@ from leukspark.bundle import (
 from leukspark.errors import BundleError, ModelError, PredictionError
 from leukspark.models import fit_and_predict, get_model
 
-MODEL_NAMES = ["logistic_regression", "linear_svm", "random_forest", "xgboost", "dnn"]
+MODEL_NAMES = ["logistic_regression", "linear_svm", "random_forest", "xgboost", "dnn", "ktsp"]
 FAST_PARAMS = {
     "logistic_regression": {"C": 0.05},
     "linear_svm": {},
     "random_forest": {"n_estimators": 30},
     "xgboost": {"n_estimators": 30, "max_genes": 100},
     "dnn": {"hidden_layers": [32, 8], "max_epochs": 10},
+    "ktsp": {"prefilter_genes": 60, "max_k": 9},
 }
 N_GENES = 500
 GENES = [f"GENE{index:04d}" for index in range(N_GENES)]
@@ -122,8 +123,9 @@ def test_model_files_use_safe_formats(saved_bundles):
         "random_forest": ["random_forest.npz"],
         "xgboost": ["xgboost_model.json", "xgboost_genes.npz"],
         "dnn": ["dnn_state_dict.pt"],
+        "ktsp": ["ktsp.npz"],
     }
-    for name in ("logistic_regression", "random_forest"):
+    for name in ("logistic_regression", "random_forest", "ktsp"):
         with np.load(saved_bundles[name][0] / model_files[name][0], allow_pickle=False) as archive:
             assert all(archive[key].dtype != object for key in archive.files)
     json.loads((saved_bundles["xgboost"][0] / "xgboost_model.json").read_text())

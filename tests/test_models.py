@@ -16,7 +16,7 @@ from leukspark.models.dnn import DnnSpec
 from leukspark.models.linear_svm import fit_platt_sigmoid
 from leukspark.models.random_forest import TreeEnsemble
 
-MODEL_NAMES = ["logistic_regression", "linear_svm", "random_forest", "xgboost", "dnn"]
+MODEL_NAMES = ["logistic_regression", "linear_svm", "random_forest", "xgboost", "dnn", "ktsp"]
 # Small but faithful settings so the whole module runs in seconds.
 FAST_PARAMS = {
     "logistic_regression": {},
@@ -24,6 +24,7 @@ FAST_PARAMS = {
     "random_forest": {"n_estimators": 60},
     "xgboost": {"n_estimators": 60, "max_genes": 200},
     "dnn": {"hidden_layers": [64, 16]},
+    "ktsp": {"prefilter_genes": 100},
 }
 N_INFORMATIVE = 25
 
@@ -55,7 +56,7 @@ def fitted(problem):
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_holds_exactly_the_five_models():
+def test_registry_holds_exactly_the_six_models():
     assert sorted(REGISTRY) == sorted(MODEL_NAMES)
     for name, spec in REGISTRY.items():
         assert spec.name == name

@@ -103,7 +103,10 @@ def fit_and_predict(
     spec = get_model(model_name)
     resolved = spec.resolve_params(params)  # fail on a bad key before any work is done
     started = time.perf_counter()
-    preprocessor = Preprocessor(scaler, normalize, selection, selection_k).fit(X_train, y_train)
+    # A model may declare the preprocessing it needs (ModelSpec.preprocessing): k-TSP reads the
+    # order of genes within a sample, which per-gene scaling and imputation would change.
+    preprocessor = Preprocessor(**spec.preprocessor_settings(scaler, normalize, selection, selection_k))
+    preprocessor.fit(X_train, y_train)
     model = spec.fit(preprocessor.transform(X_train), y_train, resolved, seed)
     fit_seconds = time.perf_counter() - started
     # A cross-validation-only run's final fit has nothing to evaluate.

@@ -60,12 +60,12 @@ def as_feature_matrix(
     return matrix
 
 
-def check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a preprocessed training set; return (float32 finite X, int8 y in {0, 1})."""
+def check_training_data(X: Any, y: Any, *, allow_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a preprocessed training set; return (float32 X, finite unless ``allow_nan``, int8 y in {0, 1})."""
     features = as_feature_matrix(X, what="training matrix").astype(np.float32, copy=False)
     if features.shape[0] == 0:
         raise ModelError("training matrix has no samples")
-    if np.isnan(features).any():
+    if not allow_nan and np.isnan(features).any():
         raise ModelError("training matrix contains NaN; preprocess it (Preprocessor) before fitting")
     labels = np.asarray(y)
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
@@ -81,10 +81,10 @@ def check_training_data(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     return features, labels.astype(np.int8)
 
 
-def check_scoring_matrix(X: Any, n_features: int) -> np.ndarray:
-    """Validate a preprocessed matrix to score; return it as finite float32."""
+def check_scoring_matrix(X: Any, n_features: int, *, allow_nan: bool = False) -> np.ndarray:
+    """Validate a preprocessed matrix to score; return it as float32 (finite unless ``allow_nan``)."""
     features = as_feature_matrix(X, n_features=n_features, error=PredictionError)
-    if np.isnan(features).any():
+    if not allow_nan and np.isnan(features).any():
         raise PredictionError("matrix to score contains NaN; preprocess it (Preprocessor) first")
     return features.astype(np.float32, copy=False)
 
@@ -107,12 +107,14 @@ class Preprocessor:
       becomes 0 after scaling, for training and scoring alike, whatever the incoming values:
       0 is where an average training sample lies, and a column the model never saw varying
       must not start driving predictions at scoring time.
+    * ``impute=False`` (a model that handles NaN itself, see ``ModelSpec.preprocessing``) leaves
+      NaN, and the all-NaN columns, as NaN.
     """
 
     _ARRAY_KEYS = ("impute_values", "center", "scale", "observed_in_training")
 
     def __init__(self, scaler: str = "standard", normalize: str = "none", selection: str = "none",
-                 selection_k: int = 0):
+                 selection_k: int = 0, impute: bool = True):
         from leukspark.models.selection import METHODS as SELECTIONS
 
         if scaler not in SCALERS:
@@ -122,6 +124,7 @@ class Preprocessor:
         if selection not in SELECTIONS:
             raise ModelError(f"unknown gene selection {selection!r}; known: {', '.join(SELECTIONS)}")
         self.scaler = scaler
+        self.impute = bool(impute)
         self.normalizer = SampleNormalizer(normalize)
         self.selection, self.selection_k = selection, int(selection_k)
         self.selected_genes: np.ndarray | None = None    # input columns kept (selection on), ascending
@@ -175,7 +178,7 @@ class Preprocessor:
         # Column means over observed values; all-NaN columns get 0 (they are zeroed anyway).
         sums = np.nansum(imputed, axis=0)
         means = np.divide(sums, counts, out=np.zeros_like(sums), where=observed)
-        _fill_missing(imputed, missing, means)
+        _fill_missing(imputed, missing, means)  # statistics below need values; kept NaN by transform without impute
 
         if self.scaler == "standard":
             center = imputed.mean(axis=0)
@@ -202,10 +205,12 @@ class Preprocessor:
         values = self.normalizer.transform(matrix.astype(np.float64))  # a copy: steps below work in place
         if self.selected_genes is not None:
             values = values[:, self.selected_genes]
-        _fill_missing(values, np.isnan(values), self.impute_values)
+        if self.impute:
+            _fill_missing(values, np.isnan(values), self.impute_values)
         values -= self.center
         values /= self.scale
-        values[:, ~self.observed_in_training] = 0.0
+        if self.impute:
+            values[:, ~self.observed_in_training] = 0.0
         return values.astype(np.float32)
 
     def fit_transform(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -223,12 +228,12 @@ class Preprocessor:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str, normalize: str = "none",
-                    selection: str = "none") -> "Preprocessor":
+                    selection: str = "none", impute: bool = True) -> "Preprocessor":
         """Rebuild a fitted preprocessor from :meth:`to_arrays` output."""
         missing_keys = [key for key in cls._ARRAY_KEYS if key not in arrays]
         if missing_keys:
             raise ModelError(f"preprocessor arrays lack {', '.join(missing_keys)}")
-        preprocessor = cls(scaler, normalize, selection if "selected_genes" in arrays else "none")
+        preprocessor = cls(scaler, normalize, selection if "selected_genes" in arrays else "none", impute=impute)
         if "selected_genes" in arrays:
             selected = np.asarray(arrays["selected_genes"])
             n_inputs = int(np.asarray(arrays.get("n_input_features", -1)))
@@ -365,6 +370,25 @@ class ModelSpec(ABC):
     #: Rough cost of one fit relative to the others (logistic regression 1, DNN 5): the fan-out
     #: starts the slowest fits first so that the cores stay busy to the end.
     cost: ClassVar[float] = 3.0
+    #: Preprocessing this model needs whatever the run configures: Preprocessor arguments (scaler,
+    #: normalize, selection, impute) that replace training.scaler, features.normalize and
+    #: training.selection for this model only (the fan-out reads them through fit_and_predict).
+    #: Empty: the run's settings. ``impute: False`` hands the model NaN for unmeasured genes.
+    preprocessing: ClassVar[Mapping[str, Any]] = {}
+    #: The field of a `predict --explain` record that holds :meth:`explain_rows`.
+    explanation_key: ClassVar[str] = "top_genes"
+
+    def preprocessor_settings(self, scaler: str = "standard", normalize: str = "none", selection: str = "none",
+                              selection_k: int = 0) -> dict[str, Any]:
+        """Preprocessor arguments for this model: the run's settings overridden by ``preprocessing``."""
+        settings = {"scaler": scaler, "normalize": normalize, "selection": selection, "selection_k": selection_k,
+                    "impute": True}
+        return {**settings, **self.preprocessing}
+
+    @property
+    def handles_missing(self) -> bool:
+        """True when the model is given NaN (its preprocessing does not impute)."""
+        return not self.preprocessing.get("impute", True)
 
     def param_problem(self, params: Mapping[str, Any] | None) -> tuple[str, str] | None:
         """``(parameter, reason)`` for the first unknown or invalid parameter, or None."""
@@ -395,7 +419,7 @@ class ModelSpec(ABC):
         ``params`` may be partial (defaults fill the rest). The same seed and data give
         the same model. Library errors from bad parameter values become ModelError.
         """
-        features, labels = check_training_data(X, y)
+        features, labels = check_training_data(X, y, allow_nan=self.handles_missing)
         resolved = self.resolve_params(params)
         try:
             return self._fit(features, labels, resolved, int(seed))
@@ -404,7 +428,7 @@ class ModelSpec(ABC):
 
     def predict_proba(self, model: Any, X: np.ndarray) -> np.ndarray:
         """P(AML) for each row of preprocessed ``X``, as a float64 vector of shape (n,)."""
-        features = check_scoring_matrix(X, self.n_features(model))
+        features = check_scoring_matrix(X, self.n_features(model), allow_nan=self.handles_missing)
         if features.shape[0] == 0:
             return np.zeros(0)
         probabilities = np.asarray(self._predict_proba(model, features), dtype=np.float64)
@@ -423,6 +447,11 @@ class ModelSpec(ABC):
         (on standardized genes), a model's own measure for trees; None when the model has none."""
         weights = self.feature_weights(model)
         return None if weights is None else np.abs(np.asarray(weights, dtype=np.float64))
+
+    def explain_rows(self, model: Any, X: np.ndarray, genes: np.ndarray) -> list | None:
+        """Per row of preprocessed ``X`` (columns named by ``genes``), what the call rests on, for
+        ``predict --explain``; None: the bundle explains linear models from :meth:`feature_weights`."""
+        return None
 
     @abstractmethod
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any:

@@ -1,0 +1,273 @@
+"""Gene-pair scores for k top-scoring pairs (Tan et al. 2005): one blocked numpy kernel, run in one
+process (:func:`numpy_pair_scores`) or as Spark tasks over blocks of gene pairs (:func:`spark_pair_scores`).
+
+Everything here reads only the order of genes within each sample: the input is turned into
+within-sample ranks first, so any strictly increasing transform of a sample (log2 or linear,
+another scanner gain) gives the same ranks and the same scores.
+
+Scores, for genes i and j over the training rows where both are measured:
+
+* ``delta[i, j] = (E[sign(x_i - x_j) | AML] - E[sign(x_i - x_j) | ALL]) / 2``. Without ties this is
+  exactly Tan et al.'s ``P(x_i > x_j | AML) - P(x_i > x_j | ALL)``; with ties (integer-valued or
+  floored arrays) it stays antisymmetric, ``delta[j, i] = -delta[i, j]``, which Tan's form is not.
+* ``gamma[i, j] = d_i - d_j`` with ``d`` = mean within-sample rank in AML minus that in ALL: Tan
+  et al.'s rank-difference score, used only to break ties in ``delta``. The class means are over
+  each gene's measured rows (not over the rows where both genes are measured): with nothing
+  missing they are the same, and it costs O(genes) instead of another pass over the pairs.
+
+The module sits outside ``leukspark.models`` so that a Spark task importing it does not import
+every model's library (torch, xgboost) through the registry.
+
+Cost: ``O(genes^2 x samples)`` comparisons, hence the per-gene prefilter (:func:`prefilter_genes`)
+and blocks of genes ``i`` against all later genes ``j`` whose memory is bounded
+(``max_block_elements``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from leukspark.errors import ModelError
+
+#: A gene measured in fewer than this share of one class's training rows is not a candidate:
+#: its pair probabilities would rest on a handful of samples.
+MIN_MEASURED_SHARE = 0.5
+#: Elements of the (samples x block genes x genes) comparison tensor held at once (int8: 1 MB; smaller blocks measured faster, they stay in cache).
+MAX_BLOCK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Scores of every pair of candidate genes; index ``a`` means input column ``candidates[a]``."""
+
+    candidates: np.ndarray  # int64 input columns searched, ascending
+    delta: np.ndarray       # (m, m) float64, antisymmetric, 0 on the diagonal
+    gamma: np.ndarray       # (m, m) float64, antisymmetric tie-break score
+
+
+def within_sample_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Each row's average ranks among its measured values, as (rank - 0.5) / measured in (0, 1).
+
+    float32: distinct ranks differ by at least 0.5 / measured (> 1e-6 for up to 500,000 genes),
+    far above float32 spacing below 1, so the order and the ties of every row survive. NaN stays NaN.
+    """
+    from scipy.stats import rankdata  # here: Spark tasks import this module and need only numpy
+
+    values = np.asarray(matrix, dtype=np.float64)
+    ranks = rankdata(values, axis=1, nan_policy="omit")
+    measured = np.maximum(np.isfinite(values).sum(axis=1, keepdims=True), 1)
+    return ((ranks - 0.5) / measured).astype(np.float32)
+
+
+def prefilter_genes(ranks: np.ndarray, labels: np.ndarray, count: int | None) -> np.ndarray:
+    """The ``count`` candidate columns (ascending): half with the largest Welch t of within-sample
+    rank (AML above ALL), half with the smallest (ALL above AML), as switchBox's Wilcoxon filter
+    takes both directions, so that an AML-up gene can pair with an ALL-up gene.
+
+    Genes measured in fewer than MIN_MEASURED_SHARE of either class's rows are never candidates.
+    ``None`` or a count at least the number of eligible genes keeps every eligible gene.
+    """
+    labels = np.asarray(labels)
+    aml, all_ = ranks[labels == 1], ranks[labels == 0]
+    measured_aml, measured_all = np.isfinite(aml).sum(axis=0), np.isfinite(all_).sum(axis=0)
+    eligible = np.flatnonzero((measured_aml >= MIN_MEASURED_SHARE * len(aml))
+                              & (measured_all >= MIN_MEASURED_SHARE * len(all_))
+                              & (measured_aml > 0) & (measured_all > 0))
+    if eligible.size < 2:
+        raise ModelError("fewer than two genes are measured in most training samples of both classes")
+    if count is None or count >= eligible.size:
+        return eligible.astype(np.int64)
+    t_statistic = _welch_t(aml[:, eligible], all_[:, eligible])
+    order = np.argsort(-t_statistic, kind="stable")  # ties keep column order: deterministic
+    up = count // 2 + count % 2
+    chosen = np.concatenate([order[:up], order[order.size - (count - up):]])
+    return np.sort(eligible[chosen]).astype(np.int64)
+
+
+def _welch_t(aml: np.ndarray, all_: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_aml, n_all = np.isfinite(aml).sum(axis=0), np.isfinite(all_).sum(axis=0)
+        difference = np.nanmean(aml, axis=0, dtype=np.float64) - np.nanmean(all_, axis=0, dtype=np.float64)
+        variance = (np.nanvar(aml, axis=0, dtype=np.float64, ddof=1) / n_aml
+                    + np.nanvar(all_, axis=0, dtype=np.float64, ddof=1) / n_all)
+    # A gene constant in both classes (variance 0) ranks as t = 0, not as a division by zero.
+    return np.divide(difference, np.sqrt(variance), out=np.zeros_like(difference), where=variance > 0)
+
+
+def rank_difference(ranks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per gene: mean within-sample rank in AML minus that in ALL (over its measured rows)."""
+    labels = np.asarray(labels)
+    with np.errstate(invalid="ignore"):
+        difference = (np.nanmean(ranks[labels == 1], axis=0, dtype=np.float64)
+                      - np.nanmean(ranks[labels == 0], axis=0, dtype=np.float64))
+    return np.nan_to_num(difference, nan=0.0)
+
+
+def block_bounds(n_samples: int, n_genes: int, max_block_elements: int = MAX_BLOCK_ELEMENTS) -> list[tuple[int, int]]:
+    """[start, stop) gene blocks; block ``i`` is scored against genes ``start..n_genes``."""
+    rows = max(1, max_block_elements // max(1, n_samples * n_genes))
+    return [(start, min(start + rows, n_genes)) for start in range(0, n_genes, rows)]
+
+
+@dataclass(frozen=True)
+class RankedRows:
+    """The kernel's input: within-sample ranks of the candidate genes, AML rows first.
+
+    Missing ranks are stored as 0 with ``measured`` False there (``measured`` is None when
+    nothing is missing): comparing NaN measured ~9x slower than comparing numbers, so the
+    kernel compares filled values and masks the pairs instead.
+    """
+
+    values: np.ndarray            # (samples, genes) float32, AML rows then ALL rows
+    measured: np.ndarray | None   # (samples, genes) bool, or None when complete
+    n_aml: int
+
+
+def ranked_rows(ranks: np.ndarray, labels: np.ndarray) -> RankedRows:
+    """Reorder ``ranks`` (samples x candidate genes) by class and fill its NaN for the kernel."""
+    labels = np.asarray(labels)
+    ordered = np.concatenate([ranks[labels == 1], ranks[labels == 0]]).astype(np.float32)
+    missing = np.isnan(ordered)
+    if not missing.any():
+        return RankedRows(ordered, None, int((labels == 1).sum()))
+    return RankedRows(np.where(missing, np.float32(0), ordered), ~missing, int((labels == 1).sum()))
+
+
+def score_block(rows: RankedRows, start: int, stop: int) -> np.ndarray:
+    """``delta`` of pairs (i, j), i in [start, stop), j in [start, genes): shape (stop - start, genes - start).
+
+    A missing gene compares as neither greater nor smaller and the pair's class frequencies
+    are taken over the rows where both genes are measured. Entries with j <= i are computed
+    too (the block's own square) but are not used. Only numpy reductions, no BLAS: a Spark
+    task or a loaded machine then gets no oversubscribed BLAS threads.
+    """
+    frequencies = []
+    for part in (slice(0, rows.n_aml), slice(rows.n_aml, None)):
+        values = rows.values[part]
+        left, right = values[:, start:stop, None], values[:, None, start:]
+        # int8 signs summed into int32 along the samples: measured ~10x faster than a float32
+        # matrix product with the class indicator rows.
+        sign = (left > right).view(np.int8) - (left < right).view(np.int8)
+        if rows.measured is None:
+            both = np.float64(values.shape[0])
+        else:
+            measured = rows.measured[part]
+            pair_measured = measured[:, start:stop, None] & measured[:, None, start:]
+            sign *= pair_measured.view(np.int8)
+            both = pair_measured.sum(axis=0, dtype=np.int32).astype(np.float64)
+        total = sign.sum(axis=0, dtype=np.int32).astype(np.float64)
+        frequencies.append(np.divide(total, both, out=np.zeros_like(total), where=np.asarray(both) > 0))
+    return (frequencies[0] - frequencies[1]) / 2.0
+
+
+def _assemble(n_genes: int, blocks: Iterator[tuple[int, int, np.ndarray]]) -> np.ndarray:
+    delta = np.zeros((n_genes, n_genes))
+    for start, stop, values in blocks:
+        for offset, row in enumerate(range(start, stop)):
+            delta[row, row + 1:] = values[offset, row + 1 - start:]
+    return delta - delta.T  # the lower triangle from antisymmetry
+
+
+def _prepared(matrix: np.ndarray, labels: np.ndarray, prefilter: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(np.int8)
+    ranks = within_sample_ranks(matrix)
+    candidates = prefilter_genes(ranks, labels, prefilter)
+    return labels, ranks, candidates
+
+
+def numpy_pair_scores(matrix: np.ndarray, labels: np.ndarray, *, prefilter: int | None = None,
+                      max_block_elements: int = MAX_BLOCK_ELEMENTS) -> PairScores:
+    """Scores of every pair of prefiltered genes of ``matrix`` (samples x genes), in this process."""
+    labels, ranks, candidates = _prepared(matrix, labels, prefilter)
+    return scores_from_ranks(ranks, labels, candidates, max_block_elements)
+
+
+def scores_from_ranks(ranks: np.ndarray, labels: np.ndarray, candidates: np.ndarray,
+                      max_block_elements: int = MAX_BLOCK_ELEMENTS) -> PairScores:
+    """:func:`numpy_pair_scores` from within-sample ranks and chosen candidate columns."""
+    subset = ranks[:, candidates]
+    rows = ranked_rows(subset, labels)
+    bounds = block_bounds(*subset.shape, max_block_elements)
+    delta = _assemble(subset.shape[1], ((a, b, score_block(rows, a, b)) for a, b in bounds))
+    return PairScores(candidates, delta, _gamma(subset, labels))
+
+
+def _gamma(subset: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    difference = rank_difference(subset, labels)
+    return difference[:, None] - difference[None, :]
+
+
+def spark_pair_scores(spark, matrix: np.ndarray, labels: np.ndarray, *, prefilter: int | None = None,
+                      max_block_elements: int = MAX_BLOCK_ELEMENTS, partitions: int | None = None) -> PairScores:
+    """:func:`numpy_pair_scores` as Spark tasks over blocks of gene pairs (ranks and prefilter on
+    the driver; see :func:`spark_scores_from_ranks`)."""
+    labels, ranks, candidates = _prepared(matrix, labels, prefilter)
+    return spark_scores_from_ranks(spark, ranks, labels, candidates, max_block_elements, partitions)
+
+
+def spark_scores_from_ranks(spark, ranks: np.ndarray, labels: np.ndarray, candidates: np.ndarray,
+                            max_block_elements: int = MAX_BLOCK_ELEMENTS, partitions: int | None = None) -> PairScores:
+    """:func:`scores_from_ranks` as Spark tasks: the candidates' ranks are broadcast once, block ids
+    are parallelized, each task scores its blocks with :func:`score_block`, and the driver assembles
+    the same matrix (the same kernel on the same blocks: bit-identical)."""
+    subset = ranks[:, candidates]
+    bounds = block_bounds(*subset.shape, max_block_elements)
+    context = spark.sparkContext
+    shared = context.broadcast(ranked_rows(subset, labels))
+    slices = partitions or min(len(bounds), 4 * context.defaultParallelism)
+
+    def score_partition(block_ids):
+        rows = shared.value
+        for block_id in block_ids:
+            start, stop = bounds[block_id]
+            yield start, stop, score_block(rows, start, stop)
+
+    try:
+        # collect, not toLocalIterator: the latter runs one job per partition, one after another.
+        blocks = context.parallelize(range(len(bounds)), slices).mapPartitions(score_partition).collect()
+        delta = _assemble(subset.shape[1], iter(blocks))
+    finally:
+        shared.unpersist()
+    return PairScores(candidates, delta, _gamma(subset, labels))
+
+
+def top_disjoint_pairs(scores: PairScores, max_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy k-TSP choice: repeatedly the pair with the largest |delta| (ties: largest |gamma|,
+    then the lowest (i, j)) among genes not yet used, until ``max_pairs`` or no informative pair.
+
+    Returns (pairs (k, 2) as input columns oriented so that x[i] > x[j] votes AML,
+    |delta| (k,), |gamma| (k,)). A pair with delta = 0 carries no information and is never taken.
+    """
+    m = scores.delta.shape[0]
+    primary = np.abs(scores.delta)
+    primary[np.tril_indices(m)] = -1.0  # each unordered pair once, and never a gene with itself
+    secondary = np.abs(scores.gamma)
+    chosen: list[tuple[int, int]] = []
+    while len(chosen) < max_pairs:
+        best = primary.max(initial=-1.0)
+        if best <= 0:
+            break
+        rows, columns = np.nonzero(primary == best)  # row-major: lowest (i, j) first
+        pick = int(np.argmax(secondary[rows, columns]))  # first of the largest
+        i, j = int(rows[pick]), int(columns[pick])
+        chosen.append((i, j))
+        primary[[i, j], :] = -1.0
+        primary[:, [i, j]] = -1.0
+    if not chosen:
+        raise ModelError("no gene pair orders the two classes differently on the training rows")
+    local = np.array(chosen, dtype=np.int64)
+    signs = np.sign(scores.delta[local[:, 0], local[:, 1]])
+    oriented = np.where(signs[:, None] > 0, local, local[:, ::-1])
+    return (scores.candidates[oriented],
+            np.abs(scores.delta[local[:, 0], local[:, 1]]),
+            np.abs(scores.gamma[local[:, 0], local[:, 1]]))
+
+
+def pair_votes(matrix: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(samples, k) int8: +1 where x[i] > x[j] (an AML vote), -1 where smaller, 0 for a tie or a
+    missing gene (the pair abstains)."""
+    left, right = matrix[:, pairs[:, 0]], matrix[:, pairs[:, 1]]
+    return (left > right).view(np.int8) - (left < right).view(np.int8)
