@@ -48,6 +48,9 @@ CHOICES = {
 # means cross-validation only, with no held-out set.
 RANGES = {
     "spark.shuffle_partitions": checks.integer(1),
+    "lake.commit_attempts": checks.integer(1),
+    "lake.heartbeat_interval_s": checks.positive(),
+    "lake.owner_timeout_s": checks.positive(),
     "ingest.split_file_mb": checks.number(0),
     "features.min_genes": checks.integer(1),
     "split.test_fraction": checks.number(0, 1, high_open=True),
@@ -64,6 +67,9 @@ RANGES = {
     "report.tsne_perplexity": checks.positive(),
     "report.top_genes": checks.integer(1),
 }
+
+# Folders of the lake that are not catalog tables: a table may not be one of them or lie in one.
+LAKE_FOLDERS = ("models", "reports")
 
 LABELS = {"ALL", "AML"}
 RULE_KEYS = {"field", "pattern", "label"}
@@ -100,6 +106,12 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
     """Raise ConfigError naming the first bad key of `config`."""
     _check_keys(config, defaults if defaults is not None else _read_yaml(DEFAULT_CONFIG_PATH), prefix="",
                 source=source)
+    # NaN passes every comparison and infinity every open range: no setting may hold either.
+    if (found := checks.non_finite_number(config)) is not None:
+        raise ConfigError(f"{source}: {found[0]} must be a finite number; got {found[1]!r}")
+    _check_catalog(config["tables"], source)
+    if (problem := model_choice_problem(get(config, "predict.model"))) is not None:
+        raise ConfigError(f"{source}: predict.model {problem}")
     for dotted, allowed in CHOICES.items():
         value = get(config, dotted)
         if value not in allowed:
@@ -122,6 +134,37 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
     if unknown:
         raise ConfigError(f"{source}: training.ensembles may hold {', '.join(sorted(ENSEMBLES))}; got {unknown[0]!r}")
     _check_label_rules(config["labels"]["rules"], source)
+
+
+def model_choice_problem(name: Any) -> str | None:
+    """Why `name` cannot name the model to score with (`best` or a registered model), or None.
+
+    Only names: a path would load a bundle from anywhere on disk instead of the lake's own.
+    """
+    from .models import REGISTRY  # imported here: it loads scikit-learn
+
+    if name == "best" or (isinstance(name, str) and name in REGISTRY):
+        return None
+    return f"must be best or a registered model ({', '.join(sorted(REGISTRY))}); got {name!r}"
+
+
+def _check_catalog(tables: Mapping[str, Any], source: str) -> None:
+    """Every table folder strictly inside the lake, and no two the same folder or one inside another."""
+    from pathlib import PurePosixPath
+
+    folders: dict[tuple[str, ...], str] = {tuple(name.split("/")): f"the lake's own {name}/ folder" for name in LAKE_FOLDERS}
+    for table, name in tables.items():
+        if (problem := checks.relative_folder_problem(name)) is not None:
+            raise ConfigError(f"{source}: tables.{table} {problem}")
+        # Case folded: on a case-insensitive file system 'Labels' and 'labels' are one folder.
+        parts = tuple(p.casefold() for p in PurePosixPath(name).parts if p != ".")
+        for other, owner in folders.items():
+            shorter = min(len(parts), len(other))
+            if parts[:shorter] == other[:shorter]:
+                relation = "the same folder as" if len(parts) == len(other) else "nested with"
+                raise ConfigError(f"{source}: tables.{table} ({name!r}) is {relation} {owner}: every table needs "
+                                  "a folder of its own inside the lake")
+        folders[parts] = f"tables.{table} ({name!r})"
 
 
 def get(config: Mapping, dotted: str) -> Any:

@@ -4,6 +4,8 @@ Every error carries a message that names the file, sample, line or key at fault,
 the CLI can print it without a traceback.
 """
 
+import errno
+
 
 class LeukSparkError(Exception):
     """Base class: an error the user can act on; the CLI prints it without a traceback."""
@@ -71,3 +73,34 @@ class ConcurrentWriteError(TableError):
 
 class RunDiscardedError(TableError):
     """A run's rows were discarded (or its run row taken over) by another writer before it finished."""
+
+
+class StorageError(LeukSparkError):
+    """The lake or an output folder cannot be written: a full disk, no permission, a read-only mount."""
+
+
+# What an operating-system error number means for someone running leukspark, by errno.
+_OS_ERROR_MEANING = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.EIO: "input/output error (a failing disk or network mount)",
+}
+
+
+def describe_os_error(error: OSError, doing: str | None = None) -> str:
+    """One line for an operating-system error: what happened, and to which path."""
+    meaning = _OS_ERROR_MEANING.get(error.errno, error.strerror or str(error) or type(error).__name__)
+    where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    text = f"{where}: {meaning}" if where else meaning
+    return f"{doing}: {text}" if doing else text
+
+
+def storage_error(error: OSError, doing: str) -> StorageError:
+    """A write that failed for the machine's reasons (disk full, no permission) as a StorageError."""
+    return StorageError(describe_os_error(error, doing))

@@ -36,6 +36,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from .checks import relative_folder_problem
 from .errors import ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError
 from .owner import MARKER_NAME, MarkerKeeper, owner_is_gone, read_marker
 
@@ -65,8 +66,10 @@ def check_delta_rs_root(root: str | Path) -> None:
 
 
 def table_path(root: str, catalog: dict[str, str], table: str) -> str:
-    """Where the catalog puts `table` under `root` (a local folder or a URI)."""
+    """Where the catalog puts `table` under `root` (a local folder or a URI); never outside it."""
     name = catalog.get(table, table)
+    if (problem := relative_folder_problem(name)) is not None:  # config load refuses these first
+        raise LakePathError(f"table {table}: {problem}")
     if "://" in root:
         return f"{root.rstrip('/')}/{name}"
     return str(Path(root).resolve() / name)
