@@ -163,3 +163,58 @@ def test_a_feasible_split_still_splits_every_class_into_both_sets():
     counts = split.groupby(["set", "label"]).size()
     assert (counts > 0).all() and len(counts) == 4
     assert len(split) == 20
+
+
+def test_a_bundle_outside_the_lake_is_not_used_even_when_the_runs_table_names_it(tmp_path):
+    from deltalake import write_deltalake
+
+    from leukspark.errors import BundleError
+    from leukspark.runs import RunLog
+
+    lake = tmp_path / "lake"
+    elsewhere = tmp_path / "elsewhere" / "run-2" / "logistic_regression"
+    elsewhere.mkdir(parents=True)
+    (lake / "models" / "run-1").mkdir(parents=True)
+    (lake / "models" / "run-1" / "logistic_regression").symlink_to(elsewhere)   # a link out of the lake
+    (lake / "models" / "run-3" / "linear_svm").mkdir(parents=True)              # the lake's own
+    finished = pd.Timestamp("2026-01-01", tz="UTC")
+    write_deltalake(str(lake / "runs"), pd.DataFrame({
+        "run": ["run-1", "run-2", "run-3"], "status": ["succeeded"] * 3,
+        "finished_at": [finished, finished + pd.Timedelta(1, "h"), finished + pd.Timedelta(2, "h")],
+        "best_model": ["logistic_regression", "logistic_regression", "linear_svm"],
+        # run-2 recorded an absolute folder outside this lake (and the lake has no copy of it)
+        "bundle_dir": ["models/run-1", str(elsewhere.parent), "models/run-3"]}))
+    log = RunLog(lake)
+    for run in ("run-1", "run-2"):
+        with pytest.raises(BundleError, match=f"in run {run} is not this lake's own"):
+            log.bundle_dir(run, None)
+    with pytest.raises(BundleError, match="not a registered model"):
+        log.bundle_dir("run-3", "../../elsewhere/run-2/logistic_regression")
+    assert log.bundle_dir("run-3", None) == (lake / "models" / "run-3" / "linear_svm").resolve()
+
+
+# -- 11a: matrix sample ids are stripped like label ids -------------------------------------
+@pytest.mark.parametrize("name, text", [
+    ("m.csv", "gene, S1 ,S2  \nTP53,1.0,2.0\nMPO,3.0,4.0\n"),
+    ("m.tsv", "gene\t S1\tS2 \nTP53\t1.0\t2.0\nMPO\t3.0\t4.0\n"),
+    ("m.gct", "#1.2\n2\t2\nName\tDescription\t S1 \t S2\nTP53\tna\t1.0\t2.0\nMPO\tna\t3.0\t4.0\n"),
+])
+def test_matrix_sample_ids_lose_surrounding_spaces_as_label_ids_do(tmp_path, name, text):
+    from leukspark.matrix import iter_matrix_records, matrix_sample_ids
+    from leukspark.stages.labels import read_label_rows
+
+    path = write(tmp_path, text, name)
+    labels = write(tmp_path, "sample,label\n S1 ,ALL\nS2,AML\n", "labels.csv")
+    assert matrix_sample_ids(path) == ["S1", "S2"]
+    assert {row[0] for row in read_label_rows(labels)} == {"S1", "S2"}
+    tables = [r for r in iter_matrix_records(path) if hasattr(r, "sample") and hasattr(r, "value")]
+    assert [t.sample.accession for t in tables] == ["S1", "S2"]
+
+
+def test_two_matrix_columns_equal_once_stripped_are_refused(tmp_path):
+    from leukspark.errors import GeoFormatError
+    from leukspark.matrix import read_matrix
+
+    path = write(tmp_path, "gene,S1, S1 \nTP53,1.0,2.0\n", "m.csv")
+    with pytest.raises(GeoFormatError, match=r"m\.csv: line 1: sample column 'S1' appears twice \(columns 2 and 3"):
+        read_matrix(path)
