@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import LeukSparkError, describe_os_error
+from .errors import LeukSparkError, describe_os_error, task_os_error
 
 DESCRIPTION = """\
 leukspark tells acute lymphoblastic leukemia (ALL) from acute myeloid leukemia (AML) in
@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as error:  # the machine, not the data: a full disk, a folder it may not write
         print(f"leukspark {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # Spark's report of a task whose worker met such an error
+        if (text := task_os_error(error)) is None:
+            raise
+        print(f"leukspark {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import checks
-from .errors import ConfigError
+from .errors import ConfigError, describe_os_error
 
 # conf/ lives at the repository root; leukspark/conf links to it so installs carry it too.
 # Read through importlib.resources: from a --py-files zip (spark-submit puts it first on the
@@ -188,8 +188,14 @@ def config_hash(config: Mapping) -> str:
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"configuration file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a configuration file (give the YAML file itself)")
     try:
         data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"configuration file {describe_os_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

@@ -5,6 +5,7 @@ the CLI can print it without a traceback.
 """
 
 import errno
+import re
 
 
 class LeukSparkError(Exception):
@@ -76,7 +77,7 @@ class RunDiscardedError(TableError):
 
 
 class StorageError(LeukSparkError):
-    """The lake or an output folder cannot be written: a full disk, no permission, a read-only mount."""
+    """The machine refused a file operation: a full disk, no permission, a read-only mount, an I/O error."""
 
 
 # What an operating-system error number means for someone running leukspark, by errno.
@@ -93,9 +94,15 @@ _OS_ERROR_MEANING = {
 }
 
 
+def one_line(text: object) -> str:
+    """A library's message on one line: delta-rs writes its causes on several, with colour codes."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", str(text)).replace("\u21b3", "")
+    return "; ".join(" ".join(line.split()) for line in plain.splitlines() if line.strip())
+
+
 def describe_os_error(error: OSError, doing: str | None = None) -> str:
     """One line for an operating-system error: what happened, and to which path."""
-    meaning = _OS_ERROR_MEANING.get(error.errno, error.strerror or str(error) or type(error).__name__)
+    meaning = _OS_ERROR_MEANING.get(error.errno, one_line(error.strerror or error) or type(error).__name__)
     where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
     text = f"{where}: {meaning}" if where else meaning
     return f"{doing}: {text}" if doing else text
@@ -104,3 +111,17 @@ def describe_os_error(error: OSError, doing: str | None = None) -> str:
 def storage_error(error: OSError, doing: str) -> StorageError:
     """A write that failed for the machine's reasons (disk full, no permission) as a StorageError."""
     return StorageError(describe_os_error(error, doing))
+
+
+# A Python worker's OSError as Spark reports it: inside the task's traceback, in the driver's error.
+_TASK_OS_ERROR = re.compile(r"\b(?:[A-Za-z]+Error): \[Errno (\d+)\] ([^\n]*?)(?:: '([^'\n]*)')?\s*$", re.MULTILINE)
+
+
+def task_os_error(error: BaseException) -> str | None:
+    """One line for an operating-system error that failed a Spark task (disk full, permission), or None."""
+    found = _TASK_OS_ERROR.findall(str(error))
+    if not found:
+        return None
+    number, text, path = found[-1]
+    meaning = _OS_ERROR_MEANING.get(int(number), text)
+    return f"a Spark task failed: {path}: {meaning}" if path else f"a Spark task failed: {meaning}"

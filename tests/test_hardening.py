@@ -218,3 +218,183 @@ def test_two_matrix_columns_equal_once_stripped_are_refused(tmp_path):
     path = write(tmp_path, "gene,S1, S1 \nTP53,1.0,2.0\n", "m.csv")
     with pytest.raises(GeoFormatError, match=r"m\.csv: line 1: sample column 'S1' appears twice \(columns 2 and 3"):
         read_matrix(path)
+
+
+# -- 10: ordinary faults are one line that says what happened --------------------------------
+def test_a_folder_given_as_config_is_one_line(tmp_path, capsys):
+    from leukspark.cli import main
+
+    assert main(["predict", "x.soft", "--lake", str(tmp_path / "lake"), "--config", str(tmp_path)]) == 2
+    assert "a folder, not a configuration file" in one_line_error(capsys, "predict")
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    from leukspark import cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "synth", interrupted)
+    assert cli.main(["synth", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == "leukspark synth: interrupted\n"
+
+
+def test_an_os_error_a_command_meets_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    from leukspark import cli
+
+    def disk_full(_args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "x.soft.gz"))
+
+    monkeypatch.setitem(cli.COMMANDS, "synth", disk_full)
+    assert cli.main(["synth", "--out", str(tmp_path / "out")]) == 2
+    error = one_line_error(capsys, "synth")
+    assert error.endswith(f"{tmp_path / 'out' / 'x.soft.gz'}: no space left on the device")
+
+
+def test_a_spark_task_failing_on_a_full_disk_is_reported_as_such():
+    from leukspark.errors import task_os_error
+
+    report = ("An error occurred while calling o123.collect.\n  File \"worker.py\", line 9, in process\n"
+              "OSError: [Errno 28] No space left on device: '/lake/gene_features/part-x/v.parquet'\n\tat org.apache")
+    assert task_os_error(RuntimeError(report)) == ("a Spark task failed: /lake/gene_features/part-x/v.parquet: "
+                                                   "no space left on the device")
+    assert task_os_error(RuntimeError("ValueError: bad")) is None
+
+
+def test_a_full_disk_while_ingest_writes_is_not_blamed_on_the_source_file(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from leukspark.stages.ingest import _parse_task
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(tmp_path / "series", n_samples=6, n_probes=50, seed=1, write_matrix=False)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+
+    def disk_full(self, *_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full)
+    result = _parse_task((0, str(series.family_soft), 0, 1), staging_dir=str(staging), stored_checksums={},
+                         platform=None)
+    kind, message = result.error
+    assert kind == "StorageError", result.error
+    assert str(staging) in message and "no space left on the device" in message
+    assert "could not be read" not in message
+
+
+def test_a_full_disk_during_features_is_one_line_naming_the_step(spark, tmp_path, capsys, monkeypatch):
+    from leukspark.cli import main
+    from leukspark.lake import Lake
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(tmp_path / "series", n_samples=24, n_probes=200, seed=5, write_matrix=False)
+    settings = write(tmp_path, "spark: {shuffle_partitions: 4, driver_memory: 4g}\n")
+
+    commit_staged, overwrite = Lake.commit_staged, Lake.overwrite
+
+    def full_for_features(write, table_of):
+        def attempt(self, first, *args, **kwargs):  # the features step's writes only: ingest must pass
+            if table_of(first) != "gene_features":
+                return write(self, first, *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{self.path('gene_features')}/part-0.parquet")
+        return attempt
+
+    monkeypatch.setattr(Lake, "commit_staged", full_for_features(commit_staged, lambda staged: staged.table))
+    monkeypatch.setattr(Lake, "overwrite", full_for_features(overwrite, lambda table: table))
+    code = main(["run", "--input", str(series.family_soft), "--lake", str(tmp_path / "lake"), "--config",
+                 str(settings), "--until", "features"])
+    assert code == 2
+    error = one_line_error(capsys, "run")
+    assert "features step" in error and "no space left on the device" in error and "gene_features" in error
+
+
+UNPRIVILEGED = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                if os.geteuid() == 0 and shutil.which("setpriv") else [])
+
+
+def run_unprivileged(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess as an unprivileged user (root would ignore the mode bits)."""
+    if os.geteuid() == 0 and not UNPRIVILEGED:
+        pytest.fail("running as root without setpriv: cannot drop root's permission override")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
+    return subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "leukspark.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder the unprivileged user can reach (pytest's tmp_path is private to root)."""
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="leukspark-perm-"))
+    directory.chmod(0o755)
+    yield directory
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(directory)
+
+
+def write_runs_table(lake: Path) -> None:
+    from deltalake import write_deltalake
+
+    write_deltalake(str(lake / "runs"), pd.DataFrame({
+        "run": ["run-1"], "status": ["succeeded"], "finished_at": [pd.Timestamp("2026-01-01", tz="UTC")],
+        "best_model": ["linear_svm"], "bundle_dir": ["models/run-1"]}))
+
+
+@pytest.mark.parametrize("unreadable", ["runs", "runs/_delta_log", "log file"])
+def test_an_unreadable_runs_table_is_reported_not_taken_for_no_run(shared_dir, unreadable):
+    matrix = shared_dir / "m.csv"
+    matrix.write_text("gene,S1\nTP53,1.0\n")
+    matrix.chmod(0o644)
+    lake = shared_dir / "lake"
+    write_runs_table(lake)
+    for path in lake.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    target = next((lake / "runs" / "_delta_log").glob("*.json")) if unreadable == "log file" else lake / unreadable
+    target.chmod(0)
+    result = run_unprivileged(["predict", str(matrix), "--lake", str(lake)], shared_dir)
+    error = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in error and "Traceback" not in error, result.stderr
+    assert "no successful run" not in error
+    assert f"{lake / 'runs'}" in error and ("permission denied" in error.lower()), error
+
+
+def test_a_table_folder_without_write_permission_is_one_line(shared_dir):
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(shared_dir / "series", n_samples=6, n_probes=50, seed=1, write_matrix=False)
+    lake = shared_dir / "lake"
+    (lake / "expression").mkdir(parents=True)
+    lake.chmod(0o777)                      # the lake may be written, its expression table may not
+    for path in [series.family_soft.parent, *series.family_soft.parent.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    settings = write(shared_dir, "spark: {master: 'local[1]', driver_memory: 1g, shuffle_partitions: 1}\n")
+    settings.chmod(0o644)
+    result = run_unprivileged(["ingest", str(series.family_soft), "--lake", str(lake), "--config", str(settings)],
+                              shared_dir)
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert error.startswith("leukspark ingest: error: cannot write table expression:"), error
+    assert f"{lake / 'expression'}" in error and error.endswith("permission denied")
+
+
+def test_a_split_the_labels_cannot_make_fails_before_features_or_split_write(spark, tmp_path, capsys):
+    from leukspark.cli import main
+    from leukspark.lake import LakeReader
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(tmp_path / "series", n_samples=30, n_probes=200, seed=4, write_matrix=False)
+    settings = write(tmp_path, "spark: {shuffle_partitions: 4, driver_memory: 4g}\n")
+    lake = tmp_path / "lake"
+    code = main(["run", "--input", str(series.family_soft), "--lake", str(lake), "--config", str(settings),
+                 "--test-fraction", "0.99", "--no-report"])
+    assert code == 2
+    error = one_line_error(capsys, "run")
+    labels = LakeReader(lake).read_small("labels")["label"].value_counts()
+    assert f"ALL {labels['ALL']}, AML {labels['AML']}" in error and "training set" in error, error
+    reader = LakeReader(lake)
+    assert reader.exists("labels")
+    assert not any(reader.exists(t) for t in ("genes", "gene_features", "feature_builds", "splits", "runs"))
