@@ -290,18 +290,20 @@ def _library_versions() -> dict[str, str | None]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_bundle(directory: Path) -> Bundle:
+def load_bundle(directory: Path, *, as_stored: bool = False) -> Bundle:
     """Load and verify a bundle; any missing, extra, altered or malformed file is a BundleError naming it.
 
     Only regular files directly inside the bundle folder are read (no symbolic links), each no
     larger than its manifest record (checked before it is hashed), and arrays no larger than
-    the manifest's gene count allows (checked before they are allocated).
+    the manifest's gene count allows (checked before they are allocated). `as_stored`: the
+    folder is a lake's models/<run>/<model>, and the manifest must name that run and model
+    (scores are recorded under the folder's names).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: bundle directory not found")
     try:
-        return _load_verified(directory)
+        bundle = _load_verified(directory)
     except BundleError:
         raise
     except LeukSparkError as exc:
@@ -310,6 +312,10 @@ def load_bundle(directory: Path) -> Bundle:
         raise BundleError(f"{directory}: cannot be read: {describe_os_error(exc)}") from exc
     except _PARSE_FAILURES as exc:  # a library's parser meets something save_bundle never writes
         raise BundleError(f"{directory}: malformed bundle ({type(exc).__name__}: {exc})") from exc
+    if as_stored and (bundle.run_id, bundle.model_name) != (directory.parent.name, directory.name):
+        raise BundleError(f"{directory}: the bundle's manifest names run {bundle.run_id} and model "
+                          f"{bundle.model_name}, not the run and model of the folder it is stored in")
+    return bundle
 
 
 def _load_verified(directory: Path) -> Bundle:

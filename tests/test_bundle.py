@@ -406,3 +406,14 @@ def test_a_file_over_the_size_bound_is_refused_before_it_is_hashed(saved_bundles
     with pytest.raises(BundleError, match="more than the 256 a bundle file may have"):
         load_bundle(directory)
     assert hashed == []
+
+
+def test_a_stored_bundle_must_be_the_run_and_model_of_its_folder(saved_bundles, tmp_path):
+    source = saved_bundles["logistic_regression"][0]      # saved as run "run-logistic_regression"
+    own = shutil.copytree(source, tmp_path / "models" / "run-logistic_regression" / "logistic_regression")
+    assert load_bundle(own, as_stored=True).run_id == "run-logistic_regression"
+    for run, model in (("run-9", "logistic_regression"), ("run-logistic_regression", "linear_svm")):
+        moved = shutil.copytree(source, tmp_path / "models" / run / model)
+        with pytest.raises(BundleError, match="manifest names run run-logistic_regression and model "
+                                              "logistic_regression, not the run and model of the folder"):
+            load_bundle(moved, as_stored=True)
