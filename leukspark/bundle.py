@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 import leukspark
+from leukspark.checks import nesting_depth
 from leukspark.errors import BundleError, LeukSparkError, describe_os_error
 from leukspark.models import get_model
 from leukspark.models.base import ModelSpec, Preprocessor
@@ -438,7 +439,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     except RecursionError:
         raise BundleError(f"{MANIFEST_FILE}: nests deeper than {MAX_MANIFEST_DEPTH} levels") from None
     _require(isinstance(manifest, dict), "not a JSON object")
-    _require(_depth(manifest) <= MAX_MANIFEST_DEPTH, f"nests deeper than {MAX_MANIFEST_DEPTH} levels")
+    _require(nesting_depth(manifest, MAX_MANIFEST_DEPTH) <= MAX_MANIFEST_DEPTH, f"nests deeper than {MAX_MANIFEST_DEPTH} levels")
     # The version is checked before anything else so a newer format gets a clear message.
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
@@ -505,18 +506,6 @@ def _is_number(value: Any) -> bool:
 
 def _is_pair(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value) and value[0] <= value[1]
-
-
-def _depth(value: Any) -> int:
-    """How deep lists and mappings nest in a parsed JSON value (iterative: no recursion to exhaust)."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        node, level = pending.pop()
-        if isinstance(node, (dict, list)):
-            deepest = max(deepest, level)
-            if level <= MAX_MANIFEST_DEPTH:
-                pending.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
 
 
 def _verify_files(directory: Path, records: Mapping[str, Mapping[str, Any]]) -> None:

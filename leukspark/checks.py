@@ -123,6 +123,19 @@ def non_finite_number(value: Any, where: str = "") -> tuple[str, float] | None:
     return next((found for place, item in items if (found := non_finite_number(item, place)) is not None), None)
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep lists and mappings nest in a parsed JSON value, counted up to `limit` + 1 (iterative:
+    a hostile file cannot exhaust the recursion limit here)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        node, level = pending.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= limit:
+                pending.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def relative_folder_problem(name: Any) -> str | None:
     """Why `name` is not a folder strictly inside a lake root (relative, no '..', not the root), or None."""
     from pathlib import PurePosixPath

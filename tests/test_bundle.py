@@ -417,3 +417,12 @@ def test_a_stored_bundle_must_be_the_run_and_model_of_its_folder(saved_bundles, 
         with pytest.raises(BundleError, match="manifest names run run-logistic_regression and model "
                                               "logistic_regression, not the run and model of the folder"):
             load_bundle(moved, as_stored=True)
+
+
+def test_a_deeply_nested_booster_json_is_refused_before_xgboost_parses_it(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["xgboost"][0], tmp_path / "bundle")
+    booster = directory / "xgboost_model.json"
+    booster.write_text("[" * 100 + "]" * 100)   # deeper than any booster; XGBoost's parser recurses
+    reseal_file(directory, booster.name)
+    with pytest.raises(BundleError, match=r"xgboost_model\.json: nests deeper than 64 levels"):
+        load_bundle(directory)
