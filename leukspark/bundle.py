@@ -439,7 +439,8 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     except RecursionError:
         raise BundleError(f"{MANIFEST_FILE}: nests deeper than {MAX_MANIFEST_DEPTH} levels") from None
     _require(isinstance(manifest, dict), "not a JSON object")
-    _require(nesting_depth(manifest, MAX_MANIFEST_DEPTH) <= MAX_MANIFEST_DEPTH, f"nests deeper than {MAX_MANIFEST_DEPTH} levels")
+    _require(nesting_depth(manifest, MAX_MANIFEST_DEPTH) <= MAX_MANIFEST_DEPTH,
+             f"nests deeper than {MAX_MANIFEST_DEPTH} levels")
     # The version is checked before anything else so a newer format gets a clear message.
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(

@@ -152,7 +152,7 @@ def _check_catalog(tables: Mapping[str, Any], source: str) -> None:
     """Every table folder strictly inside the lake, and no two the same folder or one inside another."""
     from pathlib import PurePosixPath
 
-    folders: dict[tuple[str, ...], str] = {tuple(name.split("/")): f"the lake's own {name}/ folder" for name in LAKE_FOLDERS}
+    folders: dict[tuple[str, ...], str] = {(name,): f"the lake's own {name}/ folder" for name in LAKE_FOLDERS}
     for table, name in tables.items():
         if (problem := checks.relative_folder_problem(name)) is not None:
             raise ConfigError(f"{source}: tables.{table} {problem}")

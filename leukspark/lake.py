@@ -38,7 +38,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from .checks import relative_folder_problem
-from .errors import ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError, describe_os_error, one_line, storage_error
+from .errors import (ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError, describe_os_error,
+                     one_line, storage_error)
 from .owner import MARKER_NAME, MarkerKeeper, owner_is_gone, read_marker
 
 log = logging.getLogger(__name__)

@@ -72,8 +72,10 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_elements: 
     with archive.open(info) as member:
         try:
             version = fmt.read_magic(member)
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _, dtype = read_header(member)
+            readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            if version not in readers:  # 3.0 only for non-Latin-1 field names, which no array here has
+                raise ValueError(f"format version {version} is not read here")
+            shape, _, dtype = readers[version](member)
         except (ValueError, TypeError, SyntaxError) as error:
             raise ArchiveError(f"member {info.filename}: not an .npy array: {error}") from None
         header_bytes = member.tell()
