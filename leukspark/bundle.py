@@ -21,7 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import zipfile
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -31,9 +33,11 @@ from typing import Any, Mapping
 import numpy as np
 
 import leukspark
-from leukspark.errors import BundleError, LeukSparkError
+from leukspark.checks import nesting_depth
+from leukspark.errors import BundleError, LeukSparkError, describe_os_error
 from leukspark.models import get_model
 from leukspark.models.base import ModelSpec, Preprocessor
+from leukspark.npz import read_npz
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -45,6 +49,15 @@ RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE, INPUT_REFERENCE_
 DEFAULT_LABEL_MAPPING = MappingProxyType({"ALL": 0, "AML": 1})
 _MANIFEST_SELF_CHECKSUM = "manifest_sha256"
 _RECORDED_LIBRARIES = ("numpy", "scikit-learn", "xgboost", "torch")
+# What a loader reads at most, checked before a byte is hashed or parsed: a bundle of the full
+# GPL570 gene set is a few MB; these bounds only stop a damaged or hostile bundle early.
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_FILE_BYTES = 2 * 2**30
+MAX_MANIFEST_DEPTH = 32
+MAX_GENES = 10**6
+# Failures of the libraries that parse a bundle's files, turned into BundleError by load_bundle.
+_PARSE_FAILURES = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError,
+                   MemoryError, EOFError, zipfile.BadZipFile)
 
 
 class Bundle:
@@ -289,40 +302,65 @@ def _library_versions() -> dict[str, str | None]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_bundle(directory: Path) -> Bundle:
-    """Load and verify a bundle; any missing, extra or altered file is a BundleError naming it."""
+def load_bundle(directory: Path, *, as_stored: bool = False) -> Bundle:
+    """Load and verify a bundle; any missing, extra, altered or malformed file is a BundleError naming it.
+
+    Only regular files directly inside the bundle folder are read (no symbolic links), each no
+    larger than its manifest record (checked before it is hashed), and arrays no larger than
+    the manifest's gene count allows (checked before they are allocated). `as_stored`: the
+    folder is a lake's models/<run>/<model>, and the manifest must name that run and model
+    (scores are recorded under the folder's names).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: bundle directory not found")
-    manifest = _read_manifest(directory)
-    _verify_files(directory, manifest["files"])
+    try:
+        bundle = _load_verified(directory)
+    except BundleError:
+        raise
+    except LeukSparkError as exc:
+        raise BundleError(f"{directory}: {exc}") from exc
+    except OSError as exc:
+        raise BundleError(f"{directory}: cannot be read: {describe_os_error(exc)}") from exc
+    except _PARSE_FAILURES as exc:  # a library's parser meets something save_bundle never writes
+        raise BundleError(f"{directory}: malformed bundle ({type(exc).__name__}: {exc})") from exc
+    if as_stored and (bundle.run_id, bundle.model_name) != (directory.parent.name, directory.name):
+        raise BundleError(f"{directory}: the bundle's manifest names run {bundle.run_id} and model "
+                          f"{bundle.model_name}, not the run and model of the folder it is stored in")
+    return bundle
+
+
+def _load_verified(directory: Path) -> Bundle:
+    root = directory.resolve()
+    manifest = _read_manifest(root)
+    _verify_files(root, manifest["files"])
     named_files = {manifest["gene_order_file"], manifest["preprocessor_file"], *manifest["model_files"]}
     _require(named_files <= set(manifest["files"]), "manifest names a file it does not checksum")
 
-    genes_path = directory / manifest["gene_order_file"]
+    genes_name = manifest["gene_order_file"]
     try:
-        gene_order = genes_path.read_text(encoding="utf-8").splitlines()  # names are checked line-safe on save
+        gene_order = _read_regular(root, genes_name).decode("utf-8").splitlines()  # names are checked line-safe on save
     except UnicodeDecodeError as exc:
-        raise BundleError(f"{genes_path.name}: not UTF-8 text: {exc}") from exc
+        raise BundleError(f"{genes_name}: not UTF-8 text: {exc}") from exc
     if len(gene_order) != manifest["n_genes"]:
-        raise BundleError(f"{genes_path.name}: {len(gene_order)} genes, manifest says {manifest['n_genes']}")
+        raise BundleError(f"{genes_name}: {len(gene_order)} genes, manifest says {manifest['n_genes']}")
 
-    preprocessor_path = directory / manifest["preprocessor_file"]
+    preprocessor_name = manifest["preprocessor_file"]
     try:
-        with np.load(preprocessor_path, allow_pickle=False) as archive:
-            preprocessor = Preprocessor.from_arrays({key: archive[key] for key in archive.files}, manifest["scaler"],
-                                                    manifest.get("normalize", "none"),
-                                                    manifest.get("selection", "none"),
-                                                    manifest.get("impute", True) is not False)
+        # One entry per gene at most (the quantile reference, means, scales, selected columns).
+        arrays = read_npz(_checked_file(root, preprocessor_name), max_elements=len(gene_order))
+        preprocessor = Preprocessor.from_arrays(arrays, manifest["scaler"], manifest.get("normalize", "none"),
+                                                manifest.get("selection", "none"),
+                                                manifest.get("impute", True) is not False)
     except (LeukSparkError, OSError, ValueError, EOFError) as exc:
-        raise BundleError(f"{preprocessor_path.name}: {exc}") from exc
+        raise BundleError(f"{preprocessor_name}: {exc}") from exc
     if preprocessor.n_features != len(gene_order):
-        raise BundleError(f"{preprocessor_path.name}: {preprocessor.n_features} columns for {len(gene_order)} genes")
+        raise BundleError(f"{preprocessor_name}: {preprocessor.n_features} columns for {len(gene_order)} genes")
 
     model_files = ", ".join(manifest["model_files"])
     try:
         spec = get_model(manifest["model_name"])
-        model = spec.load(directory)
+        model = spec.load(root)
         n_model_features = spec.n_features(model)
     except LeukSparkError as exc:
         raise BundleError(f"{model_files}: {exc}") from exc
@@ -336,20 +374,20 @@ def load_bundle(directory: Path) -> Bundle:
         model=model,
         preprocessor=preprocessor,
         gene_order=gene_order,
-        input_reference=_read_input_reference(directory, manifest, len(gene_order)),
-        calibrator=_read_calibrator(directory, manifest),
+        input_reference=_read_input_reference(root, manifest, len(gene_order)),
+        calibrator=_read_calibrator(root, manifest),
     )
 
 
-def _read_optional_arrays(directory: Path, manifest: Mapping[str, Any], file_key: str, build):
+def _read_optional_arrays(directory: Path, manifest: Mapping[str, Any], file_key: str, build,
+                          max_elements: int | None = None):
     """`build(arrays)` of the optional .npz the manifest names under `file_key`, or None."""
     name = manifest.get(file_key)
     if not name:
         return None
     _require(name in manifest["files"], "manifest names a file it does not checksum")
     try:
-        with np.load(directory / name, allow_pickle=False) as archive:
-            return build({key: archive[key] for key in archive.files})
+        return build(read_npz(_checked_file(directory, name), max_elements=max_elements))
     except (LeukSparkError, KeyError, OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{name}: {exc}") from exc
 
@@ -399,18 +437,22 @@ def _read_input_reference(directory: Path, manifest: Mapping[str, Any], n_genes:
             raise ValueError(f"arrays do not have one entry per gene ({n_genes})")
         return arrays
 
-    return _read_optional_arrays(directory, manifest, "input_reference_file", build)
+    return _read_optional_arrays(directory, manifest, "input_reference_file", build, max_elements=n_genes)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST_FILE
-    if not path.is_file():
+    if not os.path.lexists(directory / MANIFEST_FILE):
         raise BundleError(f"{MANIFEST_FILE}: missing from bundle {directory}")
+    text = _read_regular(directory, MANIFEST_FILE, limit=MAX_MANIFEST_BYTES)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{MANIFEST_FILE}: not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise BundleError(f"{MANIFEST_FILE}: nests deeper than {MAX_MANIFEST_DEPTH} levels") from None
     _require(isinstance(manifest, dict), "not a JSON object")
+    _require(nesting_depth(manifest, MAX_MANIFEST_DEPTH) <= MAX_MANIFEST_DEPTH,
+             f"nests deeper than {MAX_MANIFEST_DEPTH} levels")
     # The version is checked before anything else so a newer format gets a clear message.
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
@@ -427,9 +469,18 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     expected_types = {
         "model_name": str, "run_id": str, "params": dict, "scaler": str, "gene_order_file": str,
         "n_genes": int, "preprocessor_file": str, "model_files": list, "label_mapping": dict, "files": dict,
+        "extra": dict,
     }  # fmt: skip
     for key, expected in expected_types.items():
         _require(isinstance(manifest.get(key), expected), f"key {key!r} is missing or not a {expected.__name__}")
+    _require(not isinstance(manifest["n_genes"], bool) and 0 < manifest["n_genes"] <= MAX_GENES,
+             f"n_genes must be a count of genes (1..{MAX_GENES}); got {manifest['n_genes']!r}")
+    optional_types = {"normalize": (str,), "selection": (str,), "input_reference_file": (str, type(None)),
+                      "calibration_file": (str, type(None))}
+    for key, allowed in optional_types.items():
+        _require(isinstance(manifest.get(key), allowed) or key not in manifest,
+                 f"key {key!r} must be {' or '.join('null' if t is type(None) else t.__name__ for t in allowed)}")
+    _check_extra(manifest["extra"])
     _require(all(isinstance(name, str) for name in manifest["model_files"]), "model_files must be file names")
     for name, record in manifest["files"].items():
         _require(_is_plain_file_name(name) and name != MANIFEST_FILE, f"file name {name!r} is not allowed")
@@ -441,6 +492,35 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def _check_extra(extra: Mapping[str, Any]) -> None:
+    """The parts of `extra` that scoring reads: of the types and ranges save_bundle writes."""
+    features, inputs = extra.get("features", {}), extra.get("training_inputs", {})
+    _require(isinstance(features, dict), "extra.features must be a mapping")
+    _require(isinstance(inputs, dict), "extra.training_inputs must be a mapping")
+    for key in ("transform", "aggregate", "multi_gene", "normalize"):
+        _require(isinstance(features.get(key, ""), str), f"extra.features.{key} must be text")
+    floor = features.get("log_floor", 20.0)
+    _require(_is_number(floor) and floor > 0, "extra.features.log_floor must be a positive number")
+    for key in ("model_scales", "platforms"):
+        names = inputs.get(key)
+        _require(names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)),
+                 f"extra.training_inputs.{key} must be a list of names")
+    ranges = inputs.get("input_check")
+    _require(ranges is None or (isinstance(ranges, dict) and all(_is_pair(ranges.get(k)) for k in ("shift", "spread"))),
+             "extra.training_inputs.input_check must hold shift and spread as [lo, hi]")
+    band = extra.get("abstain_band")
+    _require(band is None or (_is_pair(band) and 0 <= band[0] <= band[1] <= 1),
+             "extra.abstain_band must be null or [lo, hi] inside [0, 1]")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value) and value[0] <= value[1]
+
+
 def _verify_files(directory: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
     present = _files_in(directory) - {MANIFEST_FILE}
     unlisted = sorted(present - set(records))
@@ -450,6 +530,9 @@ def _verify_files(directory: Path, records: Mapping[str, Mapping[str, Any]]) -> 
     if missing:
         raise BundleError(f"{', '.join(missing)}: listed in {MANIFEST_FILE} but missing from the bundle")
     for name in sorted(records):
+        # Size first: a file that cannot match is not hashed (nor one over the bound at all).
+        if _checked_file(directory, name).stat().st_size != records[name]["size"]:
+            raise BundleError(f"{name}: size does not match {MANIFEST_FILE} (tampered or corrupted)")
         actual = _file_record(directory / name)
         if actual != {"sha256": records[name]["sha256"], "size": records[name]["size"]}:
             raise BundleError(f"{name}: size or sha256 does not match {MANIFEST_FILE} (tampered or corrupted)")
@@ -469,18 +552,49 @@ def _is_plain_file_name(name: Any) -> bool:
 
 
 def _files_in(directory: Path) -> set[str]:
-    """Every entry under ``directory`` as a relative path (subdirectories count as entries)."""
-    return {path.relative_to(directory).as_posix() for path in directory.rglob("*")}
+    """Every entry directly in ``directory`` (a subdirectory or link counts as an entry; none is followed)."""
+    with os.scandir(directory) as entries:
+        return {entry.name for entry in entries}
+
+
+def _checked_file(directory: Path, name: str, limit: int | None = None) -> Path:
+    """``directory / name`` when it is a regular file of the bundle itself, not a link, within `limit` bytes."""
+    path, limit = directory / name, MAX_FILE_BYTES if limit is None else limit
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise BundleError(f"{name}: cannot be read: {describe_os_error(exc)}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise BundleError(f"{name}: a symbolic link (to {os.readlink(path)}); a bundle holds only its own files")
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{name}: not a regular file")
+    if path.resolve().parent != directory.resolve():
+        raise BundleError(f"{name}: lies outside the bundle folder {directory}")
+    if info.st_size > limit:
+        raise BundleError(f"{name}: {info.st_size} bytes, more than the {limit} a bundle file may have")
+    return path
+
+
+def _read_regular(directory: Path, name: str, limit: int | None = None) -> bytes:
+    """The bytes of a checked bundle file, opened without following a link swapped in since."""
+    path, limit = _checked_file(directory, name, limit), MAX_FILE_BYTES if limit is None else limit
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{name}: more than the {limit} bytes a bundle file may have")
+    return data
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise BundleError(f"{path.name}: not a regular file")
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    size = 0
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"sha256": digest.hexdigest(), "size": path.stat().st_size}
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "size": size}
 
 
 def _manifest_checksum(manifest: Mapping[str, Any]) -> str:

@@ -6,6 +6,8 @@ it is read (config load), with a one-line reason, instead of deep inside a Spark
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,10 @@ class Check:
             return isinstance(value, list) and bool(value) and all(self.each.accepts(v) for v in value)
         # YAML's true/false are ints to Python; a boolean is never a number here.
         if isinstance(value, bool) or not isinstance(value, self.types):
+            return False
+        # NaN compares false with every bound, so it would pass any range; infinity passes an
+        # open-ended one. No setting means either: a number must be finite.
+        if isinstance(value, float) and not math.isfinite(value):
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
@@ -98,6 +104,56 @@ class AnyOf(Check):
 
 def any_of(*options: Check) -> AnyOf:
     return AnyOf(options=options)
+
+
+def non_finite_number(value: Any, where: str = "") -> tuple[str, float] | None:
+    """(dotted place, value) of the first NaN or infinity inside `value` (nested mappings and lists), or None.
+
+    Free-form settings (model parameters, a class-weight mapping) have no declared range, but a
+    NaN in them is still a mistake that would only surface deep inside training.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value", value
+    if isinstance(value, dict):
+        items = ((f"{where}.{key}" if where else str(key), item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    return next((found for place, item in items if (found := non_finite_number(item, place)) is not None), None)
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep lists and mappings nest in a parsed JSON value, counted up to `limit` + 1 (iterative:
+    a hostile file cannot exhaust the recursion limit here)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        node, level = pending.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= limit:
+                pending.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def relative_folder_problem(name: Any) -> str | None:
+    """Why `name` is not a folder strictly inside a lake root (relative, no '..', not the root), or None."""
+    from pathlib import PurePosixPath
+
+    if not isinstance(name, str) or not name.strip():
+        return f"must be a non-empty folder name inside the lake; got {name!r}"
+    if "://" in name or "\\" in name or "\x00" in name:
+        return f"must be a plain relative folder name (no URI, backslash or NUL); got {name!r}"
+    if re.search(r"%[0-9A-Fa-f]{2}", name):  # delta-rs percent-decodes table paths once more
+        return f"must not hold a '%' followed by two hex digits (delta-rs reads it as an escape); got {name!r}"
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("~"):
+        return f"must be relative to the lake root, not an absolute path; got {name!r}"
+    if ".." in path.parts:
+        return f"must stay inside the lake (no '..'); got {name!r}"
+    if not [part for part in path.parts if part != "."]:
+        return f"must name a folder inside the lake, not the lake root itself; got {name!r}"
+    return None
 
 
 def _same(value: Any, special: Any) -> bool:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import LeukSparkError
+from .errors import LeukSparkError, describe_os_error, task_os_error
 
 DESCRIPTION = """\
 leukspark tells acute lymphoblastic leukemia (ALL) from acute myeloid leukemia (AML) in
@@ -167,6 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     except LeukSparkError as error:
         print(f"leukspark {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every step commits at its end (or discards its staged files), so an interrupted
+        # command leaves the tables as they were; a rerun starts the step again.
+        print(f"leukspark {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as error:  # the machine, not the data: a full disk, a folder it may not write
+        print(f"leukspark {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # Spark's report of a task whose worker met such an error
+        if (text := task_os_error(error)) is None:
+            raise
+        print(f"leukspark {args.command}: error: {text}", file=sys.stderr)
+        return 2
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -212,6 +225,11 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .pipeline import check_run_arguments
+
+    # Before a session starts or the lake is touched: a late refusal would leave tables rewritten.
+    check_run_arguments(test_fraction=args.test_fraction, label_file=args.labels, split_file=args.split_file,
+                        annotation=args.annotation)
     pipeline = _pipeline(args)
     report_dir = None if args.no_report or args.until != "train" else args.report
     if report_dir is None and not args.no_report and args.until == "train":
@@ -237,6 +255,7 @@ def cmd_predict(args) -> int:
 
     from .lake import LakeReader
 
+    _check_model_argument(args.model)
     config = load_config(args.config)
     lake = LakeReader.of(args.lake, config)
     # Each scored sample carries the bundle that scored it, which is what its stored row names.
@@ -257,7 +276,17 @@ def cmd_predict(args) -> int:
     return 0 if all(s.error is None for s in scored) else 3
 
 
+def _check_model_argument(model: str | None) -> None:
+    """--model names a model of the registry (or best): a path would load a bundle from outside the lake."""
+    from .config import model_choice_problem
+    from .errors import ConfigError
+
+    if model is not None and (problem := model_choice_problem(model)) is not None:
+        raise ConfigError(f"--model {problem}")
+
+
 def cmd_score(args) -> int:
+    _check_model_argument(args.model)
     pipeline = _pipeline(args)
     pipeline.score(args.series, run_id=args.run, model=args.model)
     return 0

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import checks
-from .errors import ConfigError
+from .errors import ConfigError, describe_os_error
 
 # conf/ lives at the repository root; leukspark/conf links to it so installs carry it too.
 # Read through importlib.resources: from a --py-files zip (spark-submit puts it first on the
@@ -48,6 +48,9 @@ CHOICES = {
 # means cross-validation only, with no held-out set.
 RANGES = {
     "spark.shuffle_partitions": checks.integer(1),
+    "lake.commit_attempts": checks.integer(1),
+    "lake.heartbeat_interval_s": checks.positive(),
+    "lake.owner_timeout_s": checks.positive(),
     "ingest.split_file_mb": checks.number(0),
     "features.min_genes": checks.integer(1),
     "split.test_fraction": checks.number(0, 1, high_open=True),
@@ -65,6 +68,9 @@ RANGES = {
     "report.tsne_perplexity": checks.positive(),
     "report.top_genes": checks.integer(1),
 }
+
+# Folders of the lake that are not catalog tables: a table may not be one of them or lie in one.
+LAKE_FOLDERS = ("models", "reports")
 
 LABELS = {"ALL", "AML"}
 RULE_KEYS = {"field", "pattern", "label"}
@@ -101,6 +107,12 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
     """Raise ConfigError naming the first bad key of `config`."""
     _check_keys(config, defaults if defaults is not None else _read_yaml(DEFAULT_CONFIG_PATH), prefix="",
                 source=source)
+    # NaN passes every comparison and infinity every open range: no setting may hold either.
+    if (found := checks.non_finite_number(config)) is not None:
+        raise ConfigError(f"{source}: {found[0]} must be a finite number; got {found[1]!r}")
+    _check_catalog(config["tables"], source)
+    if (problem := model_choice_problem(get(config, "predict.model"))) is not None:
+        raise ConfigError(f"{source}: predict.model {problem}")
     for dotted, allowed in CHOICES.items():
         value = get(config, dotted)
         if value not in allowed:
@@ -125,6 +137,37 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
     _check_label_rules(config["labels"]["rules"], source)
 
 
+def model_choice_problem(name: Any) -> str | None:
+    """Why `name` cannot name the model to score with (`best` or a registered model), or None.
+
+    Only names: a path would load a bundle from anywhere on disk instead of the lake's own.
+    """
+    from .models import REGISTRY  # imported here: it loads scikit-learn
+
+    if name == "best" or (isinstance(name, str) and name in REGISTRY):
+        return None
+    return f"must be best or a registered model ({', '.join(sorted(REGISTRY))}); got {name!r}"
+
+
+def _check_catalog(tables: Mapping[str, Any], source: str) -> None:
+    """Every table folder strictly inside the lake, and no two the same folder or one inside another."""
+    from pathlib import PurePosixPath
+
+    folders: dict[tuple[str, ...], str] = {(name,): f"the lake's own {name}/ folder" for name in LAKE_FOLDERS}
+    for table, name in tables.items():
+        if (problem := checks.relative_folder_problem(name)) is not None:
+            raise ConfigError(f"{source}: tables.{table} {problem}")
+        # Case folded: on a case-insensitive file system 'Labels' and 'labels' are one folder.
+        parts = tuple(p.casefold() for p in PurePosixPath(name).parts if p != ".")
+        for other, owner in folders.items():
+            shorter = min(len(parts), len(other))
+            if parts[:shorter] == other[:shorter]:
+                relation = "the same folder as" if len(parts) == len(other) else "nested with"
+                raise ConfigError(f"{source}: tables.{table} ({name!r}) is {relation} {owner}: every table needs "
+                                  "a folder of its own inside the lake")
+        folders[parts] = f"tables.{table} ({name!r})"
+
+
 def get(config: Mapping, dotted: str) -> Any:
     """Value at a dotted key such as 'features.aggregate'."""
     node: Any = config
@@ -146,8 +189,14 @@ def config_hash(config: Mapping) -> str:
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"configuration file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a configuration file (give the YAML file itself)")
     try:
         data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"configuration file {describe_os_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -36,7 +37,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from .errors import ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError
+from .checks import relative_folder_problem
+from .errors import (ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError, describe_os_error,
+                     one_line, storage_error)
 from .owner import MARKER_NAME, MarkerKeeper, owner_is_gone, read_marker
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,26 @@ def check_delta_rs_root(root: str | Path) -> None:
 
 
 def table_path(root: str, catalog: dict[str, str], table: str) -> str:
-    """Where the catalog puts `table` under `root` (a local folder or a URI)."""
+    """Where the catalog puts `table` under `root` (a local folder or a URI); never outside it."""
     name = catalog.get(table, table)
+    if (problem := relative_folder_problem(name)) is not None:  # config load refuses these first
+        raise LakePathError(f"table {table}: {problem}")
     if "://" in root:
         return f"{root.rstrip('/')}/{name}"
     return str(Path(root).resolve() / name)
+
+
+def local_table_exists(path: str | Path) -> bool:
+    """Whether a local folder holds a Delta table (a commit in its log). A log that cannot be
+    listed is a TableError saying so: taking it for "no table" would read as an empty lake."""
+    log_folder = Path(path) / "_delta_log"
+    try:
+        with os.scandir(log_folder) as entries:
+            return any(entry.name.endswith(".json") for entry in entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as error:
+        raise TableError(f"the Delta table at {path} cannot be read: {describe_os_error(error)}") from None
 
 
 class LakeReader:
@@ -99,7 +117,7 @@ class LakeReader:
             from deltalake import DeltaTable
 
             return DeltaTable.is_deltatable(path)
-        return (Path(path) / "_delta_log").is_dir() and any((Path(path) / "_delta_log").glob("*.json"))
+        return local_table_exists(path)
 
     def read_small(self, table: str, columns: list[str] | None = None, filters: list | None = None):
         """The table as pandas; `filters` is [(column, allowed values), ...], pushed down to the files."""
@@ -112,8 +130,11 @@ class LakeReader:
         for column, values in filters or []:
             condition = pc.field(column).isin(list(values))
             expression = condition if expression is None else expression & condition
-        dataset = DeltaTable(self.path(table)).to_pyarrow_dataset()
-        return dataset.to_table(columns=columns, filter=expression).to_pandas()
+        try:
+            dataset = DeltaTable(self.path(table)).to_pyarrow_dataset()
+            return dataset.to_table(columns=columns, filter=expression).to_pandas()
+        except OSError as error:  # delta-rs: a log or data file it may not read (several lines)
+            raise TableError(f"table {table} at {self.path(table)} cannot be read: {one_line(error)}") from None
 
 
 @dataclass(frozen=True)
@@ -271,7 +292,10 @@ class Lake:
         path = self.path(table)
         name = _staging_name()
         directory = Path(path) / name
-        directory.mkdir(parents=True)
+        try:
+            directory.mkdir(parents=True)
+        except OSError as error:  # no permission, a read-only mount, a full disk
+            raise storage_error(error, f"cannot write table {table}") from None
         self.keeper.add(directory)
         return StagedFiles(table=table, name=name, directory=directory)
 
@@ -480,7 +504,7 @@ class _DeltaRsEngine:
         self.retries = 0
 
     def exists(self, path: str) -> bool:
-        return (Path(path) / "_delta_log").is_dir() and any((Path(path) / "_delta_log").glob("*.json"))
+        return local_table_exists(path)
 
     def _table(self, path: str):
         from deltalake import DeltaTable

@@ -90,6 +90,8 @@ def _read_cells(handle, sep: str, path: Path, first_line: int) -> tuple[list[str
         raise GeoFormatError(f"{path}: line {first_line}: the header holds NUL characters "
                              "(UTF-16 without a byte-order mark?): save the file as UTF-8")
     _check_header(header, path, first_line)
+    # Label files' sample ids are stripped; a matrix's must be too, or no label would match " S1 ".
+    header = [header[0], *(name.strip() for name in header[1:])]
     rows, lines = [], []
     for row in reader:
         if not any(cell.strip() for cell in row):
@@ -105,14 +107,17 @@ def _read_cells(handle, sep: str, path: Path, first_line: int) -> tuple[list[str
 
 def _check_header(header: list[str], path: Path, line: int) -> None:
     # pandas would rename a repeated column to 'S1.1' and store it as a sample of that name.
-    seen: dict[str, int] = {}
+    # Names are compared as stored: without surrounding spaces ('S1' and ' S1 ' are one sample).
+    seen: dict[str, tuple[int, str]] = {}
     for column, name in enumerate(header[1:], start=2):
         if not name.strip():
             raise GeoFormatError(f"{path}: line {line}: column {column} has no sample name")
-        if name in seen:
-            raise GeoFormatError(f"{path}: line {line}: sample column {name!r} appears twice "
-                                 f"(columns {seen[name]} and {column})")
-        seen[name] = column
+        if name.strip() in seen:
+            first, as_written = seen[name.strip()]
+            spaces = "" if as_written == name else f", as {as_written!r} and {name!r}: equal without surrounding spaces"
+            raise GeoFormatError(f"{path}: line {line}: sample column {name.strip()!r} appears twice "
+                                 f"(columns {first} and {column}{spaces})")
+        seen[name.strip()] = (column, name)
 
 
 def _gct_dimensions(handle, path: Path) -> tuple[int, int]:

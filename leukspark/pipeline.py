@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from . import __version__, schemas
 from .config import RANGES, config_hash
-from .errors import ConfigError, InputError, LabelError, SplitError, TableError
+from .errors import ConfigError, InputError, LabelError, SplitError, TableError, storage_error
 from .lake import Lake, stored_path
 from .runs import LiveRun, RunLedger, RunLog
 from .stages import features as feature_stage
@@ -130,26 +130,37 @@ class Pipeline:
 
     def split(self, *, test_fraction: float | None = None, split_file: str | None = None,
               label_file: str | None = None) -> pd.DataFrame:
+        split = self.planned_split(test_fraction=test_fraction, split_file=split_file, label_file=label_file)
+        self._overwrite_if_changed("splits", split_stage.split_frame(self.spark, split), "split")
+        self.echo(split_stage.split_summary(split))
+        if self.groups is not None:
+            self.echo(split_stage.group_summary(split, self.groups))
+        return split
+
+    def planned_split(self, *, test_fraction: float | None = None, split_file: str | None = None,
+                      label_file: str | None = None) -> pd.DataFrame:
+        """The split the split step would store, from the labels table; writes nothing. A split that
+        leaves a set or a class empty is a SplitError naming the counts. Under `split.group_by` the
+        training folds are grouped (and `self.groups` kept for the train step's per-group rows)."""
+        split = self._drawn_split(test_fraction, split_file)
+        group_by = self.config["split"]["group_by"]
+        if group_by != "none":
+            self.groups = self.sample_groups(group_by, label_file)
+            split = split_stage.grouped_folds(split, self.groups, self.config["split"]["folds"],
+                                              self.config["split"]["seed"])
+        return split
+
+    def _drawn_split(self, test_fraction: float | None, split_file: str | None) -> pd.DataFrame:
         cfg = self.config["split"]
         fraction = cfg["test_fraction"] if test_fraction is None else test_fraction
         labels = self.lake.read("labels").select("sample", "label").toPandas()
         if split_file:
             assignment = _read_split_file(split_file)
-            split = split_stage.given_split(labels, assignment, cfg["folds"], cfg["seed"])
-        elif self.lake.exists("splits"):
+            return split_stage.given_split(labels, assignment, cfg["folds"], cfg["seed"])
+        if self.lake.exists("splits"):
             stored = self.lake.read("splits").toPandas()
-            split = split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
-        else:
-            split = split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
-        if cfg["group_by"] != "none":
-            groups = self.sample_groups(cfg["group_by"], label_file)
-            split = split_stage.grouped_folds(split, groups, cfg["folds"], cfg["seed"])
-            self.groups = groups  # the train step of this pipeline reports accuracy per group
-        self._overwrite_if_changed("splits", split_stage.split_frame(self.spark, split), "split")
-        self.echo(split_stage.split_summary(split))
-        if cfg["group_by"] != "none":
-            self.echo(split_stage.group_summary(split, groups))
-        return split
+            return split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
+        return split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
 
     def sample_groups(self, group_by: str, label_file: str | None = None) -> pd.Series:
         """sample -> group under `split.group_by`: a samples field (series, title, source,
@@ -447,9 +458,15 @@ class Pipeline:
         for index, (name, step) in enumerate(steps[: last + 1], start=1):
             self.echo(f"\n[{index}/{last + 1}] {name}")
             began = time.perf_counter()
-            outcome[name] = step()
+            try:
+                outcome[name] = step()
+            except OSError as error:  # a full disk, a folder it may not write: say which step met it
+                raise storage_error(error, f"{name} step") from error
             self.timings[name] = time.perf_counter() - began
             self.echo(f"[{index}/{last + 1}] {name} done in {self.timings[name]:.1f} s")
+            if name == "labels" and last >= STAGES.index("split"):
+                # The label counts are known now: a split they cannot make fails before features write.
+                self.planned_split(test_fraction=test_fraction, split_file=split_file, label_file=label_file)
         return outcome
 
 

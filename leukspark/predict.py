@@ -231,7 +231,7 @@ def predict_file(path: Path, lake_root: str | Path, *, run_id: str | None = None
     values, file_platforms = sample_tables_from_file(path, platform)
     lake = LakeReader.of(lake_root)
     bundle_dir = bundle_dir or RunLog(lake).bundle_dir(run_id, model)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, as_stored=True)
     if annotation is not None:
         file_platforms.append(read_platform_annotation(Path(annotation), platform=platform).to_pandas())
     platforms_needed = sorted(values["platform"].dropna().unique())
@@ -255,7 +255,7 @@ def predict_series_from_lake(lake_root: str | Path, series: str, *, run_id: str 
 
     lake = LakeReader.of(lake_root)
     bundle_dir = bundle_dir or RunLog(lake).bundle_dir(run_id, model)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, as_stored=True)
     values = lake.read_small("expression", filters=[("series", [series])])
     if values.empty:
         raise PredictionError(f"series {series} has no samples in the lake at {lake.root}")
@@ -310,7 +310,7 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
     from .scale import transform_settings
     from .stages.collapse import collapse, gene_matrix, probe_gene_map
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, as_stored=True)
     settings = bundle.feature_settings
     samples = lake.read("samples").select("sample", "platform", "value_scale", "series")
     if series:

@@ -101,10 +101,20 @@ class RunLog:
         if record["status"] != SUCCEEDED:
             raise TableError(f"run {record['run']} did not succeed (status {record['status']}): it has no bundles")
         name = model or record["best_model"]
+        from .models import REGISTRY  # imported here: it loads scikit-learn
+
+        if name not in REGISTRY:
+            raise BundleError(f"run {record['run']}: model {name!r} is not a registered model "
+                              f"({', '.join(sorted(REGISTRY))})")
         directory = self.bundle_folder(record) / name
         if not directory.is_dir():
             raise BundleError(f"{directory}: no model bundle '{name}' in run {record['run']}")
-        return directory
+        # Only the lake's own bundle: models/<run>/<model> under this root, through no link.
+        own = Path(self.lake.path("models")).resolve() / record["run"] / name
+        if directory.resolve() != own:
+            raise BundleError(f"{directory}: the bundle of model {name} in run {record['run']} is not this lake's "
+                              f"own (expected {own}): copy the run's bundles into the lake's models folder")
+        return own
 
     # -- the features the runs train on ----------------------------------------------------
     def features_built_from(self) -> str | None:

@@ -274,3 +274,157 @@ def test_numpy_scalars_in_extra_are_stored_as_plain_json(small_fit, tmp_path):
 def test_save_rejects_unknown_params(small_fit, tmp_path):
     with pytest.raises(ModelError, match="'depth'"):
         save_small(tmp_path / "bundle", small_fit, params={"depth": 3})
+
+
+# --------------------------------------------------------------------------- hostile bundles (issue 24)
+
+
+def reseal_file(directory, name):
+    """Record a replaced file's size and checksum, as whoever swapped it could."""
+    rewrite_manifest(directory, lambda manifest: manifest["files"].update({name: _file_record(directory / name)}))
+
+
+def test_a_bundle_file_linked_to_a_file_outside_is_refused(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    outside = tmp_path / "outside" / "genes.txt"
+    outside.parent.mkdir()
+    shutil.move(directory / "genes.txt", outside)  # same content, so every checksum still matches
+    (directory / "genes.txt").symlink_to(outside)
+    with pytest.raises(BundleError, match="genes.txt: a symbolic link"):
+        load_bundle(directory)
+
+
+def test_a_deeply_nested_manifest_is_a_bundle_error(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    (directory / MANIFEST_FILE).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(BundleError, match="nests deeper"):
+        load_bundle(directory)
+
+
+def test_a_sealed_manifest_nested_beyond_the_bound_is_refused(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    nested: list = []
+    for _ in range(200):
+        nested = [nested]
+    rewrite_manifest(directory, lambda manifest: manifest["extra"].update(note=nested))
+    with pytest.raises(BundleError, match="nests deeper than 32 levels"):
+        load_bundle(directory)
+
+
+@pytest.mark.parametrize("name", ["preprocessor.npz", "linear_model.npz"])
+def test_a_truncated_archive_is_a_bundle_error_naming_it(saved_bundles, tmp_path, name):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    data = (directory / name).read_bytes()
+    (directory / name).write_bytes(data[: len(data) // 2])
+    reseal_file(directory, name)
+    with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+        load_bundle(directory)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m.update(extra="text"), "'extra'"),
+    (lambda m: m.pop("extra"), "'extra'"),
+    (lambda m: m["extra"].update(abstain_band="ab"), "extra.abstain_band"),
+    (lambda m: m["extra"].update(abstain_band=[0.7, 0.2]), "extra.abstain_band"),
+    (lambda m: m["extra"].update(features=[1, 2]), "extra.features"),
+    (lambda m: m["extra"].update(features={"log_floor": "twenty"}), "extra.features.log_floor"),
+    (lambda m: m["extra"].update(training_inputs=5), "extra.training_inputs"),
+    (lambda m: m["extra"].update(training_inputs={"platforms": "GPL570"}), "extra.training_inputs.platforms"),
+    (lambda m: m["extra"].update(training_inputs={"input_check": {"shift": [1]}}), "input_check"),
+    (lambda m: m.update(input_reference_file=["genes.txt"]), "input_reference_file"),
+    (lambda m: m.update(normalize=5), "normalize"),
+    (lambda m: m.update(n_genes=True), "n_genes"),
+    (lambda m: m.update(n_genes=10**12), "n_genes"),
+])
+def test_malformed_manifest_values_are_bundle_errors(saved_bundles, tmp_path, change, words):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    rewrite_manifest(directory, change)
+    with pytest.raises(BundleError) as error:
+        bundle = load_bundle(directory)
+        # What scoring reads of the manifest, had the loader let it through:
+        bundle.abstain_band, bundle.feature_settings.get("transform"), bundle.training_inputs.get("platforms")
+    assert words in str(error.value)
+
+
+def npy_bytes(shape, payload: bytes, dtype="<f8") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + payload
+
+
+def test_an_archive_declaring_a_huge_array_is_refused_before_allocating_it(saved_bundles, tmp_path, monkeypatch):
+    import zipfile
+
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    path = directory / "preprocessor.npz"
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    with zipfile.ZipFile(path, "w") as out:
+        for key, array in arrays.items():
+            if key == "center":  # 8 TiB declared, 16 bytes given
+                out.writestr("center.npy", npy_bytes((2**40,), b"\0" * 16))
+            else:
+                np.lib.format.write_array(out.open(f"{key}.npy", "w"), array)
+    reseal_file(directory, "preprocessor.npz")
+    allocated = []
+    real_read_array = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array",
+                        lambda fp, *a, **k: allocated.append(fp) or real_read_array(fp, *a, **k))
+    with pytest.raises(BundleError, match=r"preprocessor\.npz: .*center\.npy.*1099511627776"):
+        load_bundle(directory)
+    assert not any("center" in str(getattr(fp, "name", "")) for fp in allocated)
+
+
+def test_an_archive_array_longer_than_the_gene_count_is_refused(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    path = directory / "input_reference.npz"
+    np.savez(path, gene_mean=np.zeros(N_GENES * 3), gene_std=np.ones(N_GENES * 3))
+    rewrite_manifest(directory, lambda manifest: (manifest.update(input_reference_file="input_reference.npz"),
+                                                  manifest["files"].update({path.name: _file_record(path)})))
+    with pytest.raises(BundleError, match=rf"input_reference\.npz: .*more than the {N_GENES} entries"):
+        load_bundle(directory)
+
+
+def test_a_compressed_archive_member_is_refused(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    path = directory / "preprocessor.npz"
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    np.savez_compressed(path, **arrays)
+    reseal_file(directory, "preprocessor.npz")
+    with pytest.raises(BundleError, match=r"preprocessor\.npz: .*compressed"):
+        load_bundle(directory)
+
+
+def test_a_file_over_the_size_bound_is_refused_before_it_is_hashed(saved_bundles, tmp_path, monkeypatch):
+    import leukspark.bundle as bundle_module
+
+    directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    monkeypatch.setattr(bundle_module, "MAX_FILE_BYTES", 256)
+    hashed = []
+    monkeypatch.setattr(bundle_module, "_file_record", lambda path: hashed.append(path.name) or {})
+    with pytest.raises(BundleError, match="more than the 256 a bundle file may have"):
+        load_bundle(directory)
+    assert hashed == []
+
+
+def test_a_stored_bundle_must_be_the_run_and_model_of_its_folder(saved_bundles, tmp_path):
+    source = saved_bundles["logistic_regression"][0]      # saved as run "run-logistic_regression"
+    own = shutil.copytree(source, tmp_path / "models" / "run-logistic_regression" / "logistic_regression")
+    assert load_bundle(own, as_stored=True).run_id == "run-logistic_regression"
+    for run, model in (("run-9", "logistic_regression"), ("run-logistic_regression", "linear_svm")):
+        moved = shutil.copytree(source, tmp_path / "models" / run / model)
+        with pytest.raises(BundleError, match="manifest names run run-logistic_regression and model "
+                                              "logistic_regression, not the run and model of the folder"):
+            load_bundle(moved, as_stored=True)
+
+
+def test_a_deeply_nested_booster_json_is_refused_before_xgboost_parses_it(saved_bundles, tmp_path):
+    directory = shutil.copytree(saved_bundles["xgboost"][0], tmp_path / "bundle")
+    booster = directory / "xgboost_model.json"
+    booster.write_text("[" * 100 + "]" * 100)   # deeper than any booster; XGBoost's parser recurses
+    reseal_file(directory, booster.name)
+    with pytest.raises(BundleError, match=r"xgboost_model\.json: nests deeper than 64 levels"):
+        load_bundle(directory)

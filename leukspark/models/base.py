@@ -535,10 +535,11 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
     """Read an ``.npz`` with ``allow_pickle=False``; a missing key is a ModelError naming it."""
+    from leukspark.npz import read_npz  # checks what each member declares before allocating it
+
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        arrays = read_npz(path)
     except (OSError, ValueError, EOFError) as exc:
         raise ModelError(f"{path.name}: cannot read arrays: {exc}") from exc
     missing = [key for key in required if key not in arrays]

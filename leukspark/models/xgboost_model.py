@@ -23,6 +23,24 @@ if TYPE_CHECKING:  # xgboost is imported lazily: see _xgboost()
     from xgboost import XGBClassifier
 
 
+# A booster's JSON nests about 8 levels (learner, booster, trees, tree fields); XGBoost's own
+# parser recurses, so a deeper file could overflow its C++ stack: refused before it parses.
+MAX_BOOSTER_JSON_DEPTH = 64
+
+
+def _check_booster_json(path: Path) -> None:
+    import json
+
+    try:
+        parsed = json.loads(path.read_bytes())
+    except RecursionError:
+        raise ModelError(f"{path.name}: nests deeper than {MAX_BOOSTER_JSON_DEPTH} levels") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path.name}: not a booster JSON file: {exc}") from None
+    if checks.nesting_depth(parsed, MAX_BOOSTER_JSON_DEPTH) > MAX_BOOSTER_JSON_DEPTH:
+        raise ModelError(f"{path.name}: nests deeper than {MAX_BOOSTER_JSON_DEPTH} levels")
+
+
 def _xgboost():
     # Imported on first use so that importing the registry (done by every Spark Python
     # worker, whichever model its task trains) does not pay for loading xgboost.
@@ -128,6 +146,7 @@ class XGBoostSpec(ModelSpec):
         arrays = load_arrays(Path(directory) / self.GENES_FILE, ("selected_genes", "n_features"))
         selected_genes, n_features = arrays["selected_genes"].astype(np.int64), int(arrays["n_features"])
         classifier = _xgboost().XGBClassifier(n_jobs=1)
+        _check_booster_json(Path(directory) / self.MODEL_FILE)
         try:
             classifier.load_model(Path(directory) / self.MODEL_FILE)
         except _xgboost().core.XGBoostError as exc:

@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .. import schemas
-from ..errors import DuplicateSampleError, GeoFormatError, InputError, LeukSparkError
+from ..errors import DuplicateSampleError, GeoFormatError, InputError, LeukSparkError, storage_error
 from ..lake import Lake, removed_staging_text
 from ..scale import detect_scale, series_scale, value_quantiles
 
@@ -236,6 +236,14 @@ class _ExpressionWriter:
         self.files: list[str] = []
 
     def add(self, series: str, record) -> None:
+        # A failed write is the lake's disk (full, read-only, no permission), never the source
+        # file being unreadable: it gets its own error, naming the folder written to.
+        try:
+            self._add(series, record)
+        except OSError as error:
+            raise storage_error(error, f"cannot write the expression table's staging folder {self.directory}") from None
+
+    def _add(self, series: str, record) -> None:
         if self.writer is None or self.samples_in_file >= SAMPLES_PER_FILE:
             self._roll()
         n = len(record.probe_id)
@@ -263,7 +271,10 @@ class _ExpressionWriter:
             self.writer = None
 
     def close(self) -> list[str]:
-        self._close_current()
+        try:
+            self._close_current()
+        except OSError as error:
+            raise storage_error(error, f"cannot write the expression table's staging folder {self.directory}") from None
         return list(self.files)
 
 

@@ -7,6 +7,8 @@ leaving earlier assignments untouched.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
@@ -18,8 +20,13 @@ from ..errors import SplitError
 TRAIN, TEST = "train", "test"
 
 
-def stratified_split(labels: pd.DataFrame, test_fraction: float, folds: int, seed: int) -> pd.DataFrame:
+def stratified_split(labels: pd.DataFrame, test_fraction: float, folds: int, seed: int, *,
+                     test_needs_each_class: bool = True) -> pd.DataFrame:
     """(sample, set, fold, label): test rows have fold None; train rows fold 0..folds-1.
+
+    A split that leaves the training set with fewer than 2 samples of a class, or the test set
+    without one, is a SplitError naming the counts (`test_needs_each_class` False: samples added
+    to a stored split, whose test set has both classes already).
 
     Samples are sorted first, so the result depends on the set of samples and the seed,
     not on the order rows arrive in.
@@ -35,8 +42,41 @@ def stratified_split(labels: pd.DataFrame, test_fraction: float, folds: int, see
             f"too few samples of class {counts.idxmin()} ({counts.min()}) for a test set and folds: "
             "use --test-fraction 0 (cross-validation only)"
         )
-    train, test = train_test_split(frame, test_size=test_fraction, stratify=frame["label"], random_state=seed)
+    n_test = math.ceil(test_fraction * len(frame))  # how scikit-learn sizes the test set
+    if len(frame) - n_test < 2 * len(counts):
+        raise SplitError(f"{_fraction_text(test_fraction, counts)} leaves {len(frame) - n_test} sample(s) for the "
+                         "training set: each class needs at least 2 training samples; lower --test-fraction "
+                         "(split.test_fraction)")
+    try:
+        train, test = train_test_split(frame, test_size=test_fraction, stratify=frame["label"], random_state=seed)
+    except ValueError as error:  # scikit-learn: a set smaller than the number of classes
+        raise SplitError(f"{_fraction_text(test_fraction, counts)} cannot be split: "
+                         f"{' '.join(str(error).split())}") from None
+    _check_sets(train, test, counts, test_fraction, test_needs_each_class)
     return _with_folds(train, test, folds, seed)
+
+
+def _fraction_text(test_fraction: float, counts: pd.Series) -> str:
+    return f"test fraction {test_fraction:g} of {int(counts.sum())} labelled samples ({_counts_text(counts)})"
+
+
+def _counts_text(counts: pd.Series) -> str:
+    return ", ".join(f"{label} {int(counts.get(label, 0))}" for label in ("ALL", "AML"))
+
+
+def _check_sets(train: pd.DataFrame, test: pd.DataFrame, counts: pd.Series, test_fraction: float,
+                test_needs_each_class: bool) -> None:
+    """SplitError naming the counts when a set lacks a class: training needs 2 of each for the
+    folds, and a test set without one class measures nothing about it."""
+    in_train, in_test = train["label"].value_counts(), test["label"].value_counts()
+    if min(int(in_train.get(label, 0)) for label in counts.index) < 2:
+        raise SplitError(f"{_fraction_text(test_fraction, counts)} leaves the training set with "
+                         f"{_counts_text(in_train)}: each class needs at least 2 training samples; "
+                         "lower --test-fraction (split.test_fraction)")
+    if test_needs_each_class and min(int(in_test.get(label, 0)) for label in counts.index) < 1:
+        raise SplitError(f"{_fraction_text(test_fraction, counts)} leaves the test set with "
+                         f"{_counts_text(in_test)}: each class needs a test sample; raise --test-fraction, "
+                         "or use 0 (cross-validation only)")
 
 
 def effective_folds(train_labels: pd.Series, folds: int) -> int:
@@ -78,7 +118,7 @@ def extend_split(stored: pd.DataFrame, labels: pd.DataFrame, test_fraction: floa
         added = fresh[["sample", "label"]].sort_values("sample").assign(set=TRAIN)
         added["fold"] = np.arange(len(added)) % folds
     else:
-        added = stratified_split(fresh, test_fraction, folds, seed + 1)
+        added = stratified_split(fresh, test_fraction, folds, seed + 1, test_needs_each_class=False)
     return (pd.concat([kept[["sample", "set", "fold", "label"]], added[["sample", "set", "fold", "label"]]])
             .sort_values("sample").reset_index(drop=True))
 
