@@ -189,6 +189,7 @@ def run_tags(run_row: pd.Series, previous_run: str | None, previous_mlflow: str 
         if previous_mlflow:
             tags["leukspark.previous_mlflow_run"] = previous_mlflow
     tags["mlflow.note.content"] = note
+    tags["mlflow.source.name"], tags["mlflow.source.type"] = "leukspark", "JOB"
     return tags
 
 

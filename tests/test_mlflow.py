@@ -251,3 +251,71 @@ def test_unreachable_tracking_server_warns_and_the_run_succeeds(tracked, retrain
     assert list(ledger["status"]) == ["succeeded"] and time.monotonic() - began < 120
     assert tracked["client"].search_runs([tracked["experiment"].experiment_id],
                                          filter_string=f"tags.`leukspark.run_id` = '{outcome.run_id}'") == []
+
+
+def _wait_for(url: str, seconds: float, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the MLflow server exited with status {server.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the MLflow server did not answer {url} within {seconds:.0f} s")
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_mlflow_ui_on_loopback_shows_the_run(tracked, tmp_path):
+    from browser import FLAGS, chromium
+
+    run_id = tracked["outcome"].run_id
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracked["store"],
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+                              start_new_session=True)
+    try:
+        _wait_for(f"{base}/health", 90, server)
+        found = _post(f"{base}/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [tracked["experiment"].experiment_id],
+            "filter": f"tags.`leukspark.run_id` = '{run_id}'"})["runs"]
+        assert len(found) == 1
+        run = found[0]
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        results = tracked["lake"].read("results").where(f"run = '{run_id}' and fold = 'test'").toPandas()
+        for model, metric, value in results[["model", "metric", "value"]].itertuples(index=False):
+            assert _same(metrics[f"{model}/{metric}/test"], value)
+        page = f"{base}/#/experiments/{tracked['experiment'].experiment_id}/runs/{run['info']['run_id']}"
+        browser = chromium()
+        dom = subprocess.run([browser, *FLAGS, "--virtual-time-budget=20000", "--dump-dom", page],
+                             capture_output=True, text=True, timeout=120).stdout
+        assert run_id in dom, f"the run page does not show {run_id}; DOM starts: {dom[:300]!r}"
+        shot = tmp_path / "run_page.png"
+        subprocess.run([browser, *FLAGS, "--virtual-time-budget=20000", "--window-size=1280,900",
+                        f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
+        assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    finally:
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's own process group (it starts workers), then SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if server.poll() is not None:
+            return
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
