@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -149,6 +150,7 @@ def find_run(client, experiment: str, run_id: str) -> str | None:
 
 
 def _log_run(mlflow, config: dict, lake, run_id: str, previous_run: str | None, echo) -> str:
+    began = time.perf_counter()
     settings = config["tracking"]["mlflow"]
     tracking_uri, artifact_location = store_uris(settings, lake.root)
     _check_reachable(tracking_uri)
@@ -170,7 +172,7 @@ def _log_run(mlflow, config: dict, lake, run_id: str, previous_run: str | None, 
             mlflow.log_text(_yaml(config), "config.yaml")
             registered = _log_models(mlflow, config, lake, run_row, settings["register_as"])
     where = f"{tracking_uri} (experiment {settings['experiment']})"
-    echo(f"MLflow: logged run {run_id} as {mlflow_run} to {where}"
+    echo(f"MLflow: logged run {run_id} as {mlflow_run} to {where} in {time.perf_counter() - began:.1f} s"
          + (f"; linked to the previous run {previous_run}" if previous_run else "")
          + (f"; registered {registered}" if registered else ""))
     return mlflow_run
