@@ -177,7 +177,7 @@ def test_spark_udf_equals_leukspark_score(tracked, spark):
     frame = samples_frame(tracked["lake"].read_small("expression", columns=["sample", "platform", "probe_id", "value"]))
     udf = mlflow.pyfunc.spark_udf(spark, _model_uri(tracked, "logistic_regression"), result_type=SPARK_RESULT_TYPE,
                                   env_manager="local")
-    inputs = spark.createDataFrame(frame)
+    inputs = spark.createDataFrame(frame).coalesce(1)  # one Python worker loads MLflow and the model
     scored = (inputs.select(udf(F.struct(*[F.col(f"`{c}`") for c in frame.columns])).alias("r"))
               .select("r.*").toPandas().set_index("sample"))
     assert sorted(scored.index) == sorted(expected.index) and len(scored) == 60
