@@ -165,7 +165,8 @@ def _log_run(mlflow, config: dict, lake, run_id: str, previous_run: str | None, 
         mlflow_run = created.info.run_id
         with mlflow.start_run(run_id=mlflow_run, nested=mlflow.active_run() is not None):
             client.log_batch(mlflow_run, params=[mlflow.entities.Param(k, v) for k, v in flat_params(config).items()])
-            client.log_batch(mlflow_run, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v, step
+            now_ms = int(time.time() * 1000)
+            client.log_batch(mlflow_run, metrics=[mlflow.entities.Metric(k, v, now_ms, step) for k, v, step
                                                   in metric_rows(results, run_row["best_model"])])
             mlflow.log_text(results.to_csv(index=False), "tables/results.csv")
             mlflow.log_text(run_row.to_json(date_format="iso", indent=2), "tables/run.json")
