@@ -44,6 +44,13 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "psutil>=5.9", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        # MLflow tracking, pyfunc models and the registry (leukspark/tracking.py; tracking.mlflow, off by
+        # default). The full `mlflow`, not the lighter `mlflow-skinny`: skinny has no SQL store (no sqlalchemy
+        # or alembic), so no store inside the lake without a server (its one local store, the file store, is
+        # refused by MLflow 3.x unless MLFLOW_ALLOW_FILE_STORE is set) and no registry there, and it has no
+        # tracking server or UI (no Flask, no UI build) for `mlflow ui`. 3.17 is the version tested with
+        # pyspark 4.0, pandas 2.3, numpy 2.4 and Python 3.11; it caps pyarrow below 26.
+        "mlflow": ["mlflow>=3.17,<4"],
     },
     entry_points={"console_scripts": ["leukspark=leukspark.cli:main"]},
 )

@@ -113,6 +113,9 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--write", action="store_true", help="also append the scores to the scored_samples table")
     predict.add_argument("--explain", action="store_true",
                          help="add each sample's top contributing genes (linear models: weight x standardized value)")
+    predict.add_argument("--model-uri", metavar="URI",
+                         help="score with a model logged to MLflow (models:/NAME/VERSION, runs:/ID/MODEL) instead of "
+                              "--run/--model, from tracking.mlflow.tracking_uri or the lake's own store (mlflow extra)")
 
 
 def _add_score_command(commands) -> None:
@@ -261,6 +264,13 @@ def cmd_predict(args) -> int:
     # Each scored sample carries the bundle that scored it, which is what its stored row names.
     options = {"policy": ScoringPolicy.from_config(config), "explain": args.explain, "run_id": args.run,
                "model": configured_model(args.model, config)}
+    if args.model_uri:  # a model logged to MLflow: its bundle, downloaded and verified, replaces --run/--model
+        from .errors import ConfigError
+        from .tracking import bundle_from_model_uri
+
+        if args.run or args.model:
+            raise ConfigError("--model-uri names the model to score with: leave out --run and --model")
+        options["bundle_dir"] = bundle_from_model_uri(args.model_uri, config, args.lake)
     source = Path(args.source).expanduser()
     if source.exists():
         scored = predict_file(source, lake, platform=args.platform, annotation=args.annotation, **options)

@@ -135,6 +135,7 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
     if unknown:
         raise ConfigError(f"{source}: training.ensembles may hold {', '.join(sorted(ENSEMBLES))}; got {unknown[0]!r}")
     _check_label_rules(config["labels"]["rules"], source)
+    _check_tracking(config["tracking"]["mlflow"], source)
 
 
 def model_choice_problem(name: Any) -> str | None:
@@ -181,7 +182,8 @@ def config_hash(config: Mapping) -> str:
     import hashlib
     import json
 
-    relevant = {k: v for k, v in config.items() if k not in {"spark", "lake", "tables", "report"}}
+    # Where a run is tracked (MLflow) does not change its results: turning tracking on does not retrain.
+    relevant = {k: v for k, v in config.items() if k not in {"spark", "lake", "tables", "report", "tracking"}}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -276,6 +278,26 @@ def _check_models(training: dict, source: str) -> None:
             raise ConfigError(f"{source}: training.params.{name} must be a mapping; got {params!r}")
         if (problem := REGISTRY[name].param_problem(params)) is not None:
             raise ConfigError(f"{source}: training.params.{name}.{problem[0]} {problem[1]}")
+
+
+# A tracking URI names its store by scheme: http(s)://, sqlite:///, databricks, postgresql://, ...
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _check_tracking(mlflow: dict, source: str) -> None:
+    """tracking.mlflow: a URI with a scheme (or "" for the lake's own store), a non-empty experiment,
+    and a registered-model name that a models:/NAME/VERSION URI can carry."""
+    uri, name = mlflow["tracking_uri"], mlflow["register_as"]
+    if uri and not _URI_SCHEME.match(uri):
+        raise ConfigError(f"{source}: tracking.mlflow.tracking_uri must be \"\" (a store inside the lake) or a URI "
+                          f"such as http://host:5000 or sqlite:///path/mlflow.db; got {uri!r}")
+    if not mlflow["experiment"].strip():
+        raise ConfigError(f"{source}: tracking.mlflow.experiment must name an experiment; got {mlflow['experiment']!r}")
+    if name and (name != name.strip() or "/" in name or ":" in name):
+        raise ConfigError(f"{source}: tracking.mlflow.register_as must be a model name without '/', ':' or "
+                          f"surrounding spaces (it goes into models:/NAME/VERSION); got {name!r}")
+    if name and not mlflow["enabled"]:
+        raise ConfigError(f"{source}: tracking.mlflow.register_as ({name!r}) needs tracking.mlflow.enabled: true")
 
 
 def _check_label_rules(rules: list, source: str) -> None:

@@ -184,7 +184,12 @@ class Pipeline:
             "config_hash": config_hash(self.config), "code_version": __version__,
             "bundle_dir": stored_path(self.lake.root, Path(self.lake.path("models")) / run_id)})
         with self.ledger.tracked(live):
-            return self._train(live, previous_run)
+            outcome = self._train(live, previous_run)
+        if self._tracked():  # an optional copy in MLflow; a failure there only warns
+            from .tracking import log_training_run
+
+            log_training_run(self.config, self.lake, outcome.run_id, previous_run=previous_run, echo=self.echo)
+        return outcome
 
     def _check_genes_match_vectors(self, n_genes: int) -> None:
         """TableError when `genes` and `gene_features` come from different builds (one whose second
@@ -383,7 +388,15 @@ class Pipeline:
         run_id = run_id or self.latest_run()
         path = write_report(self.spark, self.lake, run_id, Path(out_dir), self.config)
         self.echo(f"report: {path}")
+        if self._tracked():
+            from .tracking import log_report
+
+            log_report(self.config, self.lake.root, run_id, Path(out_dir), echo=self.echo)
         return path
+
+    def _tracked(self) -> bool:
+        """tracking.mlflow.enabled (a configuration built without the section: off)."""
+        return bool(self.config.get("tracking", {}).get("mlflow", {}).get("enabled"))
 
     # -- runs -----------------------------------------------------------------------------
     def data_fingerprint(self) -> str:

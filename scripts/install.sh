@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install leukspark into ./.venv (idempotent): Java 17 through apt when `java` is missing,
-# Chromium for the report render test, then the package with its test extras. torch is pinned to the CPU build (2.13.0).
+# Chromium for the report render test, then the package with its test extras and the mlflow extra (its tests
+# run in CI). torch is pinned to the CPU build (2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ if [ ! -f "$stamp" ] || ! cmp -s setup.py "$stamp"; then
   {
     .venv/bin/python -m pip install --upgrade pip &&
     .venv/bin/python -m pip install "torch==2.13.0" &&
-    .venv/bin/python -m pip install -e ".[dev]"
+    .venv/bin/python -m pip install -e ".[dev,mlflow]"
   } >"$log" 2>&1 || { tail -40 "$log"; echo "install failed (full log: $log)"; exit 1; }
   cp setup.py "$stamp"
 fi

@@ -114,3 +114,27 @@ def test_model_defaults_in_conf_match_the_registry():
     assert set(params) == set(REGISTRY)
     for name, spec in REGISTRY.items():
         assert spec.resolve_params(params[name]) == spec.default_params, name
+
+
+@pytest.mark.parametrize("text, key", [
+    ("tracking:\n  mlflow:\n    enabled: yes please\n", "tracking.mlflow.enabled"),
+    ("tracking:\n  mlflow:\n    enabled: true\n    tracking_uri: lake/mlruns\n", "tracking.mlflow.tracking_uri"),
+    ("tracking:\n  mlflow:\n    enabled: true\n    experiment: ' '\n", "tracking.mlflow.experiment"),
+    ("tracking:\n  mlflow:\n    enabled: true\n    register_as: team/aml\n", "tracking.mlflow.register_as"),
+    ("tracking:\n  mlflow:\n    register_as: aml\n", "tracking.mlflow.register_as"),  # tracking is off
+    ("tracking:\n  mlflow:\n    server: http://x\n", "tracking.mlflow.server"),
+])
+def test_bad_tracking_settings_name_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert key in str(error.value) and "run.yaml" in str(error.value)
+
+
+def test_tracking_is_off_by_default_and_does_not_change_the_config_hash(tmp_path):
+    base = load_config()
+    assert base["tracking"]["mlflow"] == {"enabled": False, "tracking_uri": "", "experiment": "leukspark",
+                                          "register_as": ""}
+    tracked = load_config(write(tmp_path, "tracking:\n  mlflow:\n    enabled: true\n    register_as: aml\n"
+                                          "    tracking_uri: http://127.0.0.1:5000\n"))
+    assert tracked["tracking"]["mlflow"]["register_as"] == "aml"
+    assert config_hash(base) == config_hash(tracked)  # turning tracking on does not make rerun retrain
