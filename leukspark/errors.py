@@ -71,3 +71,8 @@ class ConcurrentWriteError(TableError):
 
 class RunDiscardedError(TableError):
     """A run's rows were discarded (or its run row taken over) by another writer before it finished."""
+
+
+class FeaturesReplacedError(TableError):
+    """The stored gene features are not the build this run made or expects (another run rebuilt
+    them, or a build stopped half-way): the run stops instead of training on them."""
