@@ -78,7 +78,13 @@ class Pipeline:
             labels, excluded = label_stage.labels_from_table(samples, given)
         else:
             labels, excluded = label_stage.assign_labels(samples, self.config["labels"])
+        labels, excluded = label_stage.exclude_unmeasured(samples, labels, excluded)
         labels, excluded = labels.localCheckpoint(), excluded.localCheckpoint()
+        unmeasured = sorted(r["sample"] for r in excluded.where(F.col("reason") == label_stage.NO_MEASURED_VALUE)
+                            .select("sample").collect())
+        if unmeasured:
+            self.echo(f"excluded {len(unmeasured)} labelled sample(s) with no measured value (every value "
+                      f"missing): {', '.join(unmeasured[:20])}{' ...' if len(unmeasured) > 20 else ''}")
         summary = label_stage.label_summary(labels, excluded)
         if not any(row[1] in ("ALL", "AML") for row in summary):
             raise LabelError("no sample got a label: check labels.rules in the configuration or pass --labels")

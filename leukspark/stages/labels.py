@@ -96,6 +96,19 @@ def check_label_samples(samples: DataFrame, given: DataFrame, path: str | Path, 
     return f"{message}; ignored (set labels.strict: true to fail instead)"
 
 
+NO_MEASURED_VALUE = "no measured value: every value of the sample is missing"
+
+
+def exclude_unmeasured(samples: DataFrame, labels: DataFrame, excluded: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Labelled samples without a single measured value move to `excluded` (with that reason):
+    training would see only the means it imputes, and count a call on them; predict refuses them."""
+    unmeasured = samples.where(F.col("n_values").isNotNull()
+                               & (F.col("n_values") - F.coalesce(F.col("n_missing"), F.lit(0)) <= 0)).select("sample")
+    moved = labels.join(unmeasured, "sample").select("sample", "subtype", F.lit(NO_MEASURED_VALUE).alias("reason"))
+    return (labels.join(unmeasured, "sample", "left_anti"),
+            excluded.select("sample", "subtype", "reason").unionByName(moved))
+
+
 def labels_from_table(samples: DataFrame, given: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Join user-given labels to the stored samples: unknown labels and unlabeled samples are excluded."""
     joined = samples.select("sample").join(given, "sample", "left")
