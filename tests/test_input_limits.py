@@ -175,3 +175,10 @@ def test_too_many_metadata_lines_in_one_entity_are_refused(tmp_path):
             handle.write(line * 100_000)
     with pytest.raises(GeoFormatError, match=r"many.soft.gz, sample GSM1, line \d+: more than .* attribute lines"):
         _tables(path)
+
+
+def test_endless_blank_lines_in_a_soft_entity_are_refused(tmp_path):
+    path = tmp_path / "blank.soft.gz"
+    path.write_bytes(gzip.compress(b"^SAMPLE = GSM1\n!Sample_title = x\n" + b"\n" * 300_000))
+    with pytest.raises(GeoFormatError, match=r"blank.soft.gz, sample GSM1, line \d+: more than .* attribute lines"):
+        _tables(path)

@@ -79,6 +79,8 @@ MAX_ATTRIBUTE_BYTES = 256 * 1024 * 1024
 # One SOFT sample or platform table's text (a GPL570 sample table is ~1.5 MB, its platform
 # table with GO columns ~100 MB).
 MAX_TABLE_BYTES = 1024 * 1024 * 1024
+# Rows of a series matrix table (GPL570 has 54,675 probes; the largest tiling arrays ~6.5 M).
+MAX_TABLE_ROWS = 10_000_000
 
 
 # --------------------------------------------------------------------------- records
@@ -569,8 +571,6 @@ class _Entity:
     value: pa.Array | None = None
     n_missing: int = 0
     skipped: bool = False  # a sample another reader of the file keeps (iter_geo_records' keep_sample)
-    attribute_lines: int = 0
-    attribute_bytes: int = 0
 
 
 class _SoftParser:
@@ -585,6 +585,7 @@ class _SoftParser:
         self.sample_lines: dict[str, int] = {}  # GSM -> line of its ^SAMPLE
         self.platform_lines: dict[str, int] = {}
         self.platform_probe_counts: dict[str, int] = {}
+        self.lines_in_entity = self.bytes_in_entity = 0  # lines outside tables since the last ^ line
 
     def records(self) -> Iterator[GeoRecord]:
         try:
@@ -599,7 +600,10 @@ class _SoftParser:
                 if (record := self._finish_entity()) is not None:
                     yield record
                 self.entity = self._start_entity(line, reader.line_no)
-            elif line.startswith("!"):
+                self.lines_in_entity = self.bytes_in_entity = 0
+                continue
+            self._count_line(line, reader.line_no)
+            if line.startswith("!"):
                 self._metadata_line(line, reader.line_no)
             elif line.startswith("#") or not line.strip():
                 continue  # column descriptions and blank lines carry no data we use
@@ -654,12 +658,15 @@ class _SoftParser:
         if self.entity is None:
             raise _format_error(self.path, "attribute line before any ^ entity line", line=line_no)
         key, value = _split_soft_attribute(line)
-        self.entity.attribute_lines += 1
-        self.entity.attribute_bytes += len(line)
-        _check_attribute_bounds(self.entity.attribute_lines, self.entity.attribute_bytes, self.path,
-                                f"{self.entity.kind.lower()} {self.entity.accession}", line_no,
-                                sample=self._current_sample())
         self.entity.attributes.setdefault(key, []).append(value)
+
+    def _count_line(self, line: str, line_no: int) -> None:
+        """Attribute, comment and blank lines of one entity are bounded (time and memory)."""
+        self.lines_in_entity += 1
+        self.bytes_in_entity += len(line)
+        where = f"{self.entity.kind.lower()} {self.entity.accession}" if self.entity else "the file's first lines"
+        _check_attribute_bounds(self.lines_in_entity, self.bytes_in_entity, self.path, where, line_no,
+                                sample=self._current_sample())
 
     def _read_table(self, begin_line: str, line_no: int) -> None:
         entity = self.entity
@@ -772,8 +779,8 @@ def _check_attribute_bounds(lines: int, size: int, path: Path, where: str, line_
                             sample: str | None = None) -> None:
     if lines > MAX_ATTRIBUTE_LINES or size > MAX_ATTRIBUTE_BYTES:
         raise _format_error(
-            path, f"more than {MAX_ATTRIBUTE_LINES:,} attribute lines or {MAX_ATTRIBUTE_BYTES // 2**20} MiB of "
-                  f"them in {where}, more than a real file holds (a damaged or hostile file?)",
+            path, f"more than {MAX_ATTRIBUTE_LINES:,} attribute lines (comment and blank lines included) or "
+                  f"{MAX_ATTRIBUTE_BYTES // 2**20} MiB of them in {where}, more than a real file holds (a damaged or hostile file?)",
             sample=sample, line=line_no)
 
 
@@ -1179,6 +1186,9 @@ def _matrix_sample_tables(
     # matrix is never held whole; only the parsed columns accumulate.
     parsed: list[pa.Table] = []
     for rows, rows_first_line in _matrix_row_pieces(first_rows, header_line + 1, pieces):
+        if sum(t.num_rows for t in parsed) > MAX_TABLE_ROWS:
+            raise _format_error(path, f"the data table that begins at line {begin_line} has more than "
+                                      f"{MAX_TABLE_ROWS:,} rows, more than any platform's probes", line=rows_first_line)
         parsed.append(_read_rows(
             rows, rows_first_line, names, path=path,
             column_types={0: pa.string(), **{i: pa.float64() for i in range(1, len(names))}},
