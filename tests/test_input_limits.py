@@ -182,3 +182,12 @@ def test_endless_blank_lines_in_a_soft_entity_are_refused(tmp_path):
     path.write_bytes(gzip.compress(b"^SAMPLE = GSM1\n!Sample_title = x\n" + b"\n" * 300_000))
     with pytest.raises(GeoFormatError, match=r"blank.soft.gz, sample GSM1, line \d+: more than .* attribute lines"):
         _tables(path)
+
+
+def test_a_repeated_probe_in_a_later_sample_of_a_soft_file_is_refused(tmp_path):
+    first = [line.replace("GSM9", "GSM8") for line in SAMPLE_SOFT]
+    second = SAMPLE_SOFT[:8] + ["1007_s_at\t9.5"] + SAMPLE_SOFT[9:]   # 1053_at replaced by a repeat
+    path = _write(tmp_path / "two.soft", first + second)
+    with pytest.raises(GeoFormatError, match=r"two.soft, sample GSM9, line 20: probe 1007_s_at appears twice "
+                                             r"\(first at line 19\)"):
+        _tables(path)

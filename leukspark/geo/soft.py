@@ -586,6 +586,7 @@ class _SoftParser:
         self.platform_lines: dict[str, int] = {}
         self.platform_probe_counts: dict[str, int] = {}
         self.lines_in_entity = self.bytes_in_entity = 0  # lines outside tables since the last ^ line
+        self.unique_probe_ids: list[pa.Array] = []          # probe-id columns already found unique
 
     def records(self) -> Iterator[GeoRecord]:
         try:
@@ -689,7 +690,8 @@ class _SoftParser:
         entity.table_first_line = block_first_line
         if entity.kind == "SAMPLE":
             entity.probe_id, entity.value = _parse_sample_table(
-                block, block_first_line, path=self.path, sample=entity.accession
+                block, block_first_line, path=self.path, sample=entity.accession,
+                known_unique=self.unique_probe_ids,
             )
             entity.n_missing = entity.value.null_count
         else:
@@ -819,7 +821,8 @@ def _find_column(names: list[str], wanted: str) -> int | None:
     return matches[0] if matches else None
 
 
-def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: str):
+def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: str,
+                        known_unique: list | None = None):
     """Parse a SOFT sample table into (probe ids, float64 values)."""
     if _is_blank(block):
         raise _format_error(path, "the data table is empty (no header line)", sample=sample, line=first_line)
@@ -840,7 +843,7 @@ def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: st
     probe_id = _single_chunk(table.column(0))
     value = _nan_to_null(_single_chunk(table.column(1)))
     _check_probe_ids(probe_id, rows, first_line + 1, path=path, sample=sample)
-    refuse_repeated_probes(probe_id, path=path, sample=sample,
+    refuse_repeated_probes(probe_id, path=path, sample=sample, known_unique=known_unique,
                            locate=lambda row: _line_of_row(rows, first_line + 1, row))
 
     def locate(row: int) -> tuple[int, str]:
@@ -978,10 +981,19 @@ def _check_probe_ids(probe_id: pa.Array, rows: bytes, first_line: int, *, path: 
         )
 
 
-def refuse_repeated_probes(probe_id: pa.Array, *, path: Path, sample: str, locate: Callable[[int], int | None]) -> None:
+def refuse_repeated_probes(probe_id: pa.Array, *, path: Path, sample: str, locate: Callable[[int], int | None],
+                           known_unique: list | None = None) -> None:
     """GeoFormatError for the first probe id that appears twice in a table: one (sample, probe)
-    would be stored with two values. ``locate(row)`` gives a row's file line (error path only)."""
+    would be stored with two values. ``locate(row)`` gives a row's file line (error path only).
+
+    ``known_unique`` holds probe-id arrays already found unique: the samples of one platform list
+    the same ids in the same order, and comparing with one (0.2 ms) is ~100x cheaper than hashing.
+    """
+    if known_unique is not None and any(probe_id.equals(known) for known in known_unique):
+        return
     if len(pc.unique(probe_id)) == len(probe_id):
+        if known_unique is not None:
+            known_unique[:] = [probe_id, *known_unique][:4]
         return
     first_row: dict[str, int] = {}
     for row, probe in enumerate(probe_id.to_pylist()):
