@@ -56,10 +56,12 @@ class Pipeline:
     config: dict
     echo: Callable[[str], None] = print
     timings: dict = field(default_factory=dict)
-    # The features this run trains on: {"build": id} of its own features step, or {"fingerprint":
-    # ...} when the step found the stored build current; None before (train then asks for the
-    # fingerprint of its own settings).
+    # The features this run trains on: {"build": id, "fingerprint": ...} of its own features step,
+    # or {"fingerprint": ...} when the step found the stored build current; None before (train then
+    # asks for the fingerprint of its own samples, labels and settings).
     own_features: dict | None = None
+    # How long train waits for another writer's features build that is between its commits.
+    feature_build_wait_s: float = 30.0
 
     # -- steps ----------------------------------------------------------------------------
     def ingest(self, sources: list[str], *, annotation: str | None = None,
@@ -139,7 +141,7 @@ class Pipeline:
                               columns=schemas.FEATURE_BUILDS.fieldNames())
         self._ensure_feature_builds_schema()
         self.lake.append_small("feature_builds", record, schemas.FEATURE_BUILDS, operation=operation)
-        self.own_features = {"build": build_id}
+        self.own_features = {"build": build_id, "fingerprint": fingerprint}
         self.echo(build.summary.text())
         return build.summary
 
@@ -157,27 +159,28 @@ class Pipeline:
         where = f"gene_features at {self.lake.path('gene_features')} (version {vectors_version})"
         build = self.run_log.build_of_vectors(vectors_version)
         if build is None:
-            raise FeaturesReplacedError(
+            raise _BuildInProgress(
                 f"{where} was not recorded by a finished features build (another run is rebuilding the "
                 "features, or a build stopped half-way): run the features step again")
         if build["genes_version"] != genes_version:
-            raise FeaturesReplacedError(
+            raise _BuildInProgress(
                 f"{where} and genes (version {genes_version}) come from different features builds (another "
                 "run rebuilt the features meanwhile): run again")
         own = self.own_features or {"fingerprint": self.fingerprint(("samples", "labels"))}
-        if "build" in own and build["build"] != own["build"] or (
-                "fingerprint" in own and build["fingerprint"] != own["fingerprint"]):
+        # Another build of the same samples, labels and settings holds the same vectors: two runs of
+        # one configuration may rebuild at once and both train.
+        if build["build"] != own.get("build") and build["fingerprint"] != own["fingerprint"]:
             if self.own_features is None:
                 raise FeaturesReplacedError(
                     f"{where} was built with other samples, labels or features settings than this run's "
                     f"(features: {json.dumps(self.config['features'], sort_keys=True)}): run the features step")
             raise FeaturesReplacedError(
-                f"another run rebuilt the features: {where} is build {build['build']}, not this run's "
-                f"{own.get('build') or 'build of fingerprint ' + own['fingerprint']}; run again")
+                f"another run rebuilt the features with other samples, labels or settings: {where} is build "
+                f"{build['build']}, not this run's {own.get('build') or 'build of ' + own['fingerprint']}; run again")
 
     def split(self, *, test_fraction: float | None = None, split_file: str | None = None) -> pd.DataFrame:
         if self.own_features is not None:   # within a run: stop before training on another run's features
-            self.check_feature_build(self.lake.version("gene_features"), self.lake.version("genes"))
+            self._settled_feature_build(lambda: (self.lake.version("gene_features"), self.lake.version("genes"), None))
         cfg = self.config["split"]
         fraction = cfg["test_fraction"] if test_fraction is None else test_fraction
         labels = self.lake.read("labels").select("sample", "label").toPandas()
@@ -260,12 +263,30 @@ class Pipeline:
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
 
+    def _settled_feature_build(self, read: Callable[[], tuple[int, int, object]]):
+        """`read()` -> (vectors version, genes version, what was read), checked by
+        `check_feature_build`; while another writer's build is between its commits, read again
+        (for `feature_build_wait_s` at most) rather than fail a run whose build follows."""
+        deadline = time.monotonic() + self.feature_build_wait_s
+        while True:
+            vectors_version, genes_version, payload = read()
+            try:
+                self.check_feature_build(vectors_version, genes_version)
+                return payload
+            except _BuildInProgress:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
     def _features_to_train_on(self) -> tuple[list[str], tuple[str, ...]]:
         """The gene order and the vectors' files, each read from one version, checked to be one
         finished build and this run's own: the tasks read exactly these files."""
-        vectors_version, files = self.lake.snapshot_files("gene_features")
-        genes_version, genes = self.lake.read_small_versioned("genes")
-        self.check_feature_build(vectors_version, genes_version)
+        def read():
+            vectors_version, files = self.lake.snapshot_files("gene_features")
+            genes_version, genes = self.lake.read_small_versioned("genes")
+            return vectors_version, genes_version, (files, genes)
+
+        files, genes = self._settled_feature_build(read)
         names = genes.sort_values("position")["gene"].tolist()
         self._check_genes_match_vectors(len(names))
         return names, files
@@ -487,6 +508,10 @@ class Pipeline:
             self.timings[name] = time.perf_counter() - began
             self.echo(f"[{index}/{last + 1}] {name} done in {self.timings[name]:.1f} s")
         return outcome
+
+
+class _BuildInProgress(FeaturesReplacedError):
+    """The stored tables are no finished build (yet): another writer may be between its commits."""
 
 
 def new_run_id() -> str:

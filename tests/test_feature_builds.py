@@ -28,7 +28,7 @@ def labelled_lake(spark, tmp_path):
 
 def _pipeline(spark, lake, **features):
     overrides = dict(FAST, **{f"features.{k}": v for k, v in features.items()})
-    return Pipeline(spark, lake, load_config(overrides=overrides), echo=lambda _m: None)
+    return Pipeline(spark, lake, load_config(overrides=overrides), echo=lambda _m: None, feature_build_wait_s=1.0)
 
 
 def test_a_run_whose_features_another_run_rebuilt_fails_and_records_no_success(spark, labelled_lake):

@@ -49,7 +49,8 @@ def test_a_finite_value_beyond_any_array_is_refused_at_ingest_naming_the_sample(
     columns["S2"][3] = value
     matrix = _matrix(tmp_path / "cohort.csv", columns)
     (tmp_path / "staging").mkdir()
-    with pytest.raises(GeoFormatError, match=r"cohort.csv, sample S2: probe GENE3: value .* is larger than any expression array"):
+    with pytest.raises(GeoFormatError,
+                       match=r"cohort.csv, sample S2: probe GENE3: value .* is larger than any expression array"):
         parse_source(matrix, tmp_path / "staging", {}, file_tag="t")
 
 

@@ -782,7 +782,8 @@ def _check_attribute_bounds(lines: int, size: int, path: Path, where: str, line_
     if lines > MAX_ATTRIBUTE_LINES or size > MAX_ATTRIBUTE_BYTES:
         raise _format_error(
             path, f"more than {MAX_ATTRIBUTE_LINES:,} attribute lines (comment and blank lines included) or "
-                  f"{MAX_ATTRIBUTE_BYTES // 2**20} MiB of them in {where}, more than a real file holds (a damaged or hostile file?)",
+                  f"{MAX_ATTRIBUTE_BYTES // 2**20} MiB of them in {where}, more than a real file holds "
+                  "(a damaged or hostile file?)",
             sample=sample, line=line_no)
 
 
