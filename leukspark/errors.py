@@ -125,3 +125,8 @@ def task_os_error(error: BaseException) -> str | None:
     number, text, path = found[-1]
     meaning = _OS_ERROR_MEANING.get(int(number), text)
     return f"a Spark task failed: {path}: {meaning}" if path else f"a Spark task failed: {meaning}"
+
+
+class FeaturesReplacedError(TableError):
+    """The stored gene features are not the build this run made or expects (another run rebuilt
+    them, or a build stopped half-way): the run stops instead of training on them."""

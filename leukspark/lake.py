@@ -205,6 +205,20 @@ class Lake:
             raise TableError(f"table '{table}' does not exist at {self.path(table)}")
         return tuple(self._engine_impl.active_files(self.path(table)))
 
+    def snapshot_files(self, table: str) -> tuple[int, tuple[str, ...]]:
+        """(version, data files of that version), read from one snapshot: what tasks read is known
+        to be exactly that version."""
+        if not self.exists(table):
+            raise TableError(f"table '{table}' does not exist at {self.path(table)}")
+        version, files = self._engine_impl.snapshot_files(self.path(table))
+        return version, tuple(files)
+
+    def read_small_versioned(self, table: str):
+        """(version, the rows of that version as pandas) for a small table, from one snapshot."""
+        if not self.exists(table):
+            raise TableError(f"table '{table}' does not exist at {self.path(table)}")
+        return self._engine_impl.read_small_versioned(self.path(table))
+
     def read_small(self, table: str, columns: list[str] | None = None, filters: list | None = None):
         """A small table (or a filtered slice) as pandas on the driver, as `LakeReader` reads it."""
         if self.engine == "delta-rs":
@@ -544,6 +558,15 @@ class _DeltaRsEngine:
         refuse_deletion_vectors(table, path)
         return list(table.file_uris())
 
+    def snapshot_files(self, path: str) -> tuple[int, list[str]]:
+        table = self._table(path)
+        refuse_deletion_vectors(table, path)
+        return table.version(), list(table.file_uris())
+
+    def read_small_versioned(self, path: str):
+        table = self._table(path)
+        return table.version(), table.to_pyarrow_dataset().to_table().to_pandas()
+
     def version(self, path: str) -> int:
         return self._table(path).version()
 
@@ -685,7 +708,10 @@ class _DeltaRsEngine:
                     f"{read} ({operation})") from exc
             raise TableError(f"commit to Delta table {path} failed: {exc}") from exc
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions if _is_add(a))
-        return CommitInfo(version=self._table(path).version(), operation=operation, rows_written=rows)
+        # Committed without retries: exactly the version after the one planned on (the table's
+        # latest version may already be another writer's).
+        version = 0 if snapshot is None else snapshot.version() + 1
+        return CommitInfo(version=version, operation=operation, rows_written=rows)
 
     def _moved_since(self, path: str, snapshot) -> bool:
         if snapshot is None:
@@ -854,6 +880,24 @@ class _DeltaSparkEngine:
     def version(self, path: str) -> int:
         return int(self._table(path).history(1).collect()[0]["version"])
 
+    def _at(self, path: str, version: int) -> DataFrame:
+        return self.spark.read.format("delta").option("versionAsOf", version).load(path)
+
+    def snapshot_files(self, path: str) -> tuple[int, list[str]]:
+        version = self.version(path)
+        return version, list(self._at(path, version).inputFiles())
+
+    def read_small_versioned(self, path: str):
+        version = self.version(path)
+        return version, self._at(path, version).toPandas()
+
+    def _version_of(self, path: str, operation: str) -> int:
+        """The newest version this operation text committed (delta-spark may have rebased the
+        commit past other writers' ones, so the latest version need not be it)."""
+        rows = self._table(path).history(50).select("version", "userMetadata").collect()
+        own = [int(r["version"]) for r in rows if r["userMetadata"] == operation]
+        return max(own) if own else int(rows[0]["version"])
+
     def history(self, path: str) -> list[dict]:
         rows = self._table(path).history().collect()
         return [{"version": r["version"], "timestamp": r["timestamp"], "operation": r["operation"],
@@ -862,7 +906,7 @@ class _DeltaSparkEngine:
     def _write(self, path: str, df: DataFrame, mode: str, operation: str) -> CommitInfo:
         (df.write.format("delta").mode(mode)
          .option("userMetadata", operation).save(path))
-        return CommitInfo(version=self.version(path), operation=operation, rows_written=None)
+        return CommitInfo(version=self._version_of(path, operation), operation=operation, rows_written=None)
 
     def append(self, path: str, df: DataFrame, operation: str) -> CommitInfo:
         return self._write(path, df, "append", operation)

@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import GeoFormatError, InputError
-from .geo.soft import (MISSING_VALUE_TOKENS, PlatformRecord, SampleRecord, SampleTable, SeriesRecord,
-                       infinite_value_error)
+from .geo.soft import (MAX_LINE_BYTES, MISSING_VALUE_TOKENS, PlatformRecord, SampleRecord, SampleTable,
+                       SeriesRecord, infinite_value_error, line_too_long_error)
 
 GENE_SYMBOL_PLATFORM = "GENE_SYMBOLS"
 
@@ -56,7 +56,8 @@ def read_matrix(path: Path) -> pd.DataFrame:
     """Features x samples, as floats; the index holds probe ids or gene symbols."""
     name = path.name.lower().removesuffix(".gz")
     is_gct = name.endswith(".gct")
-    with _open_text(path) as handle:
+    with _open_text(path) as text:
+        handle = _bounded_lines(text, path)
         try:
             declared = _gct_dimensions(handle, path) if is_gct else None
             header, rows, lines = _read_cells(handle, "\t" if is_gct or name.endswith(".tsv") else ",", path,
@@ -78,6 +79,17 @@ def read_matrix(path: Path) -> pd.DataFrame:
         duplicate = frame.index[frame.index.duplicated()][0]
         raise GeoFormatError(f"{path}: row id {duplicate!r} appears more than once")
     return _to_numbers(frame, path, lines)
+
+
+def _bounded_lines(handle: io.TextIOBase, path: Path) -> Iterator[str]:
+    """The file's lines, each read with a bounded size: a small gzip of one endless line is
+    refused at MAX_LINE_BYTES characters instead of being held whole."""
+    line_no = 0
+    while line := handle.readline(MAX_LINE_BYTES + 1):
+        line_no += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise line_too_long_error(path, line_no)
+        yield line
 
 
 def _read_cells(handle, sep: str, path: Path, first_line: int) -> tuple[list[str], list[list[str]], np.ndarray]:
@@ -122,10 +134,10 @@ def _check_header(header: list[str], path: Path, line: int) -> None:
 
 def _gct_dimensions(handle, path: Path) -> tuple[int, int]:
     """Lines 1 and 2 of a GCT: the '#1.2' version and the declared 'rows<TAB>samples'."""
-    version = handle.readline().strip()
+    version = next(handle, "").strip()
     if not version.startswith("#1.2"):
         raise GeoFormatError(f"{path}: line 1: a GCT file starts with '#1.2'; got {version[:30]!r}")
-    text = handle.readline().strip()
+    text = next(handle, "").strip()
     parts = text.split()
     if len(parts) != 2 or not all(part.isdigit() for part in parts):
         raise GeoFormatError(f"{path}: line 2: the GCT dimension line must be two integers "

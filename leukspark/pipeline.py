@@ -25,8 +25,9 @@ from pyspark.sql import functions as F
 
 from . import __version__, schemas
 from .config import RANGES, config_hash
-from .errors import ConfigError, InputError, LabelError, SplitError, TableError, storage_error
-from .lake import Lake, stored_path
+from .errors import (ConfigError, FeaturesReplacedError, InputError, LabelError, SplitError, TableError,
+                     storage_error)
+from .lake import Lake, stored_path, with_missing_columns
 from .runs import LiveRun, RunLedger, RunLog
 from .stages import features as feature_stage
 from .stages import labels as label_stage
@@ -57,6 +58,12 @@ class Pipeline:
     echo: Callable[[str], None] = print
     timings: dict = field(default_factory=dict)
     groups: pd.Series | None = None   # sample -> group, set by a grouped split step
+    # The features this run trains on: {"build": id, "fingerprint": ...} of its own features step,
+    # or {"fingerprint": ...} when the step found the stored build current; None before (train then
+    # asks for the fingerprint of its own samples, labels and settings).
+    own_features: dict | None = None
+    # How long train waits for another writer's features build that is between its commits.
+    feature_build_wait_s: float = 30.0
 
     # -- steps ----------------------------------------------------------------------------
     def ingest(self, sources: list[str], *, annotation: str | None = None,
@@ -75,7 +82,13 @@ class Pipeline:
             labels, excluded = label_stage.labels_from_table(samples, given)
         else:
             labels, excluded = label_stage.assign_labels(samples, self.config["labels"])
+        labels, excluded = label_stage.exclude_unmeasured(samples, labels, excluded)
         labels, excluded = labels.localCheckpoint(), excluded.localCheckpoint()
+        unmeasured = sorted(r["sample"] for r in excluded.where(F.col("reason") == label_stage.NO_MEASURED_VALUE)
+                            .select("sample").collect())
+        if unmeasured:
+            self.echo(f"excluded {len(unmeasured)} labelled sample(s) with no measured value (every value "
+                      f"missing): {', '.join(unmeasured[:20])}{' ...' if len(unmeasured) > 20 else ''}")
         summary = label_stage.label_summary(labels, excluded)
         if not any(row[1] in ("ALL", "AML") for row in summary):
             raise LabelError("no sample got a label: check labels.rules in the configuration or pass --labels")
@@ -89,8 +102,11 @@ class Pipeline:
     def features(self, *, only_if_changed: bool = False) -> feature_stage.ProbeMapSummary | None:
         fingerprint = self.fingerprint(("samples", "labels"))
         if only_if_changed and self.run_log.features_built_from() == fingerprint:
+            self.own_features = {"fingerprint": fingerprint}
             self.echo("features are up to date with samples, labels and settings: nothing to do")
             return None
+        self.own_features, build_id = None, uuid.uuid4().hex[:12]   # a failed build leaves none of its own
+        operation = f"features {build_id}"
         labels = self.lake.read("labels")
         expression = self.lake.read("expression")
         if not self.lake.exists("platform_probes"):
@@ -109,27 +125,65 @@ class Pipeline:
             # Vectors first: the big commit is the one that can lose to other writers or fail, and
             # then `genes` still describes the vectors that are stored.
             if build.vector_files:
-                self.lake.commit_staged(staged, schemas.GENE_FEATURES, overwrite=True, operation="features")
+                vectors = self.lake.commit_staged(staged, schemas.GENE_FEATURES, overwrite=True, operation=operation)
                 staged = None   # committed: its files are the table's now
             else:  # an aggregate the per-sample form does not make (median), or no vector at all
                 if staged is not None:
                     self.lake.discard_staged(staged)
                     staged = None
-                self.lake.overwrite("gene_features", build.vectors, operation="features")
-            self.lake.overwrite_small("genes", build.genes, schemas.GENES, operation="features")
+                vectors = self.lake.overwrite("gene_features", build.vectors, operation=operation)
+            genes = self.lake.overwrite_small("genes", build.genes, schemas.GENES, operation=operation)
         except BaseException:
             if staged is not None:
                 self.lake.discard_staged(staged)
             raise
         # Recorded last: a build that fails half-way leaves the previous fingerprint, so it is rebuilt.
-        record = pd.DataFrame([(fingerprint, datetime.now(timezone.utc), build.n_samples, build.summary.genes_out)],
+        record = pd.DataFrame([(fingerprint, datetime.now(timezone.utc), build.n_samples, build.summary.genes_out,
+                                build_id, vectors.version, genes.version)],
                               columns=schemas.FEATURE_BUILDS.fieldNames())
-        self.lake.append_small("feature_builds", record, schemas.FEATURE_BUILDS, operation="features")
+        self._ensure_feature_builds_schema()
+        self.lake.append_small("feature_builds", record, schemas.FEATURE_BUILDS, operation=operation)
+        self.own_features = {"build": build_id, "fingerprint": fingerprint}
         self.echo(build.summary.text())
         return build.summary
 
+    def _ensure_feature_builds_schema(self) -> None:
+        """A feature_builds table of an older version gets the build columns (null in its rows), once."""
+        if self.lake.exists("feature_builds") and (set(schemas.FEATURE_BUILDS.fieldNames())
+                                                   - set(self.lake.schema("feature_builds").fieldNames())):
+            self.lake.rewrite("feature_builds", lambda frame: with_missing_columns(frame, schemas.FEATURE_BUILDS),
+                              operation="add feature build columns")
+
+    def check_feature_build(self, vectors_version: int, genes_version: int) -> None:
+        """FeaturesReplacedError unless `gene_features` at `vectors_version` and `genes` at
+        `genes_version` are one finished build, and that build is this run's own (its features
+        step's build, or one of its own samples, labels and features settings)."""
+        where = f"gene_features at {self.lake.path('gene_features')} (version {vectors_version})"
+        build = self.run_log.build_of_vectors(vectors_version)
+        if build is None:
+            raise _BuildInProgress(
+                f"{where} was not recorded by a finished features build (another run is rebuilding the "
+                "features, or a build stopped half-way): run the features step again")
+        if build["genes_version"] != genes_version:
+            raise _BuildInProgress(
+                f"{where} and genes (version {genes_version}) come from different features builds (another "
+                "run rebuilt the features meanwhile): run again")
+        own = self.own_features or {"fingerprint": self.fingerprint(("samples", "labels"))}
+        # Another build of the same samples, labels and settings holds the same vectors: two runs of
+        # one configuration may rebuild at once and both train.
+        if build["build"] != own.get("build") and build["fingerprint"] != own["fingerprint"]:
+            if self.own_features is None:
+                raise FeaturesReplacedError(
+                    f"{where} was built with other samples, labels or features settings than this run's "
+                    f"(features: {json.dumps(self.config['features'], sort_keys=True)}): run the features step")
+            raise FeaturesReplacedError(
+                f"another run rebuilt the features with other samples, labels or settings: {where} is build "
+                f"{build['build']}, not this run's {own.get('build') or 'build of ' + own['fingerprint']}; run again")
+
     def split(self, *, test_fraction: float | None = None, split_file: str | None = None,
               label_file: str | None = None) -> pd.DataFrame:
+        if self.own_features is not None:   # within a run: stop before training on another run's features
+            self._settled_feature_build(lambda: (self.lake.version("gene_features"), self.lake.version("genes"), None))
         split = self.planned_split(test_fraction=test_fraction, split_file=split_file, label_file=label_file)
         self._overwrite_if_changed("splits", split_stage.split_frame(self.spark, split), "split")
         self.echo(split_stage.split_summary(split))
@@ -202,13 +256,12 @@ class Pipeline:
     def _train(self, live: LiveRun, previous_run: str | None) -> TrainingOutcome:
         run_id, started = live.run_id, live.started
         cfg = self.config["training"]
-        genes = [r["gene"] for r in self.lake.read("genes").orderBy("position").collect()]
-        self._check_genes_match_vectors(len(genes))
+        genes, feature_files = self._features_to_train_on()
         splits = self.lake.read("splits").toPandas()
         if splits.empty:
             raise SplitError("the splits table is empty: run the split step first")
         bundle_dir = str(Path(self.lake.path("models")) / run_id)
-        context = self._training_context(run_id, genes, splits, bundle_dir)
+        context = self._training_context(run_id, genes, feature_files, splits, bundle_dir)
         folds = split_stage.n_folds(splits)
         nested = evaluation.needs_nested_folds(cfg)
         choices = self._tune(context, folds, cfg) if cfg["tuning"]["method"] != "none" else None
@@ -250,12 +303,40 @@ class Pipeline:
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
 
-    def _training_context(self, run_id: str, genes: list[str], splits: pd.DataFrame,
-                          bundle_dir: str) -> train_stage.TrainingContext:
+    def _settled_feature_build(self, read: Callable[[], tuple[int, int, object]]):
+        """`read()` -> (vectors version, genes version, what was read), checked by
+        `check_feature_build`; while another writer's build is between its commits, read again
+        (for `feature_build_wait_s` at most) rather than fail a run whose build follows."""
+        deadline = time.monotonic() + self.feature_build_wait_s
+        while True:
+            vectors_version, genes_version, payload = read()
+            try:
+                self.check_feature_build(vectors_version, genes_version)
+                return payload
+            except _BuildInProgress:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _features_to_train_on(self) -> tuple[list[str], tuple[str, ...]]:
+        """The gene order and the vectors' files, each read from one version, checked to be one
+        finished build and this run's own: the tasks read exactly these files."""
+        def read():
+            vectors_version, files = self.lake.snapshot_files("gene_features")
+            genes_version, genes = self.lake.read_small_versioned("genes")
+            return vectors_version, genes_version, (files, genes)
+
+        files, genes = self._settled_feature_build(read)
+        names = genes.sort_values("position")["gene"].tolist()
+        self._check_genes_match_vectors(len(names))
+        return names, files
+
+    def _training_context(self, run_id: str, genes: list[str], feature_files: tuple[str, ...],
+                          splits: pd.DataFrame, bundle_dir: str) -> train_stage.TrainingContext:
         cfg = self.config["training"]
         return train_stage.TrainingContext(
             run_id=run_id,
-            feature_files=self.lake.active_files("gene_features"),
+            feature_files=feature_files,
             gene_order=tuple(genes),
             assignments=train_stage.split_assignments(splits),
             seed=cfg["seed"], scaler=cfg["scaler"], bundle_root=bundle_dir,
@@ -481,6 +562,10 @@ class Pipeline:
                 # The label counts are known now: a split they cannot make fails before features write.
                 self.planned_split(test_fraction=test_fraction, split_file=split_file, label_file=label_file)
         return outcome
+
+
+class _BuildInProgress(FeaturesReplacedError):
+    """The stored tables are no finished build (yet): another writer may be between its commits."""
 
 
 def new_run_id() -> str:

@@ -117,12 +117,27 @@ class RunLog:
         return own
 
     # -- the features the runs train on ----------------------------------------------------
-    def features_built_from(self) -> str | None:
-        """The fingerprint (samples, labels, features settings) the stored gene features were built from."""
+    def build_of_vectors(self, vectors_version: int) -> dict | None:
+        """The `feature_builds` row of the build whose commit made `gene_features` version
+        `vectors_version`; None when no finished build did (one stopped after its vectors, or a
+        row of an older version without the build columns)."""
         if not self.lake.exists("feature_builds"):
             return None
         builds = self.lake.read_small("feature_builds")
-        return None if builds.empty else str(builds.sort_values("built_at").iloc[-1]["fingerprint"])
+        if "vectors_version" not in builds.columns:
+            return None
+        matching = builds[builds["vectors_version"] == vectors_version]
+        return None if matching.empty else _plain(matching.iloc[-1].to_dict())
+
+    def features_built_from(self) -> str | None:
+        """The fingerprint (samples, labels, features settings) of the build that the stored
+        `gene_features` and `genes` are; None when they are not one finished build's."""
+        if not (self.lake.exists("gene_features") and self.lake.exists("genes")):
+            return None
+        build = self.build_of_vectors(self.lake.version("gene_features"))
+        if build is None or build["genes_version"] != self.lake.version("genes"):
+            return None
+        return str(build["fingerprint"])
 
 
 @dataclass

@@ -150,6 +150,12 @@ FEATURE_BUILDS = _schema(   # one row per features build: what `gene_features` w
     ("built_at", TimestampType(), True),
     ("n_samples", LongType(), True),
     ("n_genes", LongType(), True),
+    # The build's id and the versions of gene_features and genes its commits made: a reader of
+    # those versions knows which build (settings, samples) it reads; an append to a build would
+    # record its new versions under the same id. Null in rows of older versions.
+    ("build", StringType(), True),
+    ("vectors_version", LongType(), True),
+    ("genes_version", LongType(), True),
 )
 
 RUNS = _schema(

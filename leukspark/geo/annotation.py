@@ -24,7 +24,7 @@ from leukspark.errors import GeoFormatError
 from leukspark.geo.soft import (
     PlatformRecord,
     SampleTable,
-    decompressed_chunks,
+    bounded_text,
     require_file,
     detect_format,
     iter_geo_records,
@@ -32,6 +32,9 @@ from leukspark.geo.soft import (
 
 __all__ = ["ANNOTATION_SCHEMA", "annotation_from_platform_table", "annotation_platform_name",
            "read_platform_annotation"]
+
+# A CSV/TSV annotation is read whole: GPL570's with GO columns is ~80 MB of text.
+MAX_ANNOTATION_BYTES = 1024 * 1024 * 1024
 
 ANNOTATION_SCHEMA = pa.schema(
     [
@@ -142,7 +145,7 @@ def _read_csv_annotation(path: Path, platform: str | None) -> pa.Table:
         raise GeoFormatError(
             f"{path}: a CSV/TSV annotation does not say its platform; pass platform= (e.g. 'GPL570')"
         )
-    text = b"".join(decompressed_chunks(path))  # annotation files are small (a few MB)
+    text = bounded_text(path, MAX_ANNOTATION_BYTES, "a platform annotation")  # a few MB; 80 MB for GPL570 with GO
     header = text[: text.find(b"\n")] if b"\n" in text else text
     parse_options = pacsv.ParseOptions(delimiter="\t" if b"\t" in header else ",")
     try:

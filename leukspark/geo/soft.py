@@ -20,6 +20,7 @@ names the file and, where it applies, the sample and the 1-based line number.
 
 from __future__ import annotations
 
+import codecs
 import re
 import threading
 import zlib
@@ -67,6 +68,19 @@ _COMPRESSED_READ_BYTES = 1024 * 1024
 _SNIFF_BYTES = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _NEWLINE = ord("\n")
+# What a legitimate file can hold, so that a small gzip of one endless line (or of endless
+# metadata) is refused instead of filling memory. The longest real lines are series-matrix
+# !Sample_ rows: 2,096 samples x ~100 characters is 0.2 MB; a data row is far shorter.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+# Attribute lines of one SOFT entity, or header lines of a series matrix: a sample has dozens,
+# a family SOFT's series one per sample (2,096 for GSE13159).
+MAX_ATTRIBUTE_LINES = 200_000
+MAX_ATTRIBUTE_BYTES = 256 * 1024 * 1024
+# One SOFT sample or platform table's text (a GPL570 sample table is ~1.5 MB, its platform
+# table with GO columns ~100 MB).
+MAX_TABLE_BYTES = 1024 * 1024 * 1024
+# Rows of a series matrix table (GPL570 has 54,675 probes; the largest tiling arrays ~6.5 M).
+MAX_TABLE_ROWS = 10_000_000
 
 
 # --------------------------------------------------------------------------- records
@@ -172,11 +186,35 @@ def decompressed_chunks(path: Path, chunk_bytes: int = _CHUNK_BYTES) -> Iterator
     with handle:
         if handle.read(2) == _GZIP_MAGIC:
             handle.seek(0)
-            yield from _gunzip_chunks(handle, path, chunk_bytes)
+            yield from _utf8_chunks(_gunzip_chunks(handle, path, chunk_bytes), path)
         else:
             handle.seek(0)
-            while chunk := handle.read(chunk_bytes):
-                yield chunk
+            yield from _utf8_chunks(iter(lambda: handle.read(chunk_bytes), b""), path)
+
+
+def _utf8_chunks(chunks: Iterator[bytes], path: Path) -> Iterator[bytes]:
+    """The text as UTF-8 bytes: a UTF-8 byte-order mark is dropped, UTF-16 with one (Excel's
+    "Unicode text") is transcoded chunk by chunk; anything else passes through untouched."""
+    first = next(chunks, b"")
+    while len(first) < 3 and (more := next(chunks, b"")):
+        first += more
+    if first.startswith(codecs.BOM_UTF8):
+        yield first[len(codecs.BOM_UTF8):]
+        yield from chunks
+        return
+    if not first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        if first:
+            yield first
+        yield from chunks
+        return
+    decoder = codecs.getincrementaldecoder("utf-16")()  # reads the mark, then decodes in that order
+    try:
+        yield decoder.decode(first).encode("utf-8")
+        for chunk in chunks:
+            yield decoder.decode(chunk).encode("utf-8")
+        yield decoder.decode(b"", final=True).encode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _format_error(path, f"not valid UTF-16 text after its byte-order mark ({error.reason})") from None
 
 
 def _gunzip_chunks(handle, path: Path, chunk_bytes: int) -> Iterator[bytes]:
@@ -276,24 +314,56 @@ def _prefetched(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
         producer.join()
 
 
-def _line_aligned(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, int]]:
+class LineTooLong(Exception):
+    """Raised by `_line_aligned` inside the byte stream; readers turn it into a GeoFormatError
+    naming the file and the line (the line after the last one they consumed)."""
+
+
+def line_too_long_error(path, line: int | None, limit: int = MAX_LINE_BYTES) -> GeoFormatError:
+    return _format_error(path, f"the line is longer than {limit // (1024 * 1024)} MiB, more than any table "
+                               "or header line of a real file holds (a damaged or hostile file?)", line=line)
+
+
+def _line_aligned(chunks: Iterator[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, int]]:
     """Yield ``(data, end)`` where ``data[:end]`` holds whole lines only.
 
     The bytes after ``end`` (a partial last line) are carried into the next
     chunk; the file's last line gets a newline if it lacks one. Returning the
-    cut position rather than ``data[:end]`` saves copying every chunk.
+    cut position rather than ``data[:end]`` saves copying every chunk. A partial
+    line that grows past ``max_line`` raises LineTooLong, so memory stays bounded.
     """
     carry = b""
     for chunk in chunks:
         data = carry + chunk if carry else chunk
         end = data.rfind(b"\n") + 1
         if end == 0:
+            if len(data) > max_line:
+                raise LineTooLong()
             carry = data
             continue
         carry = data[end:]
+        if len(carry) > max_line:
+            raise LineTooLong()
         yield data, end
     if carry:
         yield carry + b"\n", len(carry) + 1
+
+
+def bounded_text(path: Path, max_bytes: int, what: str) -> bytes:
+    """The whole decompressed text of a file read at once (an annotation table), its lines
+    bounded like every reader's and its size by ``max_bytes``."""
+    parts, size, lines = [], 0, 0
+    try:
+        for data, end in _line_aligned(decompressed_chunks(path)):
+            size += end
+            if size > max_bytes:
+                raise _format_error(path, f"more than {max_bytes // 2**20} MiB of text, more than {what} holds",
+                                    line=lines + 1)
+            parts.append(data[:end])
+            lines += _count_newlines(parts[-1])
+    except LineTooLong:
+        raise line_too_long_error(path, lines + 1) from None
+    return b"".join(parts)
 
 
 def _count_newlines(data: bytes) -> int:
@@ -324,7 +394,10 @@ class _LineReader:
     def _fill(self) -> bool:
         """Make unread bytes available; False at end of file."""
         while self._pos >= self._end:
-            chunk = next(self._chunks, None)
+            try:
+                chunk = next(self._chunks, None)
+            except LineTooLong:  # every line before it was consumed: it is the next one
+                raise line_too_long_error(self.path, self.line_no + 1) from None
             if chunk is None:
                 return False
             (self._buf, self._end), self._pos = chunk, 0
@@ -512,6 +585,8 @@ class _SoftParser:
         self.sample_lines: dict[str, int] = {}  # GSM -> line of its ^SAMPLE
         self.platform_lines: dict[str, int] = {}
         self.platform_probe_counts: dict[str, int] = {}
+        self.lines_in_entity = self.bytes_in_entity = 0  # lines outside tables since the last ^ line
+        self.unique_probe_ids: list[pa.Array] = []          # probe-id columns already found unique
 
     def records(self) -> Iterator[GeoRecord]:
         try:
@@ -526,7 +601,10 @@ class _SoftParser:
                 if (record := self._finish_entity()) is not None:
                     yield record
                 self.entity = self._start_entity(line, reader.line_no)
-            elif line.startswith("!"):
+                self.lines_in_entity = self.bytes_in_entity = 0
+                continue
+            self._count_line(line, reader.line_no)
+            if line.startswith("!"):
                 self._metadata_line(line, reader.line_no)
             elif line.startswith("#") or not line.strip():
                 continue  # column descriptions and blank lines carry no data we use
@@ -583,6 +661,14 @@ class _SoftParser:
         key, value = _split_soft_attribute(line)
         self.entity.attributes.setdefault(key, []).append(value)
 
+    def _count_line(self, line: str, line_no: int) -> None:
+        """Attribute, comment and blank lines of one entity are bounded (time and memory)."""
+        self.lines_in_entity += 1
+        self.bytes_in_entity += len(line)
+        where = f"{self.entity.kind.lower()} {self.entity.accession}" if self.entity else "the file's first lines"
+        _check_attribute_bounds(self.lines_in_entity, self.bytes_in_entity, self.path, where, line_no,
+                                sample=self._current_sample())
+
     def _read_table(self, begin_line: str, line_no: int) -> None:
         entity = self.entity
         if entity is None or entity.kind not in ("SAMPLE", "PLATFORM", "ANNOTATION"):
@@ -600,11 +686,12 @@ class _SoftParser:
             for _ in pieces:  # up to its end marker, checked on the way
                 pass
             return
-        block, block_first_line = _join_pieces(pieces, line_no + 1)
+        block, block_first_line = _join_pieces(pieces, line_no + 1, path=self.path, sample=sample)
         entity.table_first_line = block_first_line
         if entity.kind == "SAMPLE":
             entity.probe_id, entity.value = _parse_sample_table(
-                block, block_first_line, path=self.path, sample=entity.accession
+                block, block_first_line, path=self.path, sample=entity.accession,
+                known_unique=self.unique_probe_ids,
             )
             entity.n_missing = entity.value.null_count
         else:
@@ -690,9 +777,28 @@ def _split_soft_attribute(line: str) -> tuple[str, str]:
     return key, value.strip()
 
 
-def _join_pieces(pieces: Iterator[tuple[bytes, int]], default_first_line: int) -> tuple[bytes, int]:
-    """Concatenate a table's pieces; a sample table is small (about 1 MB)."""
-    parts = list(pieces)
+def _check_attribute_bounds(lines: int, size: int, path: Path, where: str, line_no: int, *,
+                            sample: str | None = None) -> None:
+    if lines > MAX_ATTRIBUTE_LINES or size > MAX_ATTRIBUTE_BYTES:
+        raise _format_error(
+            path, f"more than {MAX_ATTRIBUTE_LINES:,} attribute lines (comment and blank lines included) or "
+                  f"{MAX_ATTRIBUTE_BYTES // 2**20} MiB of them in {where}, more than a real file holds "
+                  "(a damaged or hostile file?)",
+            sample=sample, line=line_no)
+
+
+def _join_pieces(pieces: Iterator[tuple[bytes, int]], default_first_line: int, *, path: Path,
+                 sample: str | None) -> tuple[bytes, int]:
+    """Concatenate a table's pieces; a sample table is small (about 1 MB), and one beyond
+    MAX_TABLE_BYTES is refused before it is held."""
+    parts, size = [], 0
+    for part, first_line in pieces:
+        size += len(part)
+        if size > MAX_TABLE_BYTES:
+            raise _format_error(path, f"the table that begins at line {default_first_line - 1} is longer than "
+                                      f"{MAX_TABLE_BYTES // 2**20} MiB, more than a real table holds",
+                                sample=sample, line=first_line)
+        parts.append((part, first_line))
     if not parts:
         return b"", default_first_line
     return b"".join(part for part, _ in parts), parts[0][1]
@@ -716,7 +822,8 @@ def _find_column(names: list[str], wanted: str) -> int | None:
     return matches[0] if matches else None
 
 
-def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: str):
+def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: str,
+                        known_unique: list | None = None):
     """Parse a SOFT sample table into (probe ids, float64 values)."""
     if _is_blank(block):
         raise _format_error(path, "the data table is empty (no header line)", sample=sample, line=first_line)
@@ -737,6 +844,8 @@ def _parse_sample_table(block: bytes, first_line: int, *, path: Path, sample: st
     probe_id = _single_chunk(table.column(0))
     value = _nan_to_null(_single_chunk(table.column(1)))
     _check_probe_ids(probe_id, rows, first_line + 1, path=path, sample=sample)
+    refuse_repeated_probes(probe_id, path=path, sample=sample, known_unique=known_unique,
+                           locate=lambda row: _line_of_row(rows, first_line + 1, row))
 
     def locate(row: int) -> tuple[int, str]:
         line = _line_of_row(rows, first_line + 1, row)
@@ -873,6 +982,29 @@ def _check_probe_ids(probe_id: pa.Array, rows: bytes, first_line: int, *, path: 
         )
 
 
+def refuse_repeated_probes(probe_id: pa.Array, *, path: Path, sample: str, locate: Callable[[int], int | None],
+                           known_unique: list | None = None) -> None:
+    """GeoFormatError for the first probe id that appears twice in a table: one (sample, probe)
+    would be stored with two values. ``locate(row)`` gives a row's file line (error path only).
+
+    ``known_unique`` holds probe-id arrays already found unique: the samples of one platform list
+    the same ids in the same order, and comparing with one (0.2 ms) is ~100x cheaper than hashing.
+    """
+    if known_unique is not None and any(probe_id.equals(known) for known in known_unique):
+        return
+    if len(pc.unique(probe_id)) == len(probe_id):
+        if known_unique is not None:
+            known_unique[:] = [probe_id, *known_unique][:4]
+        return
+    first_row: dict[str, int] = {}
+    for row, probe in enumerate(probe_id.to_pylist()):
+        if probe in first_row:
+            raise _format_error(
+                path, f"probe {probe} appears twice (first at line {locate(first_row[probe])}): the sample would "
+                      "get two values for it; keep one row per probe", sample=sample, line=locate(row))
+        first_row[probe] = row
+
+
 def _refuse_infinite(values: pa.Array, probe_id: pa.Array, *, path: Path, sample: str, locate) -> None:
     """Raise for the first value that parsed as +-infinity; ``locate(row)`` gives its (line, cell text)."""
     infinite = pc.is_inf(values)
@@ -1000,8 +1132,11 @@ def _iter_series_matrix(path: Path) -> Iterator[GeoRecord]:
 def _series_matrix_records(reader: _LineReader, path: Path) -> Iterator[GeoRecord]:
     series_attributes: dict[str, list[str]] = {}
     sample_rows: dict[str, list[tuple[int, list[str]]]] = {}
+    header_lines = header_bytes = 0
     while (line := reader.next_line()) is not None:
         line_no = reader.line_no
+        header_lines, header_bytes = header_lines + 1, header_bytes + len(line)
+        _check_attribute_bounds(header_lines, header_bytes, path, "the header before the data table", line_no)
         if not line.strip():
             continue
         if line.lower().startswith("!series_matrix_table_begin"):
@@ -1064,6 +1199,9 @@ def _matrix_sample_tables(
     # matrix is never held whole; only the parsed columns accumulate.
     parsed: list[pa.Table] = []
     for rows, rows_first_line in _matrix_row_pieces(first_rows, header_line + 1, pieces):
+        if sum(t.num_rows for t in parsed) > MAX_TABLE_ROWS:
+            raise _format_error(path, f"the data table that begins at line {begin_line} has more than "
+                                      f"{MAX_TABLE_ROWS:,} rows, more than any platform's probes", line=rows_first_line)
         parsed.append(_read_rows(
             rows, rows_first_line, names, path=path,
             column_types={0: pa.string(), **{i: pa.float64() for i in range(1, len(names))}},
@@ -1072,6 +1210,9 @@ def _matrix_sample_tables(
         ))
     table = pa.concat_tables(parsed) if parsed else None
     probe_id = _single_chunk(table.column(0)) if table is not None else pa.array([], pa.string())
+    others = f" (and the {len(sample_ids) - 1} other samples of the table)" if len(sample_ids) > 1 else ""
+    refuse_repeated_probes(probe_id, path=path, sample=f"{sample_ids[0] if sample_ids else '-'}{others}",
+                           locate=lambda row: _find_matrix_cell(path, header_line, row, 0)[0])
     for column, gsm in enumerate(sample_ids, start=1):
         attributes = _matrix_sample_attributes(sample_rows, column - 1)
         sample = _sample_record(gsm, attributes, series.accession, path)

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 MATRIX_SUFFIXES = (".csv", ".tsv", ".gct", ".csv.gz", ".tsv.gz", ".gct.gz")
 SAMPLES_PER_FILE = 48  # ~2.6 M rows, ~40 MB: a good Parquet file and Spark task size
+# No expression array measures beyond this (16-bit scanners top out at 65,535; RNA-seq counts
+# at ~1e8): a larger finite value (1.7e308) would overflow to infinity when probes are averaged
+# or features standardised, so it is refused where it enters.
+MAX_ABS_VALUE = 1e15
 ACCESSION_LIKE = re.compile(r"^(GSE|GSM|GPL|GDS)\w*$", re.IGNORECASE)
 
 
@@ -138,6 +142,7 @@ def read_source(path: Path, staging_dir: Path, stored_checksums: dict[str, str],
                 if sample.accession in seen:
                     raise GeoFormatError(f"{path}: sample {sample.accession} appears twice")
                 seen.add(sample.accession)
+                _refuse_huge_values(record, path)
                 series = sample.series or current_series or _series_from_filename(path)
                 row = _sample_row(record, series, path)
                 if stored_checksums.get(row["sample"]) != row["values_checksum"]:
@@ -300,6 +305,18 @@ def values_checksum(probe_ids, values) -> str:
             digest.update(memoryview(buffer))
     digest.update(np.ascontiguousarray(numbers).tobytes())
     return digest.hexdigest()[:32]
+
+
+def _refuse_huge_values(record, path: Path) -> None:
+    """GeoFormatError naming the file, sample, probe and value when a value is beyond MAX_ABS_VALUE."""
+    huge = pc.greater(pc.abs(record.value), MAX_ABS_VALUE)
+    if not pc.any(huge).as_py():
+        return
+    row = int(np.flatnonzero(pc.fill_null(huge, False).to_numpy(zero_copy_only=False))[0])
+    raise GeoFormatError(
+        f"{path}, sample {record.sample.accession}: probe {record.probe_id[row].as_py()}: value "
+        f"{record.value[row].as_py()!r} is larger than any expression array measures (|value| above "
+        f"{MAX_ABS_VALUE:g}): fix or blank it")
 
 
 def _sample_row(record, series: str, path: Path) -> dict:

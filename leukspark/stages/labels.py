@@ -19,6 +19,8 @@ from ..matrix import text_encoding
 CHARACTERISTIC_PREFIX = "characteristics."
 PLAIN_FIELDS = {"title", "source", "series", "platform"}
 LABEL_VALUES = ("ALL", "AML")
+# A label file has one short line per sample: 100,000 samples fit in a few MB.
+MAX_LABEL_FILE_BYTES = 64 * 1024 * 1024
 
 
 def field_column(field: str) -> Column:
@@ -93,6 +95,9 @@ def _label_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: label file does not exist")
+    if (size := path.stat().st_size) > MAX_LABEL_FILE_BYTES:
+        raise LabelError(f"{path}: {size:,} bytes, larger than any label table ({MAX_LABEL_FILE_BYTES // 2**20} MiB "
+                         "holds millions of samples): is it the expression matrix?")
     with open(path, "rb") as handle:
         data = handle.read()
     try:
@@ -115,6 +120,19 @@ def check_label_samples(samples: DataFrame, given: DataFrame, path: str | Path, 
     if strict:
         raise LabelError(f"{message} (labels.strict is true)")
     return f"{message}; ignored (set labels.strict: true to fail instead)"
+
+
+NO_MEASURED_VALUE = "no measured value: every value of the sample is missing"
+
+
+def exclude_unmeasured(samples: DataFrame, labels: DataFrame, excluded: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Labelled samples without a single measured value move to `excluded` (with that reason):
+    training would see only the means it imputes, and count a call on them; predict refuses them."""
+    unmeasured = samples.where(F.col("n_values").isNotNull()
+                               & (F.col("n_values") - F.coalesce(F.col("n_missing"), F.lit(0)) <= 0)).select("sample")
+    moved = labels.join(unmeasured, "sample").select("sample", "subtype", F.lit(NO_MEASURED_VALUE).alias("reason"))
+    return (labels.join(unmeasured, "sample", "left_anti"),
+            excluded.select("sample", "subtype", "reason").unionByName(moved))
 
 
 def labels_from_table(samples: DataFrame, given: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -155,6 +173,14 @@ def _read_label_table(path: Path, text: str) -> list[tuple]:
     lines = text.splitlines()
     dialect = "excel-tab" if "\t" in lines[0] else "excel"
     reader = csv.DictReader(lines, dialect=dialect)
+    try:
+        return _label_table_rows(path, reader)
+    except csv.Error as error:  # a cell beyond csv's field limit, a NUL byte
+        raise LabelError(f"{path}: line {reader.line_num}: not a readable label table: {error}") from None
+
+
+def _label_table_rows(path: Path, reader: csv.DictReader) -> list[tuple]:
+    """(sample, label, subtype, rule) rows read from a label table's `reader`."""
     fields = {name.lower().strip(): name for name in (reader.fieldnames or [])}
     if "sample" not in fields or "label" not in fields:
         raise LabelError(f"{path}: a label file needs columns 'sample' and 'label'; found {reader.fieldnames}")
