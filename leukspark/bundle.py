@@ -500,7 +500,8 @@ def _check_extra(extra: Mapping[str, Any]) -> None:
     for key in ("transform", "aggregate", "multi_gene", "normalize"):
         _require(isinstance(features.get(key, ""), str), f"extra.features.{key} must be text")
     floor = features.get("log_floor", 20.0)
-    _require(_is_number(floor) and floor > 0, "extra.features.log_floor must be a positive number")
+    _require(floor in ("auto", "none") or (_is_number(floor) and floor > 0),
+             "extra.features.log_floor must be a positive number, auto or none")
     for key in ("model_scales", "platforms"):
         names = inputs.get(key)
         _require(names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)),
