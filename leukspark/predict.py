@@ -193,13 +193,13 @@ def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy:
     * input_range: bundles without a novelty model only: the older shift/spread check on the
       values before normalisation.
     """
-    from .input_check import novelty_message, novelty_scores, out_of_range
+    from .input_check import novelty_inputs, novelty_message, novelty_scores, out_of_range
     from .reference import LINEAGE_PROGRAMS, dominant_lineage, lineage_scores, unseen_lineages
 
     reference, inputs = bundle.input_reference, bundle.training_inputs
     threshold = (inputs.get("novelty") or {}).get("threshold")
     has_novelty = reference is not None and "novelty_components" in reference
-    novelty = novelty_scores(reference, bundle.preprocessor.transform(rows)) if has_novelty else None
+    novelty = novelty_scores(reference, novelty_inputs(bundle.preprocessor, rows)) if has_novelty else None
     programs = lineage_scores(rows, bundle.gene_order)
     coverage = inputs.get("lineage_coverage")
     for i, result in enumerate(results):

@@ -219,3 +219,82 @@ def test_old_bundles_without_the_new_checks_still_load_and_flag_by_range(tmp_pat
     scored = score_matrix(bundle, ["in", "shifted"], np.vstack([X[0], X[1] + 50.0]))
     assert scored[0].flags == [] and scored[1].flags == ["input_range"]
     assert scored[1].novelty is None and scored[1].lineage is None and "flags" in scored[1].record()
+
+
+def _lineage_bundle(tmp_path, seed=6):
+    """A bundle trained on B-ALL-like (B markers high) and AML-like (myeloid markers high) samples, with
+    the training checks saved as the training stage saves them."""
+    from leukspark.bundle import load_bundle, save_bundle
+    from leukspark.input_check import fit_reference, fit_training_checks
+    from leukspark.models import fit_and_predict, get_model
+    from leukspark.models.base import Preprocessor
+    from leukspark.reference import LINEAGE_MARKERS
+
+    rng = np.random.default_rng(seed)
+    markers = {lineage: [g for g, lin, _ in LINEAGE_MARKERS if lin == lineage]
+               for lineage in ("B-lymphoid", "T-lymphoid", "myeloid")}
+    genes = [g for lin in markers.values() for g in lin] + [f"G{i}" for i in range(120)]
+    column = {g: i for i, g in enumerate(genes)}
+
+    def samples(n, high):
+        X = rng.normal(6.0, 1.0, size=(n, len(genes)))
+        for gene in markers[high]:
+            X[:, column[gene]] += 5.0
+        return X
+
+    X = np.vstack([samples(30, "B-lymphoid"), samples(30, "myeloid")])
+    y = np.repeat([0, 1], 30)
+    result = fit_and_predict("logistic_regression", {}, X, y, X, seed=1)
+    reference, ranges = fit_reference(X)
+    novelty, checks = fit_training_checks(X, y, np.arange(60) % 5, result.preprocessor, lambda: Preprocessor(),
+                                          genes, 0.05)
+    directory = save_bundle(tmp_path / "lr", model_name="logistic_regression", spec=get_model("logistic_regression"),
+                            model=result.model, preprocessor=result.preprocessor, gene_order=genes,
+                            params=result.params, run_id="r",
+                            extra={"training_inputs": {"input_check": ranges, **checks}},
+                            input_reference={**reference, **novelty})
+    return load_bundle(directory), samples
+
+
+def test_a_t_lineage_sample_is_flagged_and_withheld_on_request(tmp_path):
+    from leukspark.predict import ScoringPolicy, score_matrix
+
+    bundle, samples = _lineage_bundle(tmp_path)
+    coverage = bundle.training_inputs["lineage_coverage"]
+    assert coverage["ALL"]["B-lymphoid"] == 1.0 and coverage["AML"]["myeloid"] == 1.0
+    assert coverage["ALL"]["T-lymphoid"] < 0.1 and coverage["AML"]["T-lymphoid"] < 0.1
+    rows = np.vstack([samples(1, "B-lymphoid"), samples(1, "T-lymphoid")])
+    scored = score_matrix(bundle, ["b", "t"], rows)
+    assert scored[0].flags == [] and scored[0].dominant_lineage == "B-lymphoid" and scored[0].prediction == "ALL"
+    assert "unseen_lineage:T-lymphoid" in scored[1].flags and scored[1].dominant_lineage == "T-lymphoid"
+    assert scored[1].prediction in ("ALL", "AML") and "never learned this lineage" in scored[1].warning
+    record = scored[1].record()
+    assert record["lineage_scores"]["T-lymphoid"] > 0.15 and "unseen_lineage:T-lymphoid" in record["flags"]
+    assert record["novelty"] == pytest.approx(scored[1].novelty, abs=1e-4)
+    withheld = score_matrix(bundle, ["b", "t"], rows, ScoringPolicy(abstain_on_unseen_lineage=True))
+    assert [s.prediction for s in withheld] == [scored[0].prediction, "unclassified"]
+    columns = scored[1].flag_columns()
+    assert columns["lineage_t"] == pytest.approx(scored[1].lineage["T-lymphoid"])
+    assert columns["flags"].split(",") == scored[1].flags
+
+
+def test_older_prediction_tables_get_the_new_columns(spark, lake):
+    from pyspark.sql.types import StructType
+
+    from leukspark import schemas
+
+    new = [name for name, _, _ in schemas.SCORING_FLAGS]
+    old_schema = StructType([f for f in schemas.SCORED_SAMPLES.fields if f.name not in new])
+    lake.append("scored_samples", spark.createDataFrame(
+        [(None, "r", "m", "S1", "file", 0.9, "AML", 0, None, "log2", None)], old_schema))
+    schemas.ensure_columns(lake, "scored_samples", schemas.SCORED_SAMPLES)
+    assert lake.schema("scored_samples").fieldNames() == schemas.SCORED_SAMPLES.fieldNames()
+    row = lake.read("scored_samples").collect()[0]
+    assert row["sample"] == "S1" and row["probability_AML"] == 0.9 and row["flags"] is None
+    version = lake.version("scored_samples")
+    schemas.ensure_columns(lake, "scored_samples", schemas.SCORED_SAMPLES)  # already there: no commit
+    assert lake.version("scored_samples") == version
+    lake.append("scored_samples", spark.createDataFrame(
+        [(None, "r", "m", "S2", "file", 0.1, "ALL", 0, None, "log2", None, "novelty", 3.2, 0.3, -0.1, -0.1,
+          "B-lymphoid")], schemas.SCORED_SAMPLES))
+    assert lake.read("scored_samples").count() == 2

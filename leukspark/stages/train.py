@@ -270,7 +270,10 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
     info_row = pd.DataFrame({"run": [context.run_id], "model": [task["model"]], "fold": [task["fold"]],
                              "sample": [INFO_SAMPLE], "probability_AML": [np.nan], "predicted": [None],
                              "truth": [None], "fit_seconds": [result.fit_seconds], "info": [json.dumps(info)]})
-    return pd.concat([rows, info_row], ignore_index=True)
+    out = pd.concat([rows, info_row], ignore_index=True)
+    for column in ("flags", "dominant_lineage"):  # text or None: an all-NaN float column is no string for Arrow
+        out[column] = out[column].astype(object).where(out[column].notna(), None)
+    return out
 
 
 def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarray, preprocessor,
@@ -292,7 +295,7 @@ def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarr
 def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, checks: dict | None) -> dict:
     """The scoring-check columns of evaluated rows: lineage program scores always; for the final
     fit's test rows also the novelty score and the flags its bundle would give them."""
-    from ..input_check import novelty_scores
+    from ..input_check import novelty_inputs, novelty_scores
     from ..reference import dominant_lineage, lineage_scores, unseen_lineages
 
     programs = lineage_scores(rows, gene_order)
@@ -302,7 +305,7 @@ def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | No
                "dominant_lineage": [dominant_lineage(row) for row in programs]}
     if novelty is None or n == 0:
         return columns
-    scores = novelty_scores(novelty, preprocessor.transform(rows))
+    scores = novelty_scores(novelty, novelty_inputs(preprocessor, rows))
     threshold = checks["novelty"]["threshold"]
     for i in range(n):
         flags = (["novelty"] if threshold is not None and scores[i] > threshold else []) + [
