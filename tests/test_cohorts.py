@@ -262,10 +262,13 @@ def test_samples_unlike_the_training_data_are_flagged(linear_run, cohort, tmp_pa
     assert all("novelty" in scored[s].flags and "unlike the training samples" in scored[s].warning
                for s in scrambled)
     assert all(scored[s].probability_AML is not None for s in scrambled)
-    labelled = set(cohort["label_frame"]["sample"]) - set(odd) - set(scrambled)
-    flagged = [s for s in labelled if "novelty" in scored[s].flags]
-    # The threshold flags about predict.flag_rate (5 %) of samples like the training ones.
-    assert len(flagged) <= 0.15 * len(labelled), [scored[s].warning for s in flagged]
+    # New samples like the training ones (the held-out set) are flagged at about predict.flag_rate (5 %).
+    # Training samples are not: their in-sample principal-component scores are inflated (p >> n), which
+    # is why the threshold comes from out-of-fold scores.
+    splits = linear_run["lake"].read("splits").toPandas()
+    held_out = set(splits.loc[splits["set"] == "test", "sample"]) - set(odd) - set(scrambled)
+    flagged = [s for s in held_out if "novelty" in scored[s].flags]
+    assert len(held_out) >= 5 and len(flagged) <= 0.15 * len(held_out), [scored[s].warning for s in flagged]
 
 
 # -- cross-validation only, and the best model without the test set ------------------------------
