@@ -429,13 +429,22 @@ def attach_postprocessing(directory: Path, *, calibrator: Any = None, abstain_ba
 
 
 def _read_input_reference(directory: Path, manifest: Mapping[str, Any], n_genes: int) -> dict | None:
-    from leukspark.input_check import ARRAY_KEYS
+    from leukspark.input_check import ARRAY_KEYS, NOVELTY_KEYS
 
     def build(arrays):
-        arrays = {key: np.asarray(arrays[key], dtype=np.float64) for key in ARRAY_KEYS}
-        if any(array.shape != (n_genes,) for array in arrays.values()):
+        reference = {key: np.asarray(arrays[key], dtype=np.float64) for key in ARRAY_KEYS}
+        if any(array.shape != (n_genes,) for array in reference.values()):
             raise ValueError(f"arrays do not have one entry per gene ({n_genes})")
-        return arrays
+        # The novelty model (bundles from before it lack these keys and keep the older check).
+        if all(key in arrays for key in NOVELTY_KEYS):
+            novelty = {key: np.asarray(arrays[key], dtype=np.float64) for key in NOVELTY_KEYS}
+            q, p = novelty["novelty_components"].shape if novelty["novelty_components"].ndim == 2 else (0, -1)
+            if (novelty["novelty_center"].shape != (p,) or novelty["novelty_class_means"].shape[1:] != (q,)
+                    or novelty["novelty_class_precisions"].shape[1:] != (q, q)
+                    or not all(np.isfinite(a).all() for a in novelty.values())):
+                raise ValueError("novelty arrays do not describe a novelty model")
+            reference.update(novelty)
+        return reference
 
     return _read_optional_arrays(directory, manifest, "input_reference_file", build, max_elements=n_genes)
 

@@ -58,6 +58,18 @@ class Calibrator:
         return cls(method, x, y)
 
 
+def effective_method(method: str, n_rows: int, isotonic_min_samples: int) -> str:
+    """`method`, except isotonic on fewer than `isotonic_min_samples` rows, which becomes platt.
+
+    Isotonic regression fits a free step function: on 38-48 out-of-fold probabilities of a
+    nearly separable cohort its steps are 0 and 1, every calibrated probability is 0 or 1 and
+    no band can separate confident from unsure calls. Platt's two parameters are still
+    estimable there (Niculescu-Mizil & Caruana 2005 found isotonic worse than Platt below
+    about a thousand calibration rows).
+    """
+    return "platt" if method == "isotonic" and n_rows < isotonic_min_samples else method
+
+
 def fit_calibrator(method: str, y_true, probabilities) -> Calibrator | None:
     """Fit `method` on (outcome 1 = AML, probability) pairs; None for 'none'."""
     if method == "none":

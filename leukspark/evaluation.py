@@ -34,9 +34,10 @@ import pandas as pd
 from scipy.special import logit
 
 from . import NEGATIVE_CLASS, POSITIVE_CLASS
-from .calibration import fit_calibrator
+from .calibration import effective_method, fit_calibrator
 from .metrics import (
-    abstains, brier_score, choose_abstain_band, expected_calibration_error, mcnemar_exact, mean_pairwise_jaccard,
+    abstains, brier_score, choose_abstain_band, conformal_abstain_band, expected_calibration_error, mcnemar_exact,
+    mean_pairwise_jaccard, withholds_everything,
 )
 from .stages.train import POOLED_FOLD, TEST_FOLD, best_model, is_cv_fold, metric_rows
 
@@ -55,6 +56,7 @@ class Evaluation:
     selected: pd.DataFrame | None = None              # model, fold, position, gene, score
     ensemble_params: dict = field(default_factory=dict)
     best_single: str | None = None
+    notes: list = field(default_factory=list)         # what training must say on the console and in the report
 
 
 def needs_nested_folds(training_cfg: dict) -> bool:
@@ -137,8 +139,22 @@ def ensemble_rows(rows: pd.DataFrame, nested: pd.DataFrame, models: list[str], e
     return out[rows.columns.intersection(out.columns).tolist()], params
 
 
-def choose_bands(rows: pd.DataFrame, band_setting, target_accuracy: float) -> tuple[dict, dict]:
-    """({model: {fold: band}}, {model: final band}) for `predict.abstain_band` (auto, [lo, hi] or none)."""
+def band_rule(predict_cfg: dict):
+    """The `abstain_band: auto` rule of the configuration: (y, P(AML)) -> band or None."""
+    if predict_cfg.get("abstain_rule", "conformal") == "conformal":
+        alpha = float(predict_cfg.get("max_error_rate", 0.05))
+        return lambda y, p: conformal_abstain_band(y, p, alpha)
+    target = float(predict_cfg.get("target_accuracy", 0.995))
+    return lambda y, p: choose_abstain_band(y, p, target)
+
+
+def choose_bands(rows: pd.DataFrame, band_setting, target_accuracy) -> tuple[dict, dict]:
+    """({model: {fold: band}}, {model: final band}) for `predict.abstain_band` (auto, [lo, hi] or none).
+
+    `target_accuracy` is the auto rule: a number (the target-accuracy rule) or a function of
+    (y, P(AML)) returning a band (`band_rule`)."""
+    rule = target_accuracy if callable(target_accuracy) else (
+        lambda y, p: choose_abstain_band(y, p, float(target_accuracy)))
     per_fold, final = {}, {}
     for model, part in rows.groupby("model", sort=False):
         folds = part["fold"].unique()
@@ -150,8 +166,8 @@ def choose_bands(rows: pd.DataFrame, band_setting, target_accuracy: float) -> tu
             chosen = {}
             for fold in folds:
                 basis = cv if fold == TEST_FOLD else cv[cv["fold"] != fold]
-                chosen[fold] = choose_abstain_band(_y(basis), basis["probability_AML"], target_accuracy)
-            final[model] = choose_abstain_band(_y(cv), cv["probability_AML"], target_accuracy)
+                chosen[fold] = rule(_y(basis), basis["probability_AML"])
+            final[model] = rule(_y(cv), cv["probability_AML"])
         else:
             band = (float(band_setting[0]), float(band_setting[1]))
             chosen = {fold: band for fold in folds}
@@ -177,14 +193,21 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
     rows = raw_rows[raw_rows["fold"].map(is_cv_fold) | (raw_rows["fold"] == TEST_FOLD)]
     nested = raw_rows[raw_rows["fold"].str.contains("/")]
     models = list(dict.fromkeys(rows["model"]))
-    method = training_cfg.get("calibration", "none")
+    requested = training_cfg.get("calibration", "none")
+    n_out_of_fold = int(rows[(rows["model"] == models[0]) & rows["fold"].map(is_cv_fold)].shape[0]) if models else 0
+    method = effective_method(requested, n_out_of_fold, training_cfg.get("isotonic_min_samples", 100))
+    notes = []
+    if method != requested:
+        notes.append(f"calibration: isotonic on {n_out_of_fold} out-of-fold rows (fewer than "
+                     f"training.isotonic_min_samples = {training_cfg.get('isotonic_min_samples', 100)}) "
+                     "would give steps of 0 and 1; Platt scaling used instead")
     rows, calibrators = calibrate(rows, nested, method)
     ensembles = [e for e in training_cfg.get("ensembles", []) if e in ENSEMBLES]
     ensemble, ensemble_params = ensemble_rows(rows, nested, models, ensembles, run_id)
     everything = pd.concat([rows, ensemble], ignore_index=True)
 
     band_setting = predict_cfg.get("abstain_band", "none")
-    per_fold, final_bands = choose_bands(everything, band_setting, predict_cfg.get("target_accuracy", 0.995))
+    per_fold, final_bands = choose_bands(everything, band_setting, band_rule(predict_cfg))
     predicted = everything["predicted"].copy()
     for (model, fold), part in everything.groupby(["model", "fold"], sort=False):
         predicted.loc[part.index] = called(part["probability_AML"], per_fold[model][fold])
@@ -193,13 +216,15 @@ def evaluate(raw_rows: pd.DataFrame, task_info: pd.DataFrame, training_cfg: dict
 
     bands = (per_fold, final_bands) if band_setting != "none" else None
     extra = _pooled_rows(everything, calibrators if method != "none" else {}, bands)
+    extra += _abstention_rows(everything, final_bands if band_setting != "none" else {}, predict_cfg,
+                              method != requested, models, notes)
     base_metrics = metrics[metrics["model"].isin(models)]
     best_single = best_model(base_metrics, training_cfg)
     extra += _mcnemar_rows(everything, list(ensemble_params), best_single)
     selected, selection_rows = _selected_genes(task_info, gene_order)
     extra_frame = pd.DataFrame(extra + selection_rows, columns=["model", "fold", "metric", "value", "params"])
     return Evaluation(everything, metrics, extra_frame, calibrators, final_bands, selected, ensemble_params,
-                      best_single)
+                      best_single, notes)
 
 
 def _pooled_rows(everything: pd.DataFrame, calibrators: dict, bands: tuple[dict, dict] | None) -> list[tuple]:
@@ -232,6 +257,28 @@ def _pooled_rows(everything: pd.DataFrame, calibrators: dict, bands: tuple[dict,
             pooled["abstain_band_lo"] = band[0] if band else 0.5
             pooled["abstain_band_hi"] = band[1] if band else 0.5
         extra += _long(model, POOLED_FOLD, pooled)
+    return extra
+
+
+def _abstention_rows(everything: pd.DataFrame, final_bands: dict, predict_cfg: dict, fell_back: bool,
+                     models: list[str], notes: list) -> list[tuple]:
+    """Per model @ cv_pooled: whether calibration fell back to Platt, the auto band's guarantee, and
+    whether the saved band withholds every out-of-fold sample (also added to `notes`)."""
+    extra: list[tuple] = []
+    for model in models:
+        values = {"calibration_fallback": float(fell_back)}
+        if model in final_bands:
+            cv = everything[(everything["model"] == model) & everything["fold"].map(is_cv_fold)]
+            band = final_bands[model]
+            withheld = withholds_everything(cv["probability_AML"], band)
+            values["band_withholds_all"] = float(withheld)
+            if predict_cfg.get("abstain_band") == "auto" and predict_cfg.get("abstain_rule", "conformal") == "conformal":
+                values["abstain_max_error_rate"] = float(predict_cfg.get("max_error_rate", 0.05))
+            if withheld:
+                notes.append(f"{model}: the abstention band [{band[0]:.3f}, {band[1]:.3f}] withholds every one of "
+                             f"its {len(cv)} out-of-fold samples: this model will call nothing (too few samples "
+                             "for the rule, or no reliable probabilities); use a fixed band, another rule or more data")
+        extra += _long(model, POOLED_FOLD, values)
     return extra
 
 

@@ -223,6 +223,36 @@ def choose_abstain_band(y_true: Any, prob_aml: Any, target_accuracy: float) -> t
     return (0.5 - w, 0.5 + w)
 
 
+def conformal_abstain_band(y_true: Any, prob_aml: Any, max_error_rate: float) -> tuple[float, float] | None:
+    """The band of split-conformal prediction sets at level ``max_error_rate`` (Vovk et al. 2005;
+    Angelopoulos & Bates 2021, section 1).
+
+    The nonconformity of a calibration row is 1 - P(its true class); q is the
+    ceil((n + 1)(1 - max_error_rate))-th smallest of the n values. A new sample's set holds every
+    class whose nonconformity is at most q: both classes (abstain) exactly when
+    1 - q <= P(AML) <= q. For a sample exchangeable with the n rows, P(true class outside its set)
+    <= max_error_rate at any n, so a wrong call (not `unclassified`) happens with probability at
+    most max_error_rate. With n < 1 / max_error_rate - 1 rows q is infinite: [0, 1], every
+    sample withheld (the caller must say so). q < 0.5: None, no abstention needed.
+    """
+    actual = _as_labels(y_true, "y_true")
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    if actual.size == 0:
+        return None
+    nonconformity = np.sort(np.where(actual, 1.0 - scores, scores))
+    k = int(np.ceil((actual.size + 1) * (1 - max_error_rate)))
+    if k > actual.size:
+        return (0.0, 1.0)
+    q = float(nonconformity[k - 1])
+    return None if q < 0.5 else (1.0 - q, q)
+
+
+def withholds_everything(prob_aml: Any, band: Any) -> bool:
+    """True when the band leaves none of these probabilities called."""
+    scores = np.asarray(prob_aml, dtype=np.float64).reshape(-1)
+    return band is not None and scores.size > 0 and bool(abstains(scores, band).all())
+
+
 def risk_coverage_curve(y_true: Any, prob_aml: Any) -> pd.DataFrame:
     """Coverage and error rate on the calls as the band widens: one row per number of samples called,
     most confident first (ties in confidence enter together)."""

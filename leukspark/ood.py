@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 from .stages.train import OOD_FOLD
 
 OOD_METRICS = ("n", "scored", "errors", "abstained", "flagged", "called_ALL", "called_AML", "abstained_fraction",
-               "flagged_fraction", "mean_probability_AML")
+               "flagged_fraction", "mean_probability_AML", "flagged_or_unclassified",
+               "flagged_or_unclassified_fraction")
 
 
 def excluded_matrix(lake, excluded: pd.DataFrame, genes: list[str], feature_cfg: dict):
@@ -49,7 +50,7 @@ def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str],
                    platforms: dict, scales: dict, policy, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(prediction rows with fold 'ood', per-class long results rows) of one final model."""
     from .bundle import load_bundle
-    from .predict import score_matrix
+    from .predict import ScoredSample, score_matrix
 
     bundle = load_bundle(bundle_dir)
     scored = score_matrix(bundle, samples, matrix, policy, platforms=platforms, scales=scales)
@@ -60,6 +61,8 @@ def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str],
         "truth": [subtype.get(s.sample) for s in scored], "warning": [s.warning for s in scored],
         "error": [s.error for s in scored], "fit_seconds": np.nan,
     })
+    predictions = pd.concat([predictions, pd.DataFrame([s.flag_columns() for s in scored],
+                                                       columns=list(ScoredSample.FLAG_COLUMNS))], axis=1)
     rows = []
     for mile_class, part in predictions.groupby("truth"):
         rows += _class_rows(bundle.model_name, f"{OOD_FOLD}:{mile_class}", part)
@@ -74,10 +77,14 @@ def _class_rows(model: str, fold: str, part: pd.DataFrame) -> list[tuple]:
     values = {
         "n": len(part), "scored": n_scored, "errors": int((~scored).sum()),
         "abstained": int((part["predicted"] == "unclassified").sum()),
-        "flagged": int(part["warning"].notna().sum()),
+        "flagged": int(part["flags"].notna().sum()),
         "called_ALL": int((part["predicted"] == "ALL").sum()), "called_AML": int((part["predicted"] == "AML").sum()),
+        # Neither a call nor trusted: withheld or flagged (what a user should not act on).
+        "flagged_or_unclassified": int(((part["predicted"] == "unclassified") | part["flags"].notna()).sum()),
     }
     values["abstained_fraction"] = values["abstained"] / n_scored if n_scored else np.nan
     values["flagged_fraction"] = values["flagged"] / n_scored if n_scored else np.nan
+    values["flagged_or_unclassified_fraction"] = (values["flagged_or_unclassified"] / n_scored if n_scored
+                                                  else np.nan)
     values["mean_probability_AML"] = float(part.loc[scored, "probability_AML"].mean()) if n_scored else np.nan
     return [(model, fold, name, float(values[name])) for name in OOD_METRICS]

@@ -273,6 +273,8 @@ class Pipeline:
         raw_rows, task_info = train_stage.split_task_rows(task_rows.toPandas())
         outcome = evaluation.evaluate(raw_rows, task_info, cfg, self.config["predict"], genes, run_id)
         predictions, metrics = outcome.predictions, outcome.metrics
+        for note in outcome.notes:
+            self.echo(f"WARNING {note}")
         params = dict(zip(tasks["model"], tasks["params"]))
         params.update({model: text for (model, fold), text in chosen.items() if fold == train_stage.TEST_FOLD})
         params.update({name: json.dumps(p, sort_keys=True) for name, p in outcome.ensemble_params.items()})
@@ -343,11 +345,15 @@ class Pipeline:
             feature_settings=dict(self.config["features"]),
             training_inputs=self._training_inputs(splits),
             selection=cfg["selection"], selection_k=cfg["selection_k"], inner_folds=cfg["tuning"]["inner_folds"],
+            flag_rate=self.config["predict"]["flag_rate"],
         )
 
     def _store_training_tables(self, run_id: str, predictions: pd.DataFrame, results: pd.DataFrame,
                                selected: pd.DataFrame | None, choices: pd.DataFrame | None) -> None:
         operation = f"train {run_id}"
+        schemas.ensure_columns(self.lake, "predictions", schemas.PREDICTIONS)
+        predictions = predictions.reindex(columns=schemas.PREDICTIONS.fieldNames())
+        predictions = predictions.astype(object).where(predictions.notna(), None)
         self.lake.append("predictions", self.spark.createDataFrame(
             predictions[schemas.PREDICTIONS.fieldNames()], schemas.PREDICTIONS), operation=operation)
         self.lake.append("results", self.spark.createDataFrame(results, schemas.RESULTS), operation=operation)
@@ -459,6 +465,7 @@ class Pipeline:
 
         bundle_dir = self.run_log.bundle_dir(run_id, configured_model(model, self.config))
         scored = score_series(self.spark, self.lake, series, bundle_dir, ScoringPolicy.from_config(self.config))
+        schemas.ensure_columns(self.lake, "scored_samples", schemas.SCORED_SAMPLES)
         commit = self.lake.append("scored_samples", scored, operation="predict")
         self.echo(f"scored {commit.rows_written} sample(s) with {bundle_dir.parent.name}/{bundle_dir.name}")
         return commit.rows_written

@@ -17,7 +17,7 @@ error instead of a score. A sample's error never stops the others.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,19 @@ class ScoredSample:
     explanation: list | None = None            # --explain: top genes by weight x standardized value
     explanation_key: str = "top_genes"         # its record field (k-TSP: "pairs", each pair's vote)
     bundle_dir: Path | None = None             # the bundle that scored it: the run and model its stored row names
+    flags: list = field(default_factory=list)  # novelty, unseen_lineage:<program>, input_range
+    novelty: float | None = None               # distance to the nearest training class, as the model sees it
+    lineage: dict | None = None                # program -> score (B-lymphoid, T-lymphoid, myeloid)
+    dominant_lineage: str | None = None
+
+    FLAG_COLUMNS = ("flags", "novelty", "lineage_b", "lineage_t", "lineage_myeloid", "dominant_lineage")
+
+    def flag_columns(self) -> dict:
+        """The stored form of the checks (columns SCORING_FLAGS of `predictions` and `scored_samples`)."""
+        lineage = self.lineage or {}
+        return {"flags": ",".join(self.flags) or None, "novelty": self.novelty,
+                "lineage_b": lineage.get("B-lymphoid"), "lineage_t": lineage.get("T-lymphoid"),
+                "lineage_myeloid": lineage.get("myeloid"), "dominant_lineage": self.dominant_lineage}
 
     def record(self) -> dict:
         context = {"input_scale": self.input_scale} if self.input_scale else {}
@@ -56,6 +69,13 @@ class ScoredSample:
             record["shared_gene_fraction"] = round(self.shared_gene_fraction, 4)
         if self.warning:
             record["warning"] = self.warning
+        if self.flags:
+            record["flags"] = list(self.flags)
+        if self.novelty is not None:
+            record["novelty"] = round(self.novelty, 4)
+        if self.lineage is not None:
+            record["lineage_scores"] = {k: (None if v is None else round(v, 4)) for k, v in self.lineage.items()}
+            record["dominant_lineage"] = self.dominant_lineage
         if self.explanation is not None:
             record[self.explanation_key] = self.explanation
         return record
@@ -67,12 +87,14 @@ class ScoringPolicy:
 
     max_missing_fraction: float = 0.05   # same platform as training: more missing = damaged sample
     min_shared_fraction: float = 0.5     # another platform: scored on the shared genes above this
-    range_margin: float = 0.25           # input check: slack around the training range
+    range_margin: float = 0.25           # input check of bundles without a novelty model: slack around the range
+    abstain_on_unseen_lineage: bool = False  # withhold the call of a sample in a lineage training never covered
 
     @classmethod
     def from_config(cls, config: dict) -> "ScoringPolicy":
         cfg = config["predict"]
-        return cls(cfg["max_missing_gene_fraction"], cfg["min_shared_gene_fraction"], cfg["range_margin"])
+        return cls(cfg["max_missing_gene_fraction"], cfg["min_shared_gene_fraction"], cfg["range_margin"],
+                   cfg.get("abstain_on_unseen_lineage", False))
 
 
 # -- input scale ---------------------------------------------------------------------------
@@ -129,25 +151,19 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
     A probability inside the bundle's abstention band gives prediction 'unclassified'; with
     `explain`, a linear model's samples get their top contributing genes, a k-TSP model's its pairs' votes.
     """
-    from .input_check import out_of_range
-
     if not isinstance(policy, ScoringPolicy):
         policy = ScoringPolicy(max_missing_fraction=float(policy))
     platforms, scales = platforms or {}, scales or {}
     used = bundle.used_genes
     n_used = int(used.sum())
     measured = np.isfinite(matrix[:, used]).sum(axis=1)
-    ranges = bundle.training_inputs.get("input_check")
     results: list[ScoredSample] = []
-    for sample, row, n_measured in zip(samples, matrix, measured):
+    for sample, n_measured in zip(samples, measured):
         scale = scales.get(sample)
         error = _scale_error(bundle, scale) or _coverage_error(bundle, platforms.get(sample), int(n_measured),
                                                                n_used, policy)
-        result = ScoredSample(sample, None, None, int(n_used - n_measured), error, scale,
-                              float(n_measured) / max(1, n_used))
-        if error is None and bundle.input_reference is not None and ranges:
-            result.warning = out_of_range(row, bundle.input_reference, ranges, policy.range_margin)
-        results.append(result)
+        results.append(ScoredSample(sample, None, None, int(n_used - n_measured), error, scale,
+                                    float(n_measured) / max(1, n_used)))
     scorable = [r.error is None for r in results]
     if any(scorable):
         # float32, as in training: the same sample then gets the same probability on both paths.
@@ -155,15 +171,59 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
         probabilities = bundle.predict_proba(rows)
         band = getattr(bundle, "abstain_band", None)
         explanations = bundle.explain(rows) if explain else None
-        for i, (result, probability) in enumerate(zip([r for r in results if r.error is None], probabilities)):
+        called = [r for r in results if r.error is None]
+        check_samples(bundle, matrix[np.array(scorable)], called, policy)
+        for i, (result, probability) in enumerate(zip(called, probabilities)):
             result.probability_AML = float(probability)
             result.prediction = POSITIVE_CLASS if probability >= 0.5 else NEGATIVE_CLASS
             if band is not None and band[0] <= probability <= band[1]:
+                result.prediction = UNCLASSIFIED
+            if policy.abstain_on_unseen_lineage and any(f.startswith("unseen_lineage") for f in result.flags):
                 result.prediction = UNCLASSIFIED
             if explanations is not None:
                 result.explanation = explanations[i]
                 result.explanation_key = getattr(bundle, "explanation_key", "top_genes")
     return results
+
+
+def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy: ScoringPolicy) -> None:
+    """Flag scored samples the model should not be trusted on, in place (`flags`, `warning`).
+
+    * novelty: the preprocessed sample lies further from every training class than the
+      bundle's threshold (set from the training samples' out-of-fold scores at predict.flag_rate);
+    * unseen_lineage:<program>: the sample expresses lineage markers no training class did;
+    * input_range: bundles without a novelty model only: the older shift/spread check on the
+      values before normalisation.
+    """
+    from .input_check import novelty_inputs, novelty_message, novelty_scores, out_of_range
+    from .reference import LINEAGE_PROGRAMS, dominant_lineage, lineage_scores, unseen_lineages
+
+    reference, inputs = bundle.input_reference, bundle.training_inputs
+    threshold = (inputs.get("novelty") or {}).get("threshold")
+    has_novelty = reference is not None and "novelty_components" in reference
+    novelty = novelty_scores(reference, novelty_inputs(bundle.preprocessor, rows)) if has_novelty else None
+    programs = lineage_scores(rows, bundle.gene_order)
+    coverage = inputs.get("lineage_coverage")
+    for i, result in enumerate(results):
+        messages = []
+        if novelty is not None:
+            result.novelty = float(novelty[i])
+            if threshold is not None and novelty[i] > threshold:
+                result.flags.append("novelty")
+                messages.append(novelty_message(float(novelty[i]), float(threshold)))
+        elif reference is not None and inputs.get("input_check"):
+            text = out_of_range(rows[i], reference, inputs["input_check"], policy.range_margin)
+            if text:
+                result.flags.append("input_range")
+                messages.append(text)
+        if np.isfinite(programs[i]).any():
+            result.lineage = {p: (float(v) if np.isfinite(v) else None) for p, v in zip(LINEAGE_PROGRAMS, programs[i])}
+            result.dominant_lineage = dominant_lineage(programs[i])
+            for program in unseen_lineages(programs[i], coverage) if coverage else []:
+                result.flags.append(f"unseen_lineage:{program}")
+                messages.append(f"expresses {program} markers (score {result.lineage[program]:.2f}) that no training "
+                                "class did: the model never learned this lineage, so its ALL/AML call is no diagnosis")
+        result.warning = "; ".join(messages) or None
 
 
 # -- from a file, no Spark ----------------------------------------------------------------
@@ -292,7 +352,9 @@ def write_scores(lake_root: str | Path, config: dict, scored: list[ScoredSample]
     lake = Lake.from_config(spark, lake_root, config)
     now = datetime.now(timezone.utc)
     rows = [(now, s.bundle_dir.parent.name, s.bundle_dir.name, s.sample, source, s.probability_AML,
-             s.prediction, s.missing_genes, s.error, s.input_scale, s.warning) for s in scored]
+             s.prediction, s.missing_genes, s.error, s.input_scale, s.warning, *s.flag_columns().values())
+            for s in scored]
+    schemas.ensure_columns(lake, "scored_samples", schemas.SCORED_SAMPLES)
     lake.append("scored_samples", spark.createDataFrame(rows, schemas.SCORED_SAMPLES), operation="predict")
     return len(rows)
 
@@ -342,6 +404,7 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
             "error": [s.error for s in scored],
             "input_scale": [s.input_scale for s in scored],
             "warning": [s.warning for s in scored],
+            **pd.DataFrame([s.flag_columns() for s in scored], columns=list(ScoredSample.FLAG_COLUMNS)).to_dict("list"),
         })
 
     return values.groupBy("sample").applyInPandas(score_groups, schema=schemas.SCORED_SAMPLES)

@@ -87,7 +87,9 @@ def risk_coverage_section(data: RunData, figures: FigureWriter) -> Section:
                      + _num(_value(results, model, POOLED_FOLD, "abstain_band_hi"), 3),
                      _num(coverage), _num(_value(results, model, POOLED_FOLD, "accuracy_on_calls")),
                      _num(_value(results, model, TEST_FOLD, "coverage")),
-                     _num(_value(results, model, TEST_FOLD, "accuracy_on_calls"))])
+                     _num(_value(results, model, TEST_FOLD, "accuracy_on_calls")),
+                     _num(_value(results, model, POOLED_FOLD, "abstain_max_error_rate"), 3),
+                     _band_warning(results, model)])
     ax.set_xlabel("coverage (share of samples called, most confident first)")
     ax.set_ylabel("error rate on the calls")
     ax.set_title("Risk-coverage curves on the out-of-fold predictions")
@@ -97,9 +99,22 @@ def risk_coverage_section(data: RunData, figures: FigureWriter) -> Section:
     text = ("<p>Withholding the least confident calls (P(AML) nearest 0.5) trades coverage for accuracy. "
             "Diamonds: each model's abstention band (predict.abstain_band), its out-of-fold coverage and error "
             "(each fold under a band chosen on the other folds).</p>")
+    text += ("<p>Guarantee: with <code>predict.abstain_rule: conformal</code> the band is split-conformal at "
+             "<code>predict.max_error_rate</code>: a new sample like the training samples gets a wrong call "
+             "(not unclassified) with probability at most that rate, at any cohort size.</p>")
     table = _table("abstention-table", ["model", "band", "CV coverage", "CV accuracy on calls", "test coverage",
-                                        "test accuracy on calls"], rows)
+                                        "test accuracy on calls", "guaranteed P(wrong call) at most",
+                                        "note"], rows)
     return Section("abstention", title, text + img + table)
+
+
+def _band_warning(results: pd.DataFrame, model: str) -> str:
+    notes = []
+    if _value(results, model, POOLED_FOLD, "band_withholds_all") == 1.0:
+        notes.append("WARNING: the band withholds every out-of-fold sample; this model calls nothing")
+    if _value(results, model, POOLED_FOLD, "calibration_fallback") == 1.0:
+        notes.append("isotonic calibration fell back to Platt (too few samples)")
+    return "; ".join(notes)
 
 
 def _kept_rows(data: RunData, keep) -> pd.DataFrame | None:
@@ -116,14 +131,16 @@ def ood_section(data: RunData) -> Section | None:
         return None
     wide = ood.pivot_table(index=["model", "fold"], columns="metric", values="value", aggfunc="first").reset_index()
     rows = [[r["model"], r["fold"][4:], int(r["n"]), int(r["errors"]), int(r["abstained"]), int(r["flagged"]),
-             int(r["called_ALL"]), int(r["called_AML"]), _num(r["mean_probability_AML"], 3)]
+             int(r["called_ALL"]), int(r["called_AML"]), _num(r["mean_probability_AML"], 3),
+             _num(r.get("flagged_or_unclassified_fraction"), 3)]
             for _, r in wide.sort_values(["model", "fold"]).iterrows()]
     text = ("<p>The samples label extraction excluded (other diseases of the study) scored by the final models: "
             "none is ALL or AML, so a call is over-confident. Abstained: inside the abstention band; flagged: "
-            "warned by the input check (unlike the training samples); errors: refused.</p>")
+            "novelty (unlike every training class as the model sees it) or an unseen lineage; errors: refused.</p>")
     return Section("ood", "Out-of-distribution check (excluded samples)",
                    text + _table("ood-table", ["model", "MILE class", "n", "errors", "abstained", "flagged",
-                                               "called ALL", "called AML", "mean P(AML)"], rows))
+                                               "called ALL", "called AML", "mean P(AML)",
+                                               "flagged or unclassified"], rows))
 
 
 def selection_section(data: RunData) -> Section | None:

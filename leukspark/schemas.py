@@ -97,6 +97,18 @@ RESULTS = _schema(
     ("value", DoubleType(), True),
 )
 
+# What the scoring checks found, per scored sample (null where not scored, and in rows of older
+# versions): comma-separated flags (novelty, unseen_lineage:<program>, input_range), the novelty
+# score, the three lineage program scores and the dominant program.
+SCORING_FLAGS = (
+    ("flags", StringType(), True),
+    ("novelty", DoubleType(), True),
+    ("lineage_b", DoubleType(), True),
+    ("lineage_t", DoubleType(), True),
+    ("lineage_myeloid", DoubleType(), True),
+    ("dominant_lineage", StringType(), True),
+)
+
 PREDICTIONS = _schema(
     ("run", StringType(), False),
     ("model", StringType(), False),
@@ -105,6 +117,7 @@ PREDICTIONS = _schema(
     ("probability_AML", DoubleType(), True),
     ("predicted", StringType(), True),
     ("truth", StringType(), True),
+    *SCORING_FLAGS,
 )
 
 SELECTED_GENES = _schema(
@@ -143,6 +156,7 @@ SCORED_SAMPLES = _schema(
     ("error", StringType(), True),
     ("input_scale", StringType(), True),
     ("warning", StringType(), True),
+    *SCORING_FLAGS,
 )
 
 FEATURE_BUILDS = _schema(   # one row per features build: what `gene_features` was built from
@@ -177,3 +191,14 @@ RUNS = _schema(
     ("owner_token", StringType(), True),
     ("heartbeat_at", TimestampType(), True),
 )
+
+
+def ensure_columns(lake, table: str, schema: StructType) -> None:
+    """A table written by an older version gets the columns `schema` added since (null in its
+    rows), in one rewrite before the first write that carries them; a newer table is left alone."""
+    if not lake.exists(table):
+        return
+    if set(schema.fieldNames()) - set(lake.schema(table).fieldNames()):
+        from .lake import with_missing_columns
+
+        lake.rewrite(table, lambda frame: with_missing_columns(frame, schema), operation=f"add columns to {table}")

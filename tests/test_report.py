@@ -94,6 +94,7 @@ def write_tables(spark, lake: Lake, data, predictions: pd.DataFrame, bundle_root
     samples, genes, labels, subtypes, matrix, is_test, folds = data
 
     def append(table: str, frame: pd.DataFrame, schema) -> None:
+        frame = frame.assign(**{c: None for c in schema.fieldNames() if c not in frame})  # nullable columns left out
         lake.append(table, spark.createDataFrame(frame[schema.fieldNames()], schema))
 
     append("labels", pd.DataFrame({"sample": samples, "label": labels, "subtype": subtypes, "rule": "test"}),

@@ -30,7 +30,8 @@ def run(spark, tmp_path_factory):
     series = write_synthetic_series(base / "series", n_samples=80, n_probes=600, seed=21)
     config = load_config(overrides={
         "spark.shuffle_partitions": 4, "training.params": FAST_PARAMS, "training.models": MODELS,
-        "split.folds": 3, "training.calibration": "isotonic", "training.selection": "moderated_t",
+        "split.folds": 3, "training.calibration": "isotonic", "training.isotonic_min_samples": 2,  # keep isotonic
+        "training.selection": "moderated_t",
         "training.selection_k": K, "training.ensembles": ["soft_voting", "stacking"], "training.ood_check": True,
         "predict.abstain_band": "auto", "training.marker_top_n": 20,
     })

@@ -56,6 +56,7 @@ class TrainingContext:
     selection: str = "none"                # in-fold gene selection (training.selection)
     selection_k: int = 0
     inner_folds: int = 3                   # training.tuning.inner_folds, for the tuning tasks
+    flag_rate: float = 0.05                # predict.flag_rate: the novelty check's out-of-fold false-flag rate
 
 
 def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: bool = False,
@@ -234,12 +235,16 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
     result = fit_and_predict(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
                              seed=context.seed, scaler=context.scaler, normalize=normalize,
                              selection=context.selection, selection_k=context.selection_k)
+    novelty, checks = None, None
     if task["fold"] == TEST_FOLD and context.bundle_root:
         from ..bundle import save_bundle
         from ..input_check import fit_reference
 
         reference, ranges = fit_reference(matrix[train_mask])
-        inputs = {**(context.training_inputs or {}), "input_check": ranges}
+        novelty, checks = _training_checks(matrix[train_mask], y_train, samples[train_mask], result.preprocessor,
+                                           context)
+        reference = {**reference, **novelty}
+        inputs = {**(context.training_inputs or {}), "input_check": ranges, **checks}
         save_bundle(Path(context.bundle_root) / task["model"], model_name=task["model"],
                     spec=get_model(task["model"]), model=result.model, preprocessor=result.preprocessor,
                     gene_order=list(context.gene_order), params=result.params, run_id=context.run_id,
@@ -260,11 +265,54 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
         "truth": truth[eval_mask],
         "fit_seconds": result.fit_seconds,
         "info": None,
+        **_flag_columns(matrix[eval_mask], result.preprocessor, context.gene_order, novelty, checks),
     })
     info_row = pd.DataFrame({"run": [context.run_id], "model": [task["model"]], "fold": [task["fold"]],
                              "sample": [INFO_SAMPLE], "probability_AML": [np.nan], "predicted": [None],
                              "truth": [None], "fit_seconds": [result.fit_seconds], "info": [json.dumps(info)]})
-    return pd.concat([rows, info_row], ignore_index=True)
+    out = pd.concat([rows, info_row], ignore_index=True)
+    for column in ("flags", "dominant_lineage"):  # text or None: an all-NaN float column is no string for Arrow
+        out[column] = out[column].astype(object).where(out[column].notna(), None)
+    return out
+
+
+def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarray, preprocessor,
+                     context: TrainingContext) -> tuple[dict, dict]:
+    """The final bundle's novelty model and threshold (out-of-fold over the CV folds) and lineage coverage."""
+    from ..input_check import fit_training_checks
+    from ..models.base import Preprocessor
+
+    folds = np.array([context.assignments[s][1] for s in samples], dtype=object)
+    folds = np.where(pd.isna(folds), -1, folds).astype(np.int64)
+
+    def make_preprocessor():
+        return Preprocessor(context.scaler, preprocessor.normalizer.method, context.selection, context.selection_k)
+
+    return fit_training_checks(X_train, y_train, folds, preprocessor, make_preprocessor, context.gene_order,
+                               context.flag_rate, context.seed)
+
+
+def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, checks: dict | None) -> dict:
+    """The scoring-check columns of evaluated rows: lineage program scores always; for the final
+    fit's test rows also the novelty score and the flags its bundle would give them."""
+    from ..input_check import novelty_inputs, novelty_scores
+    from ..reference import dominant_lineage, lineage_scores, unseen_lineages
+
+    programs = lineage_scores(rows, gene_order)
+    n = len(rows)
+    columns = {"flags": [None] * n, "novelty": [None] * n,
+               "lineage_b": programs[:, 0], "lineage_t": programs[:, 1], "lineage_myeloid": programs[:, 2],
+               "dominant_lineage": [dominant_lineage(row) for row in programs]}
+    if novelty is None or n == 0:
+        return columns
+    scores = novelty_scores(novelty, novelty_inputs(preprocessor, rows))
+    threshold = checks["novelty"]["threshold"]
+    for i in range(n):
+        flags = (["novelty"] if threshold is not None and scores[i] > threshold else []) + [
+            f"unseen_lineage:{p}" for p in unseen_lineages(programs[i], checks["lineage_coverage"])]
+        columns["flags"][i] = ",".join(flags) or None
+    columns["novelty"] = scores
+    return columns
 
 
 def metric_rows(predictions: pd.DataFrame, bands: dict | None = None) -> pd.DataFrame:
