@@ -95,7 +95,22 @@ def novelty_inputs(preprocessor, X: np.ndarray) -> np.ndarray:
     B-ALL AML; after it, every one is flagged: the scaling magnifies genes that barely vary in
     training (ranks tied at a noise floor), which is where the model's input leaves the training
     data and its calls go wrong."""
+    if order_only(preprocessor):
+        # A model that reads only the order of genes within a sample (ktsp): what it sees is each
+        # sample's ranks, and raw log values would flag every other lab's processing. Unmeasured
+        # genes sit at the middle rank, where they move no component.
+        from .models.base import SampleNormalizer
+
+        ranks = SampleNormalizer("rank").transform(np.asarray(X, dtype=np.float64))
+        return np.where(np.isnan(ranks), 0.5, ranks)
     return preprocessor.transform(X).astype(np.float64)
+
+
+def order_only(preprocessor) -> bool:
+    """Whether the model behind `preprocessor` gets the values as they are (no normalisation, scaling
+    or imputation): a model of within-sample order."""
+    return (preprocessor.scaler == "none" and preprocessor.normalizer.method == "none"
+            and not getattr(preprocessor, "impute", True))
 
 
 def fit_novelty(Z: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:

@@ -259,3 +259,20 @@ def test_golub_train_predicts_the_independent_set():
     gain = rng.uniform(0.5, 2.0, size=(len(X_test), 1))
     rescaled = get_model("ktsp").predict_proba(result.model, gain * X_test + 100.0 * gain)
     np.testing.assert_array_equal(rescaled, result.probabilities)
+
+
+def test_the_input_check_of_an_order_model_reads_ranks_so_another_labs_scale_is_not_novel():
+    """ktsp sees within-sample order: its novelty inputs are each sample's ranks, unchanged by any
+    strictly increasing per-sample transform; a standardising model's inputs are not."""
+    from leukspark.input_check import novelty_inputs, order_only
+    from leukspark.models.base import Preprocessor
+
+    X, y = planted(n_samples=40, n_genes=30, seed=2)
+    X[3, 5] = np.nan
+    order = Preprocessor(**get_model("ktsp").preprocessing).fit(X, y)
+    standard = Preprocessor("standard").fit(X, y)
+    assert order_only(order) and not order_only(standard)
+    transformed = 3.0 * np.exp(X) + 7.0
+    np.testing.assert_array_equal(novelty_inputs(order, X), novelty_inputs(order, transformed))
+    assert novelty_inputs(order, X)[3, 5] == 0.5 and not np.isnan(novelty_inputs(order, X)).any()
+    assert not np.allclose(novelty_inputs(standard, X), novelty_inputs(standard, transformed))

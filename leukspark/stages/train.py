@@ -285,8 +285,9 @@ def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarr
     folds = np.array([context.assignments[s][1] for s in samples], dtype=object)
     folds = np.where(pd.isna(folds), -1, folds).astype(np.int64)
 
-    def make_preprocessor():
-        return Preprocessor(context.scaler, preprocessor.normalizer.method, context.selection, context.selection_k)
+    def make_preprocessor():  # the final fit's settings (a model may declare its own preprocessing)
+        return Preprocessor(preprocessor.scaler, preprocessor.normalizer.method, preprocessor.selection,
+                            preprocessor.selection_k, preprocessor.impute)
 
     return fit_training_checks(X_train, y_train, folds, preprocessor, make_preprocessor, context.gene_order,
                                context.flag_rate, context.seed)
