@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from . import __version__, schemas
 from .config import RANGES, config_hash
 from .errors import ConfigError, InputError, LabelError, SplitError, TableError
-from .lake import Lake, stored_path
+from .lake import Lake, stored_path, with_missing_columns
 from .runs import LiveRun, RunLedger, RunLog
 from .stages import features as feature_stage
 from .stages import labels as label_stage
@@ -71,13 +71,14 @@ class Pipeline:
             given = label_stage.read_label_file(self.spark, label_file, sample_order=sample_order)
             if note := label_stage.check_label_samples(samples, given, label_file, self.config["labels"]["strict"]):
                 self.echo(note)
-            labels, excluded = label_stage.labels_from_table(samples, given)
+            labels, excluded = label_stage.labels_from_table(samples, given, self.config["labels"]["lineage_rules"])
         else:
             labels, excluded = label_stage.assign_labels(samples, self.config["labels"])
         labels, excluded = labels.localCheckpoint(), excluded.localCheckpoint()
         summary = label_stage.label_summary(labels, excluded)
         if not any(row[1] in ("ALL", "AML") for row in summary):
             raise LabelError("no sample got a label: check labels.rules in the configuration or pass --labels")
+        self._add_missing_columns("labels", schemas.LABELS)
         self._overwrite_if_changed("labels", labels.select(*schemas.LABELS.fieldNames()), "labels")
         self._overwrite_if_changed("excluded_samples", excluded.select(*schemas.EXCLUDED_SAMPLES.fieldNames()),
                                    "labels")
@@ -367,6 +368,12 @@ class Pipeline:
                 parts.append(json.dumps(rows))
         parts.append(json.dumps(self.config["features"], sort_keys=True))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def _add_missing_columns(self, table: str, schema) -> None:
+        """Migrate a table of an older lake to `schema` (columns added later, as nulls) before it is
+        overwritten: the lake refuses a write whose schema differs from the stored one."""
+        if self.lake.exists(table) and set(schema.fieldNames()) - set(self.lake.schema(table).fieldNames()):
+            self.lake.rewrite(table, lambda frame: with_missing_columns(frame, schema), operation="migrate schema")
 
     def _overwrite_if_changed(self, table: str, frame: DataFrame, operation: str) -> bool:
         """Overwrite `table` with `frame` unless it already holds exactly these rows (reruns stay no-ops)."""

@@ -59,6 +59,9 @@ LABELS = _schema(
     ("label", StringType(), False),
     ("subtype", StringType(), True),
     ("rule", StringType(), True),
+    # AML, B-ALL, T-ALL (labels.lineage_rules or the label file); added later: older lakes get it
+    # when the labels step next rewrites the table (Pipeline.labels).
+    ("lineage", StringType(), True),
 )
 
 EXCLUDED_SAMPLES = _schema(
