@@ -207,6 +207,14 @@ def _check_models(training: dict, source: str) -> None:
         if name in models[:index]:
             raise ConfigError(f"{source}: training.models[{index}]: model {name} is listed twice")
     if training["target"] != "label":
+        binary_only_settings = [(key, value) for key, value, off in (
+            ("selection", training["selection"], "none"), ("calibration", training["calibration"], "none"),
+            ("tuning.method", training["tuning"]["method"], "none"), ("ensembles", training["ensembles"], []))
+            if value != off]
+        if binary_only_settings:
+            key, value = binary_only_settings[0]
+            raise ConfigError(f"{source}: training.{key} {value!r} works on ALL/AML only; with training.target "
+                              f"{training['target']} leave it off")
         binary_only = [name for name in models if not REGISTRY[name].multiclass]
         if binary_only:
             raise ConfigError(f"{source}: training.models: {', '.join(binary_only)} fit(s) two classes only; "

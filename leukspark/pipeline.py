@@ -132,6 +132,9 @@ class Pipeline:
         cfg = self.config["split"]
         fraction = cfg["test_fraction"] if test_fraction is None else test_fraction
         labels = self.lake.read("labels").select("sample", "label").toPandas()
+        label_of = dict(zip(labels["sample"], labels["label"]))
+        if self.config["training"]["target"] != "label":   # folds stratified on the classes learnt
+            labels = labels.assign(label=labels["sample"].map(self._target()["target_of"]))
         if split_file:
             assignment = _read_split_file(split_file)
             split = split_stage.given_split(labels, assignment, cfg["folds"], cfg["seed"])
@@ -140,6 +143,7 @@ class Pipeline:
             split = split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
         else:
             split = split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
+        split = split.assign(label=split["sample"].map(label_of))   # the table keeps ALL/AML
         self._overwrite_if_changed("splits", split_stage.split_frame(self.spark, split), "split")
         self.echo(split_stage.split_summary(split))
         return split
@@ -181,7 +185,10 @@ class Pipeline:
         self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x {folds} folds + final"
                   + (f" + {folds * (folds - 1)} nested" if nested else "") + ") as Spark tasks")
         task_rows = train_stage.run_task_rows(self.spark, tasks, context)
-        raw_rows, task_info = train_stage.split_task_rows(task_rows.toPandas())
+        collected = task_rows.toPandas()
+        class_rows = (train_stage.class_probability_rows(collected, context.target_classes, context.target_of)
+                      if context.target_classes else None)
+        raw_rows, task_info = train_stage.split_task_rows(collected)
         outcome = evaluation.evaluate(raw_rows, task_info, cfg, self.config["predict"], genes, run_id)
         predictions, metrics = outcome.predictions, outcome.metrics
         params = dict(zip(tasks["model"], tasks["params"]))
@@ -190,6 +197,9 @@ class Pipeline:
         best = outcome.best_single  # ensembles are reported, not deployed: the best model has a bundle
         self._finish_bundles(bundle_dir, cfg, outcome)
         extra = outcome.extra_results
+        if class_rows is not None:
+            extra = pd.concat([extra, self._class_results(class_rows, bundle_dir, context, outcome)],
+                              ignore_index=True)
         if choices is not None:
             extra = pd.concat([extra, tuning.result_rows(choices, metrics, cfg["tuning"]["metric"])],
                               ignore_index=True)
@@ -207,6 +217,10 @@ class Pipeline:
         stored = predictions if ood_predictions is None else pd.concat([predictions, ood_predictions],
                                                                        ignore_index=True)
         self._store_training_tables(run_id, stored, results, outcome.selected, choices)
+        if class_rows is not None:
+            self.lake.append("class_predictions", self.spark.createDataFrame(
+                class_rows.assign(run=run_id)[schemas.CLASS_PREDICTIONS.fieldNames()], schemas.CLASS_PREDICTIONS),
+                operation=f"train {run_id}")
         self._record_run(live, splits, len(genes), best, {"predictions": len(stored), "results": len(results)})
         text = train_stage.format_leaderboard(metrics, cfg["best_by"])
         self.echo(text)
@@ -224,7 +238,43 @@ class Pipeline:
             feature_settings=dict(self.config["features"]),
             training_inputs=self._training_inputs(splits),
             selection=cfg["selection"], selection_k=cfg["selection_k"], inner_folds=cfg["tuning"]["inner_folds"],
+            **self._target_context(),
         )
+
+    def _target(self) -> dict:
+        """The classes of training.target lineage/subtype, from the labels table (subtypes.target_classes)."""
+        from .subtypes import min_class_size, target_classes
+
+        labels = self.lake.read("labels")
+        if "lineage" not in labels.columns:
+            raise TableError("the labels table has no lineage column (an older lake): run the labels step again")
+        return target_classes(labels.select("sample", "label", "lineage", "subtype").toPandas(),
+                              self.config["training"]["target"],
+                              min_class_size(self.config["split"]["folds"], self.config["split"]["test_fraction"]))
+
+    def _target_context(self) -> dict:
+        if self.config["training"]["target"] == "label":
+            return {}
+        target = self._target()
+        if target["merged"]:
+            self.echo("classes too small for the folds, merged into their lineage: "
+                      + ", ".join(f"{c} -> {p}" for c, p in target["merged"].items()))
+        return {"target_classes": target["classes"], "target_of": target["target_of"],
+                "aml_classes": target["aml_classes"], "lineage_of": target["lineage_of"]}
+
+    def _class_results(self, class_rows: pd.DataFrame, bundle_dir: str, context, outcome) -> pd.DataFrame:
+        """Multi-class metrics (results rows) of every model, and per-class thresholds chosen on the
+        pooled out-of-fold probabilities, saved in each model's bundle for `predict`."""
+        from .bundle import attach_postprocessing
+        from .subtypes import class_result_rows, fallback_thresholds
+
+        classes = list(context.target_classes)
+        for model, rows in class_rows.groupby("model"):
+            thresholds = fallback_thresholds(rows[rows["fold"].map(train_stage.is_cv_fold)], classes,
+                                             context.lineage_of)
+            attach_postprocessing(Path(bundle_dir) / model, abstain_band=outcome.bands.get(model),
+                                  extra=thresholds)
+        return class_result_rows(class_rows, classes)
 
     def _store_training_tables(self, run_id: str, predictions: pd.DataFrame, results: pd.DataFrame,
                                selected: pd.DataFrame | None, choices: pd.DataFrame | None) -> None:

@@ -43,6 +43,12 @@ class ScoredSample:
     warning: str | None = None                 # scored, but unlike the training samples
     explanation: list | None = None            # --explain: top genes by weight x standardized value
     bundle_dir: Path | None = None             # the bundle that scored it: the run and model its stored row names
+    # A multi-class bundle (training.target lineage/subtype): the model's lineage and subtype calls,
+    # 'unclassified' below the class's threshold (the parent is still called); None otherwise.
+    lineage: str | None = None
+    lineage_probability: float | None = None
+    subtype: str | None = None
+    subtype_probability: float | None = None
 
     def record(self) -> dict:
         context = {"input_scale": self.input_scale} if self.input_scale else {}
@@ -57,6 +63,10 @@ class ScoredSample:
             record["warning"] = self.warning
         if self.explanation is not None:
             record["top_genes"] = self.explanation
+        if self.lineage is not None:
+            record.update(lineage=self.lineage, lineage_probability=round(float(self.lineage_probability), 6))
+        if self.subtype is not None:
+            record.update(subtype=self.subtype, subtype_probability=round(float(self.subtype_probability), 6))
         return record
 
 
@@ -154,6 +164,7 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
         probabilities = bundle.predict_proba(rows)
         band = getattr(bundle, "abstain_band", None)
         explanations = bundle.explain(rows) if explain else None
+        _attach_class_calls([r for r in results if r.error is None], bundle, rows)
         for i, (result, probability) in enumerate(zip([r for r in results if r.error is None], probabilities)):
             result.probability_AML = float(probability)
             result.prediction = POSITIVE_CLASS if probability >= 0.5 else NEGATIVE_CLASS
@@ -165,6 +176,17 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
 
 
 # -- from a file, no Spark ----------------------------------------------------------------
+def _attach_class_calls(results: list[ScoredSample], bundle, rows: np.ndarray) -> None:
+    """Lineage and subtype calls of a multi-class bundle (none for an ALL/AML bundle)."""
+    calls = bundle.class_calls(rows) if hasattr(bundle, "class_calls") else None
+    if calls is None:
+        return
+    for result, call in zip(results, calls.to_dict("records")):
+        result.lineage, result.lineage_probability = call["lineage"], call["lineage_probability"]
+        if call["subtype"] is not None:
+            result.subtype, result.subtype_probability = call["subtype"], call["subtype_probability"]
+
+
 def sample_tables_from_file(path: Path, platform: str | None = None):
     """(values frame (sample, platform, probe_id, value), platform tables found in the file)."""
     from .geo.annotation import annotation_from_platform_table
@@ -267,8 +289,9 @@ def format_records(scored: list[ScoredSample], output_format: str) -> str:
     lines = [f"{'sample':<14}{'prediction':<14}{'probability_AML':>16}{'missing':>9}{'scale':>8}  error / warning"]
     for s in scored:
         probability = "" if s.probability_AML is None else f"{s.probability_AML:.4f}"
+        calls = f"  [{s.lineage} / {s.subtype or '-'}]" if s.lineage is not None else ""
         lines.append(f"{s.sample:<14}{s.prediction or '-':<14}{probability:>16}{s.missing_genes:>9}"
-                     f"{s.input_scale or '-':>8}  {s.error or s.warning or ''}")
+                     f"{s.input_scale or '-':>8}  {s.error or s.warning or ''}{calls}")
     return "\n".join(lines)
 
 

@@ -110,6 +110,19 @@ PREDICTIONS = _schema(
     ("truth", StringType(), True),
 )
 
+# Out-of-fold (and test) probability of every class of a multi-class run (training.target lineage or
+# subtype), long: one row per (model, fold, sample, class). Its own table, so that `predictions`
+# keeps its schema and older lakes keep working.
+CLASS_PREDICTIONS = _schema(
+    ("run", StringType(), False),
+    ("model", StringType(), False),
+    ("fold", StringType(), False),
+    ("sample", StringType(), False),
+    ("class", StringType(), False),
+    ("probability", DoubleType(), True),
+    ("truth_class", StringType(), True),
+)
+
 SELECTED_GENES = _schema(
     ("run", StringType(), False),
     ("model", StringType(), False),

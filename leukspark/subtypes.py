@@ -127,3 +127,97 @@ def merge_rare_classes(target: pd.Series, parents: pd.Series, min_count: int) ->
     rare = {c for c, n in counts.items() if n < min_count}
     merged = {c: str(parents[target == c].mode().iloc[0]) for c in sorted(rare)}
     return target.map(lambda c: merged.get(c, c)), merged
+
+
+def min_class_size(folds: int, test_fraction: float) -> int:
+    """The fewest samples a class may have: one per CV fold once the test set has taken its share,
+    plus one for the rounding of the stratified test split."""
+    import math
+
+    return math.ceil(folds / (1.0 - test_fraction)) + 1
+
+
+def target_classes(labels: pd.DataFrame, target: str, min_count: int) -> dict:
+    """What a multi-class run learns, from the labels table (sample, label, lineage, subtype):
+    {"target_of": sample -> class, "classes", "aml_classes", "lineage_of": class -> lineage,
+    "merged": {rare subtype: its lineage}}.
+
+    The stated rule for small classes: a subtype with fewer than `min_count` samples
+    (:func:`min_class_size`: each CV fold must hold one) is merged into its lineage; a lineage that
+    small is refused, as is a sample without a lineage (a `lineage` target) or without subtype and
+    lineage."""
+    from .errors import SplitError
+
+    frame = labels[["sample", "label", "lineage", "subtype"]].drop_duplicates("sample").sort_values("sample")
+    if target == "lineage":
+        missing = frame.loc[frame["lineage"].isna(), "sample"].tolist()
+        if missing:
+            raise SplitError(f"training.target lineage: {len(missing)} labelled sample(s) have no lineage, e.g. "
+                             f"{', '.join(missing[:5])}: give a `lineage` column in the label file or a matching "
+                             "labels.lineage_rules pattern")
+        classes_of = frame["lineage"]
+        counts = classes_of.value_counts()
+        if (counts < min_count).any():
+            raise SplitError(f"training.target lineage: lineage {counts.idxmin()} has {counts.min()} sample(s); "
+                             f"split.folds and split.test_fraction need at least {min_count}")
+        merged: dict[str, str] = {}
+    else:
+        missing = frame.loc[frame["subtype"].isna() & frame["lineage"].isna(), "sample"].tolist()
+        if missing:
+            raise SplitError(f"training.target subtype: {len(missing)} labelled sample(s) have neither subtype nor "
+                             f"lineage, e.g. {', '.join(missing[:5])}")
+        parents = frame["lineage"].fillna(frame["label"])
+        classes_of, merged = merge_rare_classes(frame["subtype"].fillna(parents), parents, min_count)
+    frame = frame.assign(target=classes_of.to_numpy())
+    aml_share_of = frame.groupby("target")["label"].agg(lambda v: (v == "AML").mean())
+    lineage_share = frame.assign(parent=frame["lineage"].fillna(frame["label"])).groupby("target")["parent"]
+    return {"target_of": dict(zip(frame["sample"], frame["target"])), "classes": tuple(sorted(frame["target"].unique())),
+            "aml_classes": tuple(sorted(aml_share_of[aml_share_of > 0.5].index)),
+            "lineage_of": {c: str(v.mode().iloc[0]) for c, v in lineage_share},
+            "merged": merged}
+
+
+def _wide(class_rows: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per sample (sample, truth_class) and its probability matrix in `classes` order."""
+    wide = class_rows.pivot_table(index=["sample", "truth_class"], columns="class", values="probability")
+    return wide.index.to_frame(index=False), wide[list(classes)].to_numpy(dtype=np.float64)
+
+
+def fallback_thresholds(cv_rows: pd.DataFrame, classes: Sequence[str], lineage_of: Mapping[str, str]) -> dict:
+    """Per-class and per-lineage thresholds of one model, chosen on its out-of-fold class rows."""
+    samples, probabilities = _wide(cv_rows, classes)
+    truth = samples["truth_class"].to_numpy(dtype=object)
+    lineages = sorted({lineage_of[c] for c in classes})
+    by_lineage = np.column_stack([probabilities[:, [i for i, c in enumerate(classes) if lineage_of[c] == name]]
+                                  .sum(axis=1) for name in lineages])
+    return {"class_thresholds": choose_thresholds(truth, probabilities, classes),
+            "lineage_thresholds": choose_thresholds(np.array([lineage_of[t] for t in truth], dtype=object),
+                                                    by_lineage, lineages)}
+
+
+def class_result_rows(class_rows: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Long (model, fold, metric, value) results of the top-class calls: class_accuracy,
+    balanced_accuracy and macro_f1 per CV fold, pooled over the CV folds (cv_pooled) and on test;
+    per class `sensitivity[c]`, `specificity[c]`, `precision[c]`, `support[c]` and the confusion
+    counts `confusion[actual|predicted]` pooled and on test (scikit-learn's metrics)."""
+    from .folds import POOLED_FOLD, TEST_FOLD, is_cv_fold
+    from .metrics import multiclass_metrics
+
+    rows = []
+    for model, by_model in class_rows.groupby("model", sort=False):
+        cv = by_model[by_model["fold"].map(is_cv_fold)]
+        parts = [(fold, part) for fold, part in by_model.groupby("fold") if is_cv_fold(fold) or fold == TEST_FOLD]
+        for fold, part in parts + ([(POOLED_FOLD, cv)] if len(cv) else []):
+            samples, probabilities = _wide(part, classes)
+            calls = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+            overall, per_class, confusion = multiclass_metrics(samples["truth_class"], calls, classes)
+            rows += [(model, fold, "class_accuracy", overall["accuracy"]),
+                     (model, fold, "balanced_accuracy", overall["balanced_accuracy"]),
+                     (model, fold, "macro_f1", overall["macro_f1"])]
+            if not is_cv_fold(fold):
+                for record in per_class.to_dict("records"):
+                    rows += [(model, fold, f"{name}[{record['class']}]", float(record[name]))
+                             for name in ("support", "sensitivity", "specificity", "precision")]
+                rows += [(model, fold, f"confusion[{actual}|{predicted}]", float(count))
+                         for actual, counts in confusion.iterrows() for predicted, count in counts.items()]
+    return pd.DataFrame(rows, columns=["model", "fold", "metric", "value"])

@@ -3,6 +3,8 @@ multi-class metrics (against scikit-learn-free oracles written here)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,3 +185,62 @@ def test_multiclass_metrics_match_counts_by_hand():
     assert confusion.loc["A"].tolist() == [2, 1, 0, 0]
     assert confusion.loc["B"].tolist() == [0, 1, 0, 1]
     assert confusion.columns.tolist() == ["A", "B", "C", UNCLASSIFIED]
+
+
+# -- the pipeline with a multi-class target ------------------------------------------------
+def test_a_lineage_run_stores_class_probabilities_and_predict_calls_lineages(spark, tmp_path):
+    from leukspark.bundle import load_bundle
+    from leukspark.lake import Lake
+    from leukspark.pipeline import Pipeline
+    from leukspark.predict import score_matrix
+    from leukspark.synth import write_synthetic_series
+
+    series = write_synthetic_series(tmp_path / "series", n_samples=120, n_probes=500, seed=8, write_matrix=False)
+    config = load_config(overrides={"spark.shuffle_partitions": 4, "training.target": "lineage", "split.folds": 3,
+                                    "training.models": ["logistic_regression"]})
+    lake = Lake.from_config(spark, tmp_path / "lake", config)
+    outcome = Pipeline(spark, lake, config, echo=lambda _m: None).run([str(series.family_soft)])
+    classes = lake.read_small("class_predictions")
+    assert set(classes["class"]) == {"AML", "B-ALL", "T-ALL"}
+    wide = classes.pivot_table(index=["fold", "sample"], columns="class", values="probability")
+    np.testing.assert_allclose(wide.sum(axis=1), 1.0)
+    # P(AML) in `predictions` is the AML class's probability; folds are stratified on the lineage
+    predictions = lake.read_small("predictions").set_index(["fold", "sample"])
+    np.testing.assert_allclose(predictions.loc[wide.index, "probability_AML"], wide["AML"])
+    splits = lake.read_small("splits").merge(lake.read_small("labels")[["sample", "lineage"]], on="sample")
+    per_fold = splits[splits["set"] == "train"].groupby(["fold", "lineage"]).size().unstack()
+    assert (per_fold.max() - per_fold.min()).max() <= 1
+    results = lake.read_small("results").set_index(["fold", "metric"])["value"]
+    assert {"class_accuracy", "balanced_accuracy", "macro_f1", "sensitivity[T-ALL]", "confusion[AML|AML]"} <= set(
+        results.loc["test"].index)
+    bundle = load_bundle(Path(outcome["train"].bundle_dir) / "logistic_regression")
+    assert set(bundle.manifest["extra"]["class_thresholds"]) == {"AML", "B-ALL", "T-ALL"}
+    matrix, samples = _lake_matrix(lake, bundle.gene_order)
+    scored = score_matrix(bundle, samples, matrix)
+    test = wide.loc["test"]
+    for s in scored:
+        if s.sample in test.index:
+            assert s.probability_AML == pytest.approx(test.loc[s.sample, "AML"], abs=1e-6)
+            assert s.lineage in ("AML", "B-ALL", "T-ALL", UNCLASSIFIED) and s.subtype is None
+            assert s.lineage_probability == pytest.approx(test.loc[s.sample].max(), abs=1e-6)
+    assert "lineage" in scored[0].record()
+
+
+def _lake_matrix(lake, genes):
+    features = lake.read_small("gene_features").sort_values("sample")
+    return np.vstack(features["features"].to_numpy()).astype(np.float64), features["sample"].tolist()
+
+
+def test_a_label_run_gives_the_predictions_and_metrics_of_the_code_before_targets(tmp_path):
+    """training.target label is today's behaviour bit for bit: the snapshot was written by the code
+    of main before this change (tests/label_run_snapshot.py says how)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from label_run_snapshot import label_run
+
+    before = pd.read_csv(Path(__file__).parent / "data" / "regression" / "label_run.csv", dtype={"fold": str},
+                         float_precision="round_trip")
+    now = label_run(tmp_path)
+    assert now.columns.tolist() == before.columns.tolist()
+    pd.testing.assert_frame_equal(now, before, check_exact=True, check_dtype=False)

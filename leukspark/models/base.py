@@ -12,6 +12,7 @@ Models are saved in formats that cannot execute code when loaded (``.npz`` read 
 from __future__ import annotations
 
 import copy
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -439,16 +440,31 @@ class ModelSpec(ABC):
         return np.divide(scores, totals, out=uniform, where=totals > 0)
 
     def save_multiclass(self, model: "OneVsRestModel", directory: Path) -> list[str]:
-        """Each member in its own folder ``class_<k>`` in the model's own safe format."""
+        """Each member's files in the model's own safe format, named ``class<k>_<file>``: a bundle
+        holds plain files only (no folders), so the members are told apart by the prefix."""
+        import tempfile
+
         written = []
         for k, member in enumerate(model.members):
-            folder = Path(directory) / f"class_{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            written += [f"class_{k}/{name}" for name in self.save(member, folder)]
+            with tempfile.TemporaryDirectory(dir=directory) as scratch:
+                for name in self.save(member, Path(scratch)):
+                    os.replace(Path(scratch) / name, Path(directory) / f"class{k}_{name}")
+                    written.append(f"class{k}_{name}")
         return written
 
     def load_multiclass(self, directory: Path, n_classes: int) -> "OneVsRestModel":
-        return OneVsRestModel([self.load(Path(directory) / f"class_{k}") for k in range(n_classes)])
+        """Read the members written by :meth:`save_multiclass` (each through the model's own ``load``)."""
+        import shutil
+        import tempfile
+
+        members = []
+        for k in range(n_classes):
+            prefix = f"class{k}_"
+            with tempfile.TemporaryDirectory() as scratch:
+                for path in Path(directory).glob(f"{prefix}*"):
+                    shutil.copyfile(path, Path(scratch) / path.name[len(prefix):])
+                members.append(self.load(Path(scratch)))
+        return OneVsRestModel(members)
 
     def feature_weights(self, model: Any) -> np.ndarray | None:
         """Per-input-feature weight (linear models), or None when the model has none."""
