@@ -21,7 +21,10 @@ LogisticRegression (default C = 1) after a StandardScaler, on the same matrices,
 Thresholds of the fallback calls are cross-fitted: the thresholds applied to fold k are chosen on
 the out-of-fold probabilities of the other folds, so the coverage shown is not optimistic.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_subtypes.py [--part golub chiaretti synthetic]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_subtypes.py --part golub|chiaretti|synthetic [--models ...]
+
+Each part is run on its own (each within a few minutes on an idle 2-core machine) and writes
+results/subtypes_<part>.md; results/subtypes.md sums them up against the goals.
 """
 
 from __future__ import annotations
@@ -276,7 +279,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=5000)
     parser.add_argument("--models", nargs="+", default=list(ALL_MODELS))
     parser.add_argument("--synthetic-models", nargs="+", default=["logistic_regression", "linear_svm"])
-    parser.add_argument("--out", default="subtypes.md")
+    parser.add_argument("--out", help="results file (default: subtypes_<parts>.md)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     from threadpoolctl import threadpool_limits
@@ -295,7 +298,7 @@ def main() -> None:
         if "synthetic" in args.part:
             lines += synthetic(args.synthetic_models, args.samples, args.probes)
     lines.append(f"\nTotal wall time: {time.perf_counter() - started:.0f} s.")
-    write_results(args.out, lines)
+    write_results(args.out or f"subtypes_{'_'.join(args.part)}.md", lines)
 
 
 if __name__ == "__main__":

@@ -244,3 +244,48 @@ def test_a_label_run_gives_the_predictions_and_metrics_of_the_code_before_target
     now = label_run(tmp_path)
     assert now.columns.tolist() == before.columns.tolist()
     pd.testing.assert_frame_equal(now, before, check_exact=True, check_dtype=False)
+
+
+def test_the_report_reads_class_tables_back_from_results_rows(tmp_path):
+    from leukspark.report_base import FigureWriter
+    from leukspark.report_subtypes import class_tables, confusion_heatmap
+    from leukspark.subtypes import class_result_rows
+
+    classes = ["AML", "B-ALL", "T-ALL"]
+    truth = ["AML", "AML", "B-ALL", "B-ALL", "T-ALL", "T-ALL"]
+    probabilities = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .8, .1], [.1, .2, .7], [.1, .1, .8]])
+    rows = pd.DataFrame([{"model": "m", "fold": "test", "sample": f"S{i}", "class": c, "probability": p[k],
+                          "truth_class": t} for i, (t, p) in enumerate(zip(truth, probabilities))
+                         for k, c in enumerate(classes)])
+    results = class_result_rows(rows, classes)
+    table, counts = class_tables(results, "m", "test")
+    assert counts.to_numpy().tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
+    assert table.loc["AML", "sensitivity"] == 0.5 and table.loc["B-ALL", "precision"] == pytest.approx(2 / 3)
+    big = pd.DataFrame(np.eye(18, dtype=int) * 5, index=[f"class {i}" for i in range(18)],
+                       columns=[f"class {i}" for i in range(18)])
+    assert "<img" in FigureWriter(tmp_path).save(confusion_heatmap(big, "18 classes"), "c.png", "x")
+
+
+def test_subtype_overlap_moves_weight_within_the_lineage_only():
+    from leukspark import synth
+    from leukspark.reference import load_mile_samples
+
+    everyone = load_mile_samples()
+    classes = synth._class_names()
+    rows = np.arange(0, len(everyone), 7)
+    design = np.zeros((len(rows), len(classes)))
+    for i, row in enumerate(rows):
+        design[i, classes.index(everyone.at[row, "mile_class"])] = 0.9
+    before = design.copy()
+    synth._overlap_subtypes(design, rows, everyone, seed=3, overlap=0.6)
+    np.testing.assert_allclose(design.sum(axis=1), before.sum(axis=1))
+    lineage = everyone.drop_duplicates("mile_class").set_index("mile_class")["lineage"]
+    for i, row in enumerate(rows):
+        own = everyone.at[row, "lineage"]
+        moved_to = [classes[k] for k in np.flatnonzero(design[i] > 0)]
+        assert {lineage[c] for c in moved_to} == {own}
+        if own in ("ALL", "AML"):
+            assert 0.9 * 0.4 <= design[i, classes.index(everyone.at[row, "mile_class"])] <= 0.9
+        else:
+            np.testing.assert_array_equal(design[i], before[i])
+    assert (design != before).any()
