@@ -98,6 +98,19 @@ class Bundle:
         probabilities = self.spec.predict_proba(self.model, self.preprocessor.transform(X))
         return probabilities if self.calibrator is None else self.calibrator.apply(probabilities)
 
+    def class_calls(self, X: np.ndarray):
+        """A multi-class bundle's calls (leukspark.subtypes.hierarchical_calls: lineage, subtype and their
+        probabilities, with the parent fallback at the thresholds chosen in training); None for ALL/AML."""
+        from leukspark.models.multiclass import CLASSES_KEY
+        from leukspark.subtypes import hierarchical_calls
+
+        extra = self.manifest["extra"]
+        if CLASSES_KEY not in extra:
+            return None
+        probabilities = self.spec.predict_class_proba(self.model, self.preprocessor.transform(X))
+        return hierarchical_calls(probabilities, extra[CLASSES_KEY], extra["lineage_of"],
+                                  extra.get("class_thresholds"), extra.get("lineage_thresholds"))
+
     @property
     def abstain_band(self) -> tuple[float, float] | None:
         """[lo, hi]: probabilities inside it are not called (prediction 'unclassified'); None: always call."""
@@ -359,7 +372,9 @@ def _load_verified(directory: Path) -> Bundle:
 
     model_files = ", ".join(manifest["model_files"])
     try:
-        spec = get_model(manifest["model_name"])
+        from leukspark.models.multiclass import view_for
+
+        spec = view_for(get_model(manifest["model_name"]), manifest["extra"])   # a multi-class fit: P(AML) summed
         model = spec.load(root)
         n_model_features = spec.n_features(model)
     except LeukSparkError as exc:

@@ -64,6 +64,9 @@ def _add_synth_command(commands) -> None:
     cohort.add_argument("--ambiguous-fraction", type=float,
                         help="share of ALL/AML samples with a mixed-lineage profile (default: ~2%%, random)")
     cohort.add_argument("--signal", type=float, help="scale of the lineage and subtype signal (default 1.0)")
+    cohort.add_argument("--subtype-overlap", type=float,
+                        help="share (at most) of a sample's subtype signature taken from another class of its lineage "
+                             "(default 0.0; hard 0.6)")
 
 
 def _add_ingest_command(commands) -> None:
@@ -191,7 +194,8 @@ def cmd_synth(args) -> int:
 
     options = preset_options(args.preset, labs=args.labs, batch_strength=args.batch_strength,
                              lab_confounding=args.lab_confounding, scale=args.scale,
-                             ambiguous_fraction=args.ambiguous_fraction, signal=args.signal)
+                             ambiguous_fraction=args.ambiguous_fraction, signal=args.signal,
+                             subtype_overlap=args.subtype_overlap)
     began = time.perf_counter()
     try:
         result = write_synthetic_series(Path(args.out), n_samples=args.samples, n_probes=args.probes,

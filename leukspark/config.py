@@ -43,6 +43,7 @@ CHOICES = {
     "training.selection": {"none", "variance", "t_test", "moderated_t"},
     "training.tuning.method": {"none", "grid", "random"},
     "training.tuning.metric": {"roc_auc", "accuracy", "brier", "log_loss"},
+    "training.target": {"label", "lineage", "subtype"},
 }
 
 # Ranges of numeric settings (their types come from the defaults). A test fraction of 0
@@ -140,6 +141,7 @@ def validate_config(config: dict, source: str = "configuration", defaults: dict 
         raise ConfigError(f"{source}: training.ensembles may hold {', '.join(sorted(ENSEMBLES))}; got {unknown[0]!r}")
     _check_label_rules(config["labels"]["rules"], source)
     _check_tracking(config["tracking"]["mlflow"], source)
+    _check_lineage_rules(config["labels"]["lineage_rules"], source)
 
 
 def model_choice_problem(name: Any) -> str | None:
@@ -263,6 +265,20 @@ def _check_models(training: dict, source: str) -> None:
     for index, name in enumerate(training["prefer"]):
         if not isinstance(name, str) or name not in REGISTRY:
             raise ConfigError(f"{source}: training.prefer[{index}]: unknown model {name!r}; known models: {known}")
+    if training["target"] != "label":
+        binary_only_settings = [(key, value) for key, value, off in (
+            ("selection", training["selection"], "none"), ("calibration", training["calibration"], "none"),
+            ("tuning.method", training["tuning"]["method"], "none"), ("ensembles", training["ensembles"], []))
+            if value != off]
+        if binary_only_settings:
+            key, value = binary_only_settings[0]
+            raise ConfigError(f"{source}: training.{key} {value!r} works on ALL/AML only; with training.target "
+                              f"{training['target']} leave it off")
+        binary_only = [name for name in models if not REGISTRY[name].multiclass]
+        if binary_only:
+            raise ConfigError(f"{source}: training.models: {', '.join(binary_only)} fit(s) two classes only; "
+                              f"training.target {training['target']} needs multi-class models (remove them, "
+                              f"or use target label)")
     for name, grid in training["tuning"]["grids"].items():
         if name not in REGISTRY:
             raise ConfigError(f"{source}: training.tuning.grids.{name}: unknown model; known models: {known}")
@@ -322,6 +338,21 @@ def _check_label_rules(rules: list, source: str) -> None:
         try:
             re.compile(rule["pattern"])
         except re.error as exc:
+            raise ConfigError(f"{where}.pattern is not a valid regular expression: {exc}") from None
+
+
+def _check_lineage_rules(rules: list, source: str) -> None:
+    from .subtypes import LINEAGES
+
+    for index, rule in enumerate(rules):
+        where = f"{source}: labels.lineage_rules[{index}]"
+        if not isinstance(rule, dict) or set(rule) != {"pattern", "lineage"}:
+            raise ConfigError(f"{where} must be a mapping with exactly the keys pattern, lineage; got {rule!r}")
+        if rule["lineage"] not in LINEAGES:
+            raise ConfigError(f"{where}.lineage must be one of {', '.join(LINEAGES)}; got {rule['lineage']!r}")
+        try:
+            re.compile(rule["pattern"])
+        except (re.error, TypeError) as exc:
             raise ConfigError(f"{where}.pattern is not a valid regular expression: {exc}") from None
 
 

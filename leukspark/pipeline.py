@@ -79,7 +79,7 @@ class Pipeline:
             given = label_stage.read_label_file(self.spark, label_file, sample_order=sample_order)
             if note := label_stage.check_label_samples(samples, given, label_file, self.config["labels"]["strict"]):
                 self.echo(note)
-            labels, excluded = label_stage.labels_from_table(samples, given)
+            labels, excluded = label_stage.labels_from_table(samples, given, self.config["labels"]["lineage_rules"])
         else:
             labels, excluded = label_stage.assign_labels(samples, self.config["labels"])
         labels, excluded = label_stage.exclude_unmeasured(samples, labels, excluded)
@@ -92,6 +92,7 @@ class Pipeline:
         summary = label_stage.label_summary(labels, excluded)
         if not any(row[1] in ("ALL", "AML") for row in summary):
             raise LabelError("no sample got a label: check labels.rules in the configuration or pass --labels")
+        self._add_missing_columns("labels", schemas.LABELS)
         self._overwrite_if_changed("labels", labels.select(*schemas.LABELS.fieldNames()), "labels")
         self._overwrite_if_changed("excluded_samples", excluded.select(*schemas.EXCLUDED_SAMPLES.fieldNames()),
                                    "labels")
@@ -208,13 +209,18 @@ class Pipeline:
         cfg = self.config["split"]
         fraction = cfg["test_fraction"] if test_fraction is None else test_fraction
         labels = self.lake.read("labels").select("sample", "label").toPandas()
+        label_of = dict(zip(labels["sample"], labels["label"]))
+        if self.config["training"]["target"] != "label":   # folds stratified on the classes learnt
+            labels = labels.assign(label=labels["sample"].map(self._target()["target_of"]))
         if split_file:
             assignment = _read_split_file(split_file)
-            return split_stage.given_split(labels, assignment, cfg["folds"], cfg["seed"])
-        if self.lake.exists("splits"):
+            split = split_stage.given_split(labels, assignment, cfg["folds"], cfg["seed"])
+        elif self.lake.exists("splits"):
             stored = self.lake.read("splits").toPandas()
-            return split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
-        return split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
+            split = split_stage.extend_split(stored, labels, fraction, cfg["folds"], cfg["seed"])
+        else:
+            split = split_stage.stratified_split(labels, fraction, cfg["folds"], cfg["seed"])
+        return split.assign(label=split["sample"].map(label_of))   # the table keeps ALL/AML
 
     def sample_groups(self, group_by: str, label_file: str | None = None) -> pd.Series:
         """sample -> group under `split.group_by`: a samples field (series, title, source,
@@ -270,7 +276,10 @@ class Pipeline:
         self.echo(f"training {len(tasks)} fits ({len(cfg['models'])} models x {folds} folds + final"
                   + (f" + {folds * (folds - 1)} nested" if nested else "") + ") as Spark tasks")
         task_rows = train_stage.run_task_rows(self.spark, tasks, context)
-        raw_rows, task_info = train_stage.split_task_rows(task_rows.toPandas())
+        collected = task_rows.toPandas()
+        class_rows = (train_stage.class_probability_rows(collected, context.target_classes, context.target_of)
+                      if context.target_classes else None)
+        raw_rows, task_info = train_stage.split_task_rows(collected)
         outcome = evaluation.evaluate(raw_rows, task_info, cfg, self.config["predict"], genes, run_id)
         predictions, metrics = outcome.predictions, outcome.metrics
         for note in outcome.notes:
@@ -280,12 +289,7 @@ class Pipeline:
         params.update({name: json.dumps(p, sort_keys=True) for name, p in outcome.ensemble_params.items()})
         best = outcome.best_single  # ensembles are reported, not deployed: the best model has a bundle
         self._finish_bundles(bundle_dir, cfg, outcome)
-        extra = outcome.extra_results
-        if choices is not None:
-            extra = pd.concat([extra, tuning.result_rows(choices, metrics, cfg["tuning"]["metric"])],
-                              ignore_index=True)
-        if self.groups is not None:
-            extra = pd.concat([extra, evaluation.group_rows(predictions, self.groups)], ignore_index=True)
+        extra = self._evaluation_results(outcome, class_rows, choices, bundle_dir, context)
         marker_rows = self._marker_enrichment(bundle_dir, cfg)
         ood_predictions, ood_rows = self._score_excluded(bundle_dir, run_id, genes) if cfg["ood_check"] else (None, None)
         results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
@@ -300,10 +304,25 @@ class Pipeline:
         stored = predictions if ood_predictions is None else pd.concat([predictions, ood_predictions],
                                                                        ignore_index=True)
         self._store_training_tables(run_id, stored, results, outcome.selected, choices)
+        if class_rows is not None:
+            self.lake.append("class_predictions", self.spark.createDataFrame(
+                class_rows.assign(run=run_id)[schemas.CLASS_PREDICTIONS.fieldNames()], schemas.CLASS_PREDICTIONS),
+                operation=f"train {run_id}")
         self._record_run(live, splits, len(genes), best, {"predictions": len(stored), "results": len(results)})
         text = train_stage.format_leaderboard(metrics, cfg["best_by"], best)
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def _evaluation_results(self, outcome, class_rows, choices, bundle_dir: str, context) -> pd.DataFrame:
+        """The evaluation's own extra rows, with the multi-class, tuning and per-group rows where they apply."""
+        frames = [outcome.extra_results]
+        if class_rows is not None:
+            frames.append(self._class_results(class_rows, bundle_dir, context, outcome))
+        if choices is not None:
+            frames.append(tuning.result_rows(choices, outcome.metrics, self.config["training"]["tuning"]["metric"]))
+        if self.groups is not None:
+            frames.append(evaluation.group_rows(outcome.predictions, self.groups))
+        return pd.concat(frames, ignore_index=True)
 
     def _settled_feature_build(self, read: Callable[[], tuple[int, int, object]]):
         """`read()` -> (vectors version, genes version, what was read), checked by
@@ -346,7 +365,43 @@ class Pipeline:
             training_inputs=self._training_inputs(splits),
             selection=cfg["selection"], selection_k=cfg["selection_k"], inner_folds=cfg["tuning"]["inner_folds"],
             flag_rate=self.config["predict"]["flag_rate"],
+            **self._target_context(),
         )
+
+    def _target(self) -> dict:
+        """The classes of training.target lineage/subtype, from the labels table (subtypes.target_classes)."""
+        from .subtypes import min_class_size, target_classes
+
+        labels = self.lake.read("labels")
+        if "lineage" not in labels.columns:
+            raise TableError("the labels table has no lineage column (an older lake): run the labels step again")
+        return target_classes(labels.select("sample", "label", "lineage", "subtype").toPandas(),
+                              self.config["training"]["target"],
+                              min_class_size(self.config["split"]["folds"], self.config["split"]["test_fraction"]))
+
+    def _target_context(self) -> dict:
+        if self.config["training"]["target"] == "label":
+            return {}
+        target = self._target()
+        if target["merged"]:
+            self.echo("classes too small for the folds, merged into their lineage: "
+                      + ", ".join(f"{c} -> {p}" for c, p in target["merged"].items()))
+        return {"target_classes": target["classes"], "target_of": target["target_of"],
+                "aml_classes": target["aml_classes"], "lineage_of": target["lineage_of"]}
+
+    def _class_results(self, class_rows: pd.DataFrame, bundle_dir: str, context, outcome) -> pd.DataFrame:
+        """Multi-class metrics (results rows) of every model, and per-class thresholds chosen on the
+        pooled out-of-fold probabilities, saved in each model's bundle for `predict`."""
+        from .bundle import attach_postprocessing
+        from .subtypes import class_result_rows, fallback_thresholds
+
+        classes = list(context.target_classes)
+        for model, rows in class_rows.groupby("model"):
+            thresholds = fallback_thresholds(rows[rows["fold"].map(train_stage.is_cv_fold)], classes,
+                                             context.lineage_of)
+            attach_postprocessing(Path(bundle_dir) / model, abstain_band=outcome.bands.get(model),
+                                  extra=thresholds)
+        return class_result_rows(class_rows, classes)
 
     def _store_training_tables(self, run_id: str, predictions: pd.DataFrame, results: pd.DataFrame,
                                selected: pd.DataFrame | None, choices: pd.DataFrame | None) -> None:
@@ -502,6 +557,12 @@ class Pipeline:
                 parts.append(json.dumps(rows))
         parts.append(json.dumps(self.config["features"], sort_keys=True))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def _add_missing_columns(self, table: str, schema) -> None:
+        """Migrate a table of an older lake to `schema` (columns added later, as nulls) before it is
+        overwritten: the lake refuses a write whose schema differs from the stored one."""
+        if self.lake.exists(table) and set(schema.fieldNames()) - set(self.lake.schema(table).fieldNames()):
+            self.lake.rewrite(table, lambda frame: with_missing_columns(frame, schema), operation="migrate schema")
 
     def _overwrite_if_changed(self, table: str, frame: DataFrame, operation: str) -> bool:
         """Overwrite `table` with `frame` unless it already holds exactly these rows (reruns stay no-ops)."""

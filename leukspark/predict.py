@@ -46,17 +46,23 @@ class ScoredSample:
     bundle_dir: Path | None = None             # the bundle that scored it: the run and model its stored row names
     flags: list = field(default_factory=list)  # novelty, unseen_lineage:<program>, input_range
     novelty: float | None = None               # distance to the nearest training class, as the model sees it
-    lineage: dict | None = None                # program -> score (B-lymphoid, T-lymphoid, myeloid)
+    lineage_scores: dict | None = None         # program -> score (B-lymphoid, T-lymphoid, myeloid)
     dominant_lineage: str | None = None
 
     FLAG_COLUMNS = ("flags", "novelty", "lineage_b", "lineage_t", "lineage_myeloid", "dominant_lineage")
 
     def flag_columns(self) -> dict:
         """The stored form of the checks (columns SCORING_FLAGS of `predictions` and `scored_samples`)."""
-        lineage = self.lineage or {}
+        lineage = self.lineage_scores or {}
         return {"flags": ",".join(self.flags) or None, "novelty": self.novelty,
                 "lineage_b": lineage.get("B-lymphoid"), "lineage_t": lineage.get("T-lymphoid"),
                 "lineage_myeloid": lineage.get("myeloid"), "dominant_lineage": self.dominant_lineage}
+    # A multi-class bundle (training.target lineage/subtype): the model's lineage and subtype calls,
+    # 'unclassified' below the class's threshold (the parent is still called); None otherwise.
+    lineage: str | None = None
+    lineage_probability: float | None = None
+    subtype: str | None = None
+    subtype_probability: float | None = None
 
     def record(self) -> dict:
         context = {"input_scale": self.input_scale} if self.input_scale else {}
@@ -73,11 +79,15 @@ class ScoredSample:
             record["flags"] = list(self.flags)
         if self.novelty is not None:
             record["novelty"] = round(self.novelty, 4)
-        if self.lineage is not None:
-            record["lineage_scores"] = {k: (None if v is None else round(v, 4)) for k, v in self.lineage.items()}
+        if self.lineage_scores is not None:
+            record["lineage_scores"] = {k: (None if v is None else round(v, 4)) for k, v in self.lineage_scores.items()}
             record["dominant_lineage"] = self.dominant_lineage
         if self.explanation is not None:
             record[self.explanation_key] = self.explanation
+        if self.lineage is not None:
+            record.update(lineage=self.lineage, lineage_probability=round(float(self.lineage_probability), 6))
+        if self.subtype is not None:
+            record.update(subtype=self.subtype, subtype_probability=round(float(self.subtype_probability), 6))
         return record
 
 
@@ -173,6 +183,7 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
         explanations = bundle.explain(rows) if explain else None
         called = [r for r in results if r.error is None]
         check_samples(bundle, matrix[np.array(scorable)], called, policy)
+        _attach_class_calls(called, bundle, rows)
         for i, (result, probability) in enumerate(zip(called, probabilities)):
             result.probability_AML = float(probability)
             result.prediction = POSITIVE_CLASS if probability >= 0.5 else NEGATIVE_CLASS
@@ -217,16 +228,27 @@ def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy:
                 result.flags.append("input_range")
                 messages.append(text)
         if np.isfinite(programs[i]).any():
-            result.lineage = {p: (float(v) if np.isfinite(v) else None) for p, v in zip(LINEAGE_PROGRAMS, programs[i])}
+            result.lineage_scores = {p: (float(v) if np.isfinite(v) else None) for p, v in zip(LINEAGE_PROGRAMS, programs[i])}
             result.dominant_lineage = dominant_lineage(programs[i])
             for program in unseen_lineages(programs[i], coverage) if coverage else []:
                 result.flags.append(f"unseen_lineage:{program}")
-                messages.append(f"expresses {program} markers (score {result.lineage[program]:.2f}) that no training "
+                messages.append(f"expresses {program} markers (score {result.lineage_scores[program]:.2f}) that no training "
                                 "class did: the model never learned this lineage, so its ALL/AML call is no diagnosis")
         result.warning = "; ".join(messages) or None
 
 
 # -- from a file, no Spark ----------------------------------------------------------------
+def _attach_class_calls(results: list[ScoredSample], bundle, rows: np.ndarray) -> None:
+    """Lineage and subtype calls of a multi-class bundle (none for an ALL/AML bundle)."""
+    calls = bundle.class_calls(rows) if hasattr(bundle, "class_calls") else None
+    if calls is None:
+        return
+    for result, call in zip(results, calls.to_dict("records")):
+        result.lineage, result.lineage_probability = call["lineage"], call["lineage_probability"]
+        if call["subtype"] is not None:
+            result.subtype, result.subtype_probability = call["subtype"], call["subtype_probability"]
+
+
 def sample_tables_from_file(path: Path, platform: str | None = None):
     """(values frame (sample, platform, probe_id, value), platform tables found in the file)."""
     from .geo.annotation import annotation_from_platform_table
@@ -329,8 +351,9 @@ def format_records(scored: list[ScoredSample], output_format: str) -> str:
     lines = [f"{'sample':<14}{'prediction':<14}{'probability_AML':>16}{'missing':>9}{'scale':>8}  error / warning"]
     for s in scored:
         probability = "" if s.probability_AML is None else f"{s.probability_AML:.4f}"
+        calls = f"  [{s.lineage} / {s.subtype or '-'}]" if s.lineage is not None else ""
         lines.append(f"{s.sample:<14}{s.prediction or '-':<14}{probability:>16}{s.missing_genes:>9}"
-                     f"{s.input_scale or '-':>8}  {s.error or s.warning or ''}")
+                     f"{s.input_scale or '-':>8}  {s.error or s.warning or ''}{calls}")
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ from .reference import ALL_MARKERS, AML_MARKERS  # noqa: E402
 from .stages.train import TEST_FOLD, is_cv_fold, leaderboard  # noqa: E402
 from .report_base import DPI, FigureWriter, RunData, Section, _esc, _num, model_colours  # noqa: E402,F401
 from .report_science import science_sections  # noqa: E402
+from .report_subtypes import subtype_sections  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def write_report(spark: SparkSession, lake: Lake, run_id: str, out_dir: Path, co
         leaderboard_section(data),
         top_genes_section(lake, data, figures, report_cfg["top_genes"]),
         *science_sections(data, figures),
+        *subtype_sections(data, figures),
     ]
     path = out_dir / REPORT_FILE
     path.write_text(render_page(data.run_id, sections), encoding="utf-8")

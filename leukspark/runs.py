@@ -34,7 +34,7 @@ from .owner import Heartbeat, Owner, current_owner, owner_is_gone, utc_now
 log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED, ABANDONED = "running", "succeeded", "failed", "abandoned"
-OUTPUT_TABLES = ("predictions", "results")
+OUTPUT_TABLES = ("predictions", "results", "class_predictions")
 
 
 def _plain(row: dict) -> dict:

@@ -59,6 +59,9 @@ LABELS = _schema(
     ("label", StringType(), False),
     ("subtype", StringType(), True),
     ("rule", StringType(), True),
+    # AML, B-ALL, T-ALL (labels.lineage_rules or the label file); added later: older lakes get it
+    # when the labels step next rewrites the table (Pipeline.labels).
+    ("lineage", StringType(), True),
 )
 
 EXCLUDED_SAMPLES = _schema(
@@ -118,6 +121,19 @@ PREDICTIONS = _schema(
     ("predicted", StringType(), True),
     ("truth", StringType(), True),
     *SCORING_FLAGS,
+)
+
+# Out-of-fold (and test) probability of every class of a multi-class run (training.target lineage or
+# subtype), long: one row per (model, fold, sample, class). Its own table, so that `predictions`
+# keeps its schema and older lakes keep working.
+CLASS_PREDICTIONS = _schema(
+    ("run", StringType(), False),
+    ("model", StringType(), False),
+    ("fold", StringType(), False),
+    ("sample", StringType(), False),
+    ("class", StringType(), False),
+    ("probability", DoubleType(), True),
+    ("truth_class", StringType(), True),
 )
 
 SELECTED_GENES = _schema(

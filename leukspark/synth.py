@@ -44,7 +44,11 @@ Real-cohort settings (all off by default, which writes the files of earlier vers
   some negative) instead of the clipped log2 value;
 * ``ambiguous_fraction``: exactly that share of the ALL/AML samples get a mixed-lineage
   profile (instead of the built-in ~2%, drawn per sample);
-* ``signal``: scales the programs and subtype signatures (the class-dependent part of S).
+* ``signal``: scales the programs and subtype signatures (the class-dependent part of S);
+* ``subtype_overlap``: each leukemic sample's subtype signature is mixed with that of another
+  class of its lineage, with a weight drawn uniformly from [0, subtype_overlap] per sample
+  (real subtypes share much of their expression: the MILE classifier's errors are mostly
+  within a lineage), so that subtype calls are hard while the lineage signal is unchanged.
 
 ``PRESETS["hard"]`` combines them (see docs/synthetic.md for measured accuracies).
 
@@ -128,11 +132,11 @@ class SynthResult:
 PRESETS: dict[str, dict[str, object]] = {
     "default": {
         "labs": 1, "batch_strength": 1.0, "lab_confounding": 0.0, "scale": "log2",
-        "ambiguous_fraction": None, "signal": 1.0,
+        "ambiguous_fraction": None, "signal": 1.0, "subtype_overlap": 0.0,
     },
     "hard": {
         "labs": 11, "batch_strength": 1.5, "lab_confounding": 0.5, "scale": "log2",
-        "ambiguous_fraction": 0.03, "signal": 0.25,
+        "ambiguous_fraction": 0.03, "signal": 0.25, "subtype_overlap": 0.6,
     },
 }
 SCALES = ("log2", "linear")
@@ -183,6 +187,7 @@ def write_synthetic_series(
     scale: str = "log2",
     ambiguous_fraction: float | None = None,
     signal: float = 1.0,
+    subtype_overlap: float = 0.0,
 ) -> SynthResult:
     """Write a synthetic GSE13159-like series (family SOFT, series matrix, annotation CSV).
 
@@ -216,6 +221,9 @@ def write_synthetic_series(
             default): the built-in rate of ~2%, drawn per sample.
         signal: scales the biological (lineage and subtype) signal; 1 is the default,
             smaller values make the classes overlap more.
+        subtype_overlap: the most of an ALL/AML sample's subtype signature moved to another
+            class of its lineage (weight U(0, subtype_overlap) per sample); 0 (the default)
+            draws nothing, so the files of earlier versions are unchanged.
 
     Returns:
         A :class:`SynthResult` with the paths written and the sample and probe ids.
@@ -223,7 +231,7 @@ def write_synthetic_series(
     _check_arguments(n_samples, n_probes, seed, compress_level, missing_fraction)
     cohort = _Cohort(
         labs=labs, batch_strength=batch_strength, lab_confounding=lab_confounding,
-        scale=scale, ambiguous_fraction=ambiguous_fraction, signal=signal,
+        scale=scale, ambiguous_fraction=ambiguous_fraction, signal=signal, subtype_overlap=subtype_overlap,
     )
     cohort.check()
     out_path = Path(out_dir)
@@ -294,6 +302,7 @@ class _Cohort:
     scale: str = "log2"
     ambiguous_fraction: float | None = None
     signal: float = 1.0
+    subtype_overlap: float = 0.0
 
     @property
     def has_labs(self) -> bool:
@@ -318,6 +327,8 @@ class _Cohort:
             )
         if not 0.0 < self.signal <= 10.0:
             raise ValueError(f"signal must be in (0, 10], got {self.signal}")
+        if not 0.0 <= self.subtype_overlap <= 1.0:
+            raise ValueError(f"subtype_overlap must be in [0, 1], got {self.subtype_overlap}")
 
     def call_text(self) -> str:
         """The settings that differ from the defaults, as keyword arguments (or "")."""
@@ -325,7 +336,7 @@ class _Cohort:
         changed = [
             f"{name}={getattr(self, name)!r}"
             for name in ("labs", "batch_strength", "lab_confounding", "scale",
-                         "ambiguous_fraction", "signal")
+                         "ambiguous_fraction", "signal", "subtype_overlap")
             if getattr(self, name) != getattr(defaults, name)
         ]
         return "".join(f", {text}" for text in changed)
@@ -370,6 +381,7 @@ _STREAM_LAB_ASSIGNMENT = 40
 _STREAM_LAB_PARAMETERS = 41
 _STREAM_AMBIGUOUS_CHOICE = 42
 _STREAM_BACKGROUND_NOISE = 43
+_STREAM_SUBTYPE_OVERLAP = 44
 
 
 def _rng(seed: int, stream: int, block: int = 0) -> np.random.Generator:
@@ -824,6 +836,9 @@ def _sample_model(
         design[out_row, :n_programs] = loading
         design[out_row, n_programs + class_column[mile_class]] = blast[row]
         design[out_row, n_programs + len(classes) :] = factors[row]
+    if cohort.subtype_overlap > 0:
+        _overlap_subtypes(design[:, n_programs:n_programs + len(classes)], rows, everyone, seed,
+                          cohort.subtype_overlap)
     if cohort.signal != 1.0:
         # The biological signal: programs, subtypes and the markers' aberrant expression
         # (their dropout scales with the program part); factors and noise are kept.
@@ -846,6 +861,27 @@ def _sample_model(
         lab_noise=lab_noise[lab].astype(np.float32),
         lab_log2_factor=lab_log2_factor[lab].astype(np.float32),
     )
+
+
+def _overlap_subtypes(subtype_design: np.ndarray, rows: np.ndarray, everyone: pd.DataFrame, seed: int,
+                      overlap: float) -> None:
+    """Move a share w ~ U(0, overlap) of each ALL/AML sample's subtype weight (in place) to another
+    class of its lineage, drawn for all 2,096 samples so that a subset keeps its draws."""
+    classes = _class_names()
+    rng = _rng(seed, _STREAM_SUBTYPE_OVERLAP)
+    share = rng.uniform(0.0, overlap, size=len(everyone))
+    pick = rng.random(len(everyone))
+    lineage_of_class = everyone.drop_duplicates("mile_class").set_index("mile_class")["lineage"]
+    for out_row, row in enumerate(rows):
+        mile_class, lineage = everyone.at[row, "mile_class"], everyone.at[row, "lineage"]
+        siblings = [c for c in classes if c != mile_class and lineage_of_class[c] == lineage]
+        if lineage not in (LINEAGE_ALL, LINEAGE_AML) or not siblings:
+            continue
+        own = classes.index(mile_class)
+        other = classes.index(siblings[int(pick[row] * len(siblings))])
+        moved = share[row] * subtype_design[out_row, own]
+        subtype_design[out_row, own] -= moved
+        subtype_design[out_row, other] += moved
 
 
 def _exact_ambiguous(

@@ -218,7 +218,7 @@ def test_old_bundles_without_the_new_checks_still_load_and_flag_by_range(tmp_pat
     bundle = load_bundle(directory)
     scored = score_matrix(bundle, ["in", "shifted"], np.vstack([X[0], X[1] + 50.0]))
     assert scored[0].flags == [] and scored[1].flags == ["input_range"]
-    assert scored[1].novelty is None and scored[1].lineage is None and "flags" in scored[1].record()
+    assert scored[1].novelty is None and scored[1].lineage_scores is None and "flags" in scored[1].record()
 
 
 def _lineage_bundle(tmp_path, seed=6):
@@ -274,7 +274,7 @@ def test_a_t_lineage_sample_is_flagged_and_withheld_on_request(tmp_path):
     withheld = score_matrix(bundle, ["b", "t"], rows, ScoringPolicy(abstain_on_unseen_lineage=True))
     assert [s.prediction for s in withheld] == [scored[0].prediction, "unclassified"]
     columns = scored[1].flag_columns()
-    assert columns["lineage_t"] == pytest.approx(scored[1].lineage["T-lymphoid"])
+    assert columns["lineage_t"] == pytest.approx(scored[1].lineage_scores["T-lymphoid"])
     assert columns["flags"].split(",") == scored[1].flags
 
 

@@ -97,7 +97,8 @@ def write_tables(spark, lake: Lake, data, predictions: pd.DataFrame, bundle_root
         frame = frame.assign(**{c: None for c in schema.fieldNames() if c not in frame})  # nullable columns left out
         lake.append(table, spark.createDataFrame(frame[schema.fieldNames()], schema))
 
-    append("labels", pd.DataFrame({"sample": samples, "label": labels, "subtype": subtypes, "rule": "test"}),
+    append("labels", pd.DataFrame({"sample": samples, "label": labels, "subtype": subtypes, "rule": "test",
+                                   "lineage": None}),
            schemas.LABELS)
     append("excluded_samples", pd.DataFrame({"sample": ["GSM1", "GSM2", "GSM3"], "subtype": ["CLL", "CLL", "MDS"],
                                              "reason": "no label rule matched"}), schemas.EXCLUDED_SAMPLES)

@@ -66,16 +66,16 @@ def test_a_sample_matched_by_rules_of_both_labels_is_excluded_with_both_rules(sp
 def test_read_label_rows_reads_csv_tsv_and_cls_exactly(tmp_path):
     csv_file = tmp_path / "labels.csv"
     csv_file.write_text("Sample,Label,subtype\nGSM1, all ,T-ALL\nGSM2,AML,\n")
-    assert read_label_rows(csv_file) == [("GSM1", "ALL", "T-ALL", "label file labels.csv"),
-                                         ("GSM2", "AML", "AML", "label file labels.csv")]
+    assert read_label_rows(csv_file) == [("GSM1", "ALL", "T-ALL", "label file labels.csv", None),
+                                         ("GSM2", "AML", "AML", "label file labels.csv", None)]
     tsv_file = tmp_path / "labels.tsv"
     tsv_file.write_text("sample\tlabel\nGSM3\tALL\n")
-    assert read_label_rows(tsv_file) == [("GSM3", "ALL", "ALL", "label file labels.tsv")]
+    assert read_label_rows(tsv_file) == [("GSM3", "ALL", "ALL", "label file labels.tsv", None)]
     cls_file = tmp_path / "golub.cls"
     cls_file.write_text("3 2 1\n# ALL AML\n0 1 0\n")
     assert read_label_rows(cls_file, sample_order=["S1", "S2", "S3"]) == [
-        ("S1", "ALL", "ALL", "label file golub.cls"), ("S2", "AML", "AML", "label file golub.cls"),
-        ("S3", "ALL", "ALL", "label file golub.cls")]
+        ("S1", "ALL", "ALL", "label file golub.cls", None), ("S2", "AML", "AML", "label file golub.cls", None),
+        ("S3", "ALL", "ALL", "label file golub.cls", None)]
     with pytest.raises(LabelError, match="labelled twice"):
         (tmp_path / "twice.csv").write_text("sample,label\nGSM1,ALL\nGSM1,AML\n")
         read_label_rows(tmp_path / "twice.csv")

@@ -28,6 +28,7 @@ __all__ = [
     "Preprocessor",
     "TreeEnsemble",
     "fit_and_predict",
+    "fit_and_predict_multiclass",
     "get_model",
     "register",
 ]
@@ -112,4 +113,28 @@ def fit_and_predict(
     # A cross-validation-only run's final fit has nothing to evaluate.
     probabilities = (spec.predict_proba(model, preprocessor.transform(X_eval)) if len(X_eval)
                      else np.empty(0))
+    return FitResult(probabilities, fit_seconds, preprocessor, model, resolved)
+
+
+def fit_and_predict_multiclass(
+    model_name: str,
+    params: Mapping[str, Any] | None,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_eval: np.ndarray,
+    seed: int,
+    scaler: str = "standard",
+    normalize: str = "none",
+) -> FitResult:
+    """:func:`fit_and_predict` for class codes ``y_train`` (0..K-1): ``probabilities`` is an
+    (n_eval, K) matrix. Gene selection is binary (AML vs ALL statistics) and not offered here."""
+    spec = get_model(model_name)
+    resolved = spec.resolve_params(params)
+    started = time.perf_counter()
+    preprocessor = Preprocessor(scaler, normalize).fit(X_train)
+    model = spec.fit_multiclass(preprocessor.transform(X_train), y_train, resolved, seed)
+    fit_seconds = time.perf_counter() - started
+    n_classes = len(model.members)
+    probabilities = (spec.predict_proba_multiclass(model, preprocessor.transform(X_eval)) if len(X_eval)
+                     else np.empty((0, n_classes)))
     return FitResult(probabilities, fit_seconds, preprocessor, model, resolved)

@@ -12,6 +12,7 @@ Models are saved in formats that cannot execute code when loaded (``.npz`` read 
 from __future__ import annotations
 
 import copy
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -390,6 +391,12 @@ class ModelSpec(ABC):
         """True when the model is given NaN (its preprocessing does not impute)."""
         return not self.preprocessing.get("impute", True)
 
+    #: Whether the model can learn more than two classes (``training.target`` lineage or subtype).
+    #: Every model can through :meth:`fit_multiclass` (one-vs-rest over its own binary fit); a model
+    #: that cannot (e.g. a pairwise rule that only orders two classes) sets this False and config
+    #: load refuses it for a multi-class target with one line naming it.
+    multiclass: ClassVar[bool] = True
+
     def param_problem(self, params: Mapping[str, Any] | None) -> tuple[str, str] | None:
         """``(parameter, reason)`` for the first unknown or invalid parameter, or None."""
         params = dict(params or {})
@@ -434,6 +441,56 @@ class ModelSpec(ABC):
         probabilities = np.asarray(self._predict_proba(model, features), dtype=np.float64)
         return probabilities.reshape(-1)
 
+    def fit_multiclass(self, X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None,
+                       seed: int) -> "OneVsRestModel":
+        """Train on class codes ``y`` (0..K-1, K >= 2): one binary fit of this model per class
+        against the rest (scikit-learn's one-vs-rest), so every model gets the same
+        multi-class path, saved as K bundles of its own format."""
+        if not self.multiclass:
+            raise ModelError(f"model {self.name!r} is binary only: it cannot fit a multi-class target")
+        codes = np.asarray(y).reshape(-1)
+        n_classes = int(codes.max()) + 1 if codes.size else 0
+        absent = [k for k in range(n_classes) if not (codes == k).any()]
+        if n_classes < 2 or absent:
+            raise ModelError(f"a multi-class fit needs samples of every class 0..{n_classes - 1}; "
+                             f"none of class(es) {absent}" if absent else "a multi-class fit needs two classes")
+        return OneVsRestModel([self.fit(X, (codes == k).astype(np.int64), params, seed) for k in range(n_classes)])
+
+    def predict_proba_multiclass(self, model: "OneVsRestModel", X: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows sum to 1) of a :meth:`fit_multiclass` model: the members'
+        one-vs-rest probabilities normalised, as OneVsRestClassifier.predict_proba does."""
+        scores = np.column_stack([self.predict_proba(member, X) for member in model.members])
+        totals = scores.sum(axis=1, keepdims=True)
+        uniform = np.full_like(scores, 1.0 / scores.shape[1])
+        return np.divide(scores, totals, out=uniform, where=totals > 0)
+
+    def save_multiclass(self, model: "OneVsRestModel", directory: Path) -> list[str]:
+        """Each member's files in the model's own safe format, named ``class<k>_<file>``: a bundle
+        holds plain files only (no folders), so the members are told apart by the prefix."""
+        import tempfile
+
+        written = []
+        for k, member in enumerate(model.members):
+            with tempfile.TemporaryDirectory(dir=directory) as scratch:
+                for name in self.save(member, Path(scratch)):
+                    os.replace(Path(scratch) / name, Path(directory) / f"class{k}_{name}")
+                    written.append(f"class{k}_{name}")
+        return written
+
+    def load_multiclass(self, directory: Path, n_classes: int) -> "OneVsRestModel":
+        """Read the members written by :meth:`save_multiclass` (each through the model's own ``load``)."""
+        import shutil
+        import tempfile
+
+        members = []
+        for k in range(n_classes):
+            prefix = f"class{k}_"
+            with tempfile.TemporaryDirectory() as scratch:
+                for path in Path(directory).glob(f"{prefix}*"):
+                    shutil.copyfile(path, Path(scratch) / path.name[len(prefix):])
+                members.append(self.load(Path(scratch)))
+        return OneVsRestModel(members)
+
     def feature_weights(self, model: Any) -> np.ndarray | None:
         """Per-input-feature weight (linear models), or None when the model has none."""
         return None
@@ -475,6 +532,13 @@ class ModelSpec(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+@dataclass(frozen=True)
+class OneVsRestModel:
+    """K binary models of one spec, member k trained on "class k" against the rest."""
+
+    members: list
 
 
 # --------------------------------------------------------------------------- helpers for model modules

@@ -1,7 +1,9 @@
 """Labels: ALL or AML per sample from configured rules, or from a label file.
 
-Every sample ends up in exactly one of two tables: `labels` (sample, label, subtype, rule)
-or `excluded_samples` (sample, subtype, reason). Nothing is dropped silently.
+Every sample ends up in exactly one of two tables: `labels` (sample, label, subtype, rule,
+lineage) or `excluded_samples` (sample, subtype, reason). Nothing is dropped silently. The
+lineage (AML, B-ALL, T-ALL) comes from `labels.lineage_rules` applied to the subtype text, or
+from a label file's `lineage` column.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pyspark.sql import functions as F
 from .. import schemas
 from ..errors import LabelError
 from ..matrix import text_encoding
+from ..subtypes import LINEAGES
 
 CHARACTERISTIC_PREFIX = "characteristics."
 PLAIN_FIELDS = {"title", "source", "series", "platform"}
@@ -35,6 +38,14 @@ def field_column(field: str) -> Column:
     )
 
 
+def lineage_column(subtype: Column, lineage_rules: list) -> Column:
+    """The lineage of the first rule whose pattern matches `subtype` (null when none does)."""
+    if not lineage_rules:
+        return F.lit(None).cast("string")
+    return F.coalesce(*[F.when(F.coalesce(subtype.rlike(rule["pattern"]), F.lit(False)), F.lit(rule["lineage"]))
+                        for rule in lineage_rules])
+
+
 def assign_labels(samples: DataFrame, label_config: dict) -> tuple[DataFrame, DataFrame]:
     """Apply the rules to `samples`; return (labels, excluded_samples)."""
     rules = label_config["rules"]
@@ -49,7 +60,8 @@ def assign_labels(samples: DataFrame, label_config: dict) -> tuple[DataFrame, Da
                        F.filter(F.array(*matches), lambda m: m.isNotNull()).alias("matches"))
                .withColumn("labels", F.array_distinct(F.transform("matches", lambda m: m["label"]))))
     labels = (matched.where(F.size("labels") == 1)
-              .select("sample", F.col("labels")[0].alias("label"), "subtype", F.col("matches")[0]["rule"].alias("rule")))
+              .select("sample", F.col("labels")[0].alias("label"), "subtype", F.col("matches")[0]["rule"].alias("rule"),
+                      lineage_column(F.col("subtype"), label_config.get("lineage_rules", [])).alias("lineage")))
     excluded = (matched.where(F.size("labels") != 1)
                 .select("sample", "subtype",
                         F.when(F.size("labels") == 0, F.lit("no label rule matched"))
@@ -60,12 +72,14 @@ def assign_labels(samples: DataFrame, label_config: dict) -> tuple[DataFrame, Da
 
 
 def read_label_file(spark: SparkSession, path: str | Path, *, sample_order: list[str] | None = None) -> DataFrame:
-    """Labels from a CSV/TSV (sample, label[, subtype]) or a GSEA .cls file (needs the matrix's sample order)."""
+    """Labels from a CSV/TSV (sample, label[, lineage][, subtype]) or a GSEA .cls file (needs the matrix's
+    sample order)."""
     return spark.createDataFrame(read_label_rows(path, sample_order=sample_order), schemas.LABELS)
 
 
 def read_label_rows(path: str | Path, *, sample_order: list[str] | None = None) -> list[tuple]:
-    """(sample, label, subtype, rule) rows of a label file; a malformed file is a LabelError naming it."""
+    """(sample, label, subtype, rule, lineage) rows of a label file (lineage None unless the file has a
+    `lineage` column); a malformed file is a LabelError naming it."""
     path, text = Path(path), _label_text(path)
     return _read_cls(path, text, sample_order) if path.suffix.lower() == ".cls" else _read_label_table(path, text)
 
@@ -135,9 +149,11 @@ def exclude_unmeasured(samples: DataFrame, labels: DataFrame, excluded: DataFram
             excluded.select("sample", "subtype", "reason").unionByName(moved))
 
 
-def labels_from_table(samples: DataFrame, given: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Join user-given labels to the stored samples: unknown labels and unlabeled samples are excluded."""
-    joined = samples.select("sample").join(given, "sample", "left")
+def labels_from_table(samples: DataFrame, given: DataFrame, lineage_rules: list | None = None) -> tuple[DataFrame, DataFrame]:
+    """Join user-given labels to the stored samples: unknown labels and unlabeled samples are excluded.
+    A lineage the file does not give comes from `lineage_rules` applied to the subtype."""
+    joined = (samples.select("sample").join(given, "sample", "left")
+              .withColumn("lineage", F.coalesce(F.col("lineage"), lineage_column(F.col("subtype"), lineage_rules or []))))
     labels = joined.where(F.col("label").isin(*LABEL_VALUES)).select(*schemas.LABELS.fieldNames())
     excluded = (joined.where(~F.coalesce(F.col("label").isin(*LABEL_VALUES), F.lit(False)))
                 .select("sample", "subtype",
@@ -194,7 +210,11 @@ def _label_table_rows(path: Path, reader: csv.DictReader) -> list[tuple]:
             raise LabelError(f"{path}: line {line_number}: sample {sample} is labelled twice")
         seen.add(sample)
         subtype = (record.get(fields.get("subtype", ""), "") or "").strip() or label
-        rows.append((sample, label, subtype, f"label file {path.name}"))
+        lineage = (record.get(fields.get("lineage", ""), "") or "").strip() or None
+        if lineage is not None and lineage not in LINEAGES:
+            raise LabelError(f"{path}: line {line_number}: lineage {lineage!r} of sample {sample} is not one of "
+                             f"{', '.join(LINEAGES)}")
+        rows.append((sample, label, subtype, f"label file {path.name}", lineage))
     if not rows:
         raise LabelError(f"{path}: no labels below the header line")
     return rows
@@ -218,5 +238,5 @@ def _read_cls(path: Path, text: str, sample_order: list[str] | None) -> list[tup
     rows = []
     for sample, value in zip(sample_order, classes):
         label = names[int(value)] if value.isdigit() and names and int(value) < len(names) else value
-        rows.append((sample, label.upper(), label, f"label file {path.name}"))
+        rows.append((sample, label.upper(), label, f"label file {path.name}", None))
     return rows

@@ -57,6 +57,12 @@ class TrainingContext:
     selection_k: int = 0
     inner_folds: int = 3                   # training.tuning.inner_folds, for the tuning tasks
     flag_rate: float = 0.05                # predict.flag_rate: the novelty check's out-of-fold false-flag rate
+    # training.target lineage/subtype: the classes learnt (empty: ALL/AML, the binary fit), each
+    # sample's class, the classes summed into P(AML) and each class's lineage (saved in bundles).
+    target_classes: tuple[str, ...] = ()
+    target_of: dict | None = None
+    aml_classes: tuple[str, ...] = ()
+    lineage_of: dict | None = None
 
 
 def plan_tasks(models: list[str], n_folds: int, param_overrides: dict, nested: bool = False,
@@ -224,33 +230,37 @@ def fold_rows(samples: np.ndarray, assignments: dict, fold: str, inner_folds: in
 
 
 def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
-    from ..models import fit_and_predict, get_model
+    from ..models import get_model
 
     samples, matrix = load_feature_matrix(context.feature_files, len(context.gene_order))
     train_mask, eval_mask = fold_rows(samples, context.assignments, task["fold"], context.inner_folds, context.seed)
     truth = np.array([context.assignments[s][2] for s in samples], dtype=object)
-    y_train = (truth[train_mask] == POSITIVE_CLASS).astype(np.int64)
-    params = json.loads(task["params"])
-    normalize = (context.feature_settings or {}).get("normalize", "none")
-    result = fit_and_predict(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
-                             seed=context.seed, scaler=context.scaler, normalize=normalize,
-                             selection=context.selection, selection_k=context.selection_k)
+    result, class_info = _fit_task(task, context, samples, matrix, train_mask, eval_mask, truth)
     novelty, checks = None, None
     if task["fold"] == TEST_FOLD and context.bundle_root:
         from ..bundle import save_bundle
         from ..input_check import fit_reference
 
         reference, ranges = fit_reference(matrix[train_mask])
-        novelty, checks = _training_checks(matrix[train_mask], y_train, samples[train_mask], result.preprocessor,
+        y_binary = (truth[train_mask] == POSITIVE_CLASS).astype(np.int64)
+        novelty, checks = _training_checks(matrix[train_mask], y_binary, samples[train_mask], result.preprocessor,
                                            context)
         reference = {**reference, **novelty}
         inputs = {**(context.training_inputs or {}), "input_check": ranges, **checks}
+        spec = get_model(task["model"])
+        if context.target_classes:
+            from ..models.multiclass import view_for
+
+            spec = view_for(spec, _class_extra(context))
         save_bundle(Path(context.bundle_root) / task["model"], model_name=task["model"],
-                    spec=get_model(task["model"]), model=result.model, preprocessor=result.preprocessor,
+                    spec=spec, model=result.model, preprocessor=result.preprocessor,
                     gene_order=list(context.gene_order), params=result.params, run_id=context.run_id,
-                    extra={"features": context.feature_settings or {}, "training_inputs": inputs},
+                    extra={"features": context.feature_settings or {}, "training_inputs": inputs,
+                           **(_class_extra(context) if context.target_classes else {})},
                     input_reference=reference)
-    probabilities = np.asarray(result.probabilities, dtype=np.float64)
+    probabilities = (np.asarray(result.probabilities, dtype=np.float64) if class_info is None
+                     else result.probabilities[:, [i for i, c in enumerate(context.target_classes)
+                                                   if c in context.aml_classes]].sum(axis=1))
     info = {"n_train": int(train_mask.sum())}
     if result.preprocessor.selected_genes is not None:
         info["selected"] = [int(i) for i in result.preprocessor.selected_genes]
@@ -264,7 +274,7 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
         "predicted": np.where(probabilities >= 0.5, POSITIVE_CLASS, NEGATIVE_CLASS),
         "truth": truth[eval_mask],
         "fit_seconds": result.fit_seconds,
-        "info": None,
+        "info": class_info,
         **_flag_columns(matrix[eval_mask], result.preprocessor, context.gene_order, novelty, checks),
     })
     info_row = pd.DataFrame({"run": [context.run_id], "model": [task["model"]], "fold": [task["fold"]],
@@ -314,6 +324,46 @@ def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | No
         columns["flags"][i] = ",".join(flags) or None
     columns["novelty"] = scores
     return columns
+
+
+def _fit_task(task: pd.Series, context: TrainingContext, samples, matrix, train_mask, eval_mask, truth):
+    """(FitResult, None) of the ALL/AML fit; with a multi-class target, (FitResult with an (n, K)
+    probability matrix, one JSON list of class probabilities per evaluated row)."""
+    from ..models import fit_and_predict, fit_and_predict_multiclass
+
+    params = json.loads(task["params"])
+    normalize = (context.feature_settings or {}).get("normalize", "none")
+    if not context.target_classes:
+        y_train = (truth[train_mask] == POSITIVE_CLASS).astype(np.int64)
+        return fit_and_predict(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
+                               seed=context.seed, scaler=context.scaler, normalize=normalize,
+                               selection=context.selection, selection_k=context.selection_k), None
+    code = {c: i for i, c in enumerate(context.target_classes)}
+    y_train = np.array([code[context.target_of[s]] for s in samples[train_mask]], dtype=np.int64)
+    result = fit_and_predict_multiclass(task["model"], params, matrix[train_mask], y_train, matrix[eval_mask],
+                                        seed=context.seed, scaler=context.scaler, normalize=normalize)
+    return result, [json.dumps([float(v) for v in row]) for row in result.probabilities]
+
+
+def _class_extra(context: TrainingContext) -> dict:
+    from ..models.multiclass import CLASSES_KEY
+
+    return {CLASSES_KEY: list(context.target_classes), "aml_classes": list(context.aml_classes),
+            "lineage_of": dict(context.lineage_of or {})}
+
+
+def class_probability_rows(rows: pd.DataFrame, classes: tuple[str, ...], target_of: dict) -> pd.DataFrame:
+    """Long (model, fold, sample, class, probability, truth_class) rows of a multi-class run's task
+    output (before `split_task_rows` drops the per-row `info` that carries them)."""
+    carried = rows[(rows["sample"] != INFO_SAMPLE) & rows["info"].notna()]
+    if carried.empty:
+        return pd.DataFrame(columns=["model", "fold", "sample", "class", "probability", "truth_class"])
+    matrix = np.array([json.loads(text) for text in carried["info"]], dtype=np.float64)
+    frame = pd.DataFrame(matrix, columns=list(classes))
+    frame[["model", "fold", "sample"]] = carried[["model", "fold", "sample"]].to_numpy()
+    long = frame.melt(id_vars=["model", "fold", "sample"], var_name="class", value_name="probability")
+    long["truth_class"] = long["sample"].map(target_of)
+    return long
 
 
 def metric_rows(predictions: pd.DataFrame, bands: dict | None = None) -> pd.DataFrame:
