@@ -162,6 +162,7 @@ class KtspSpec(ModelSpec):
     # Only the order of genes within a sample: no per-gene affine map, selection or imputation.
     preprocessing = {"scaler": "none", "normalize": "none", "selection": "none", "impute": False}
     explanation_key = "pairs"
+    multiclass = False  # a pair votes for one of two classes
 
     def _fit(self, X: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> KtspModel:
         grid = [params["k"]] if params["k"] is not None else list(range(1, params["max_k"] + 1, 2))
