@@ -461,7 +461,11 @@ def _read_input_reference(directory: Path, manifest: Mapping[str, Any], n_genes:
             reference.update(novelty)
         return reference
 
-    return _read_optional_arrays(directory, manifest, "input_reference_file", build, max_elements=n_genes)
+    # The novelty model's components are NOVELTY_COMPONENTS rows of one entry per gene.
+    from .input_check import NOVELTY_COMPONENTS
+
+    return _read_optional_arrays(directory, manifest, "input_reference_file", build,
+                                 max_elements=n_genes * max(1, NOVELTY_COMPONENTS))
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
