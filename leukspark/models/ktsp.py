@@ -19,10 +19,12 @@ Training (scores in :mod:`leukspark.pairs`), on the training rows only:
 2. Greedy choice of disjoint pairs by |delta| (ties: Tan's rank-difference score).
 3. P(AML) = sigmoid(slope x signed vote share), the signed share being (AML votes - ALL votes) / k,
    with the slope fitted on inner-CV out-of-fold shares (Platt's smoothed targets keep it finite on
-   separable data; the bundle stores slope and a zero offset). The call is the majority vote: the
-   sigmoid has no offset because an offset is a threshold learned inside one cohort, and it did not
-   travel: on GSEA Leukemia -> Chiaretti a fitted offset of 0.3-0.6 called 6-21 of 95 B-ALL AML
-   where the majority vote called 2-3 (benchmarks/results/cross_cohort.md).
+   separable data). The call is the majority vote: the sigmoid has no offset, because an offset is
+   a threshold learned inside one cohort and it did not travel: on GSEA Leukemia -> Chiaretti a
+   fitted offset of 0.3-0.6 called 6-21 of 95 B-ALL AML where the majority vote called 2-3. Only
+   when the inner CV shows the majority vote failing by more than one sample (a one-sided signal:
+   a gene above its partner in AML, a coin flip in ALL, where the bare majority calls half the ALL
+   samples AML) is a full Platt sigmoid, offset included, fitted and stored.
 4. k from the odd numbers up to ``max_k`` (or the fixed ``k``) by an inner stratified
    cross-validation of the training rows (each fold prefilters and searches its own rows):
    the largest k whose out-of-fold majority-vote accuracy is within one sample (1 / n) of the best
@@ -43,6 +45,7 @@ from sklearn.model_selection import StratifiedKFold
 from leukspark import checks
 from leukspark.errors import ModelError
 from leukspark.models.base import ArraysFile, ModelSpec
+from leukspark.models.linear_svm import fit_platt_sigmoid
 from leukspark.pairs import (pair_votes, prefilter_genes, scores_from_ranks, top_disjoint_pairs,
                                     within_sample_ranks)
 
@@ -169,16 +172,24 @@ class KtspSpec(ModelSpec):
         labels = np.asarray(y, dtype=np.int64)
         ranks = within_sample_ranks(X)
         shares = inner_cv_shares(ranks, labels, grid, params["prefilter_genes"], params["inner_folds"], seed)
+        one_sample = 1.0 / len(labels) + 1e-12
         if shares is None:  # too few rows of a class to hold any out: the largest k, calibrated in-sample
-            accuracy, chosen = np.full(len(grid), np.nan), len(grid) - 1
+            accuracy, chosen, offsets = np.full(len(grid), np.nan), len(grid) - 1, None
         else:
-            accuracy = vote_accuracy(shares, labels)
+            accuracy, offsets = vote_accuracy(shares, labels), None
+            sigmoids = np.array([fit_platt_sigmoid(column, labels) for column in shares.T])
+            shifted = ((expit(shares * sigmoids[:, 0] + sigmoids[:, 1]) >= 0.5) == (labels[:, None] == 1)).mean(axis=0)
+            if shifted.max() > accuracy.max() + one_sample:  # a one-sided signal: the majority vote fails
+                accuracy, offsets = shifted, sigmoids[:, 1]
             # The largest k within one sample of the best: at a few dozen rows a one-sample difference is
             # noise, and more voting pairs make a call depend less on any one gene in another lab.
-            chosen = int(np.flatnonzero(accuracy >= accuracy.max() - 1.0 / len(labels) - 1e-12)[-1])
+            chosen = int(np.flatnonzero(accuracy >= accuracy.max() - one_sample)[-1])
         pairs, scores, ties = search_pairs(ranks, labels, params["prefilter_genes"], grid[chosen])
         fitted_on = shares[:, chosen] if shares is not None else share_of_first(pair_votes(ranks, pairs), grid[chosen])
-        calibration = np.array([fit_vote_slope(fitted_on, labels), 0.0])
+        if offsets is None:
+            calibration = np.array([fit_vote_slope(fitted_on, labels), 0.0])
+        else:
+            calibration = np.asarray(fit_platt_sigmoid(fitted_on, labels), dtype=np.float64)
         return KtspModel(pairs=pairs, pair_scores=scores, tie_scores=ties, calibration=calibration,
                          k_grid=np.asarray(grid, dtype=np.int64), cv_accuracy=np.asarray(accuracy, dtype=np.float64),
                          n_features=int(X.shape[1]))
