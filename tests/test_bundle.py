@@ -379,11 +379,15 @@ def test_an_archive_declaring_a_huge_array_is_refused_before_allocating_it(saved
 
 def test_an_archive_array_longer_than_the_gene_count_is_refused(saved_bundles, tmp_path):
     directory = shutil.copytree(saved_bundles["logistic_regression"][0], tmp_path / "bundle")
+    from leukspark.input_check import NOVELTY_COMPONENTS
+
+    # An input reference may hold the novelty model's components (NOVELTY_COMPONENTS rows per gene), no more.
+    bound = N_GENES * NOVELTY_COMPONENTS
     path = directory / "input_reference.npz"
-    np.savez(path, gene_mean=np.zeros(N_GENES * 3), gene_std=np.ones(N_GENES * 3))
+    np.savez(path, gene_mean=np.zeros(bound + 1), gene_std=np.ones(bound + 1))
     rewrite_manifest(directory, lambda manifest: (manifest.update(input_reference_file="input_reference.npz"),
                                                   manifest["files"].update({path.name: _file_record(path)})))
-    with pytest.raises(BundleError, match=rf"input_reference\.npz: .*more than the {N_GENES} entries"):
+    with pytest.raises(BundleError, match=rf"input_reference\.npz: .*more than the {bound} entries"):
         load_bundle(directory)
 
 
