@@ -468,11 +468,11 @@ def format_leaderboard(metrics: pd.DataFrame, best_by: str = "accuracy", best: s
     tested = has_test_set(metrics)
     lines = [f"models ranked by mean cross-validation {best_by}"
              + ("; test metrics of the final fits" if tested else " (cross-validation only: no test set)"),
-             f"{'model':<22}{'CV acc':>16}{'CV AUC':>8}" + (f"{'test acc':>10}{'errors':>8}{'ROC AUC':>9}{'F1':>8}"
+             f"{'model':<28}{'CV acc':>16}{'CV AUC':>8}" + (f"{'test acc':>10}{'errors':>8}{'ROC AUC':>9}{'F1':>8}"
                                                           f"{'fit s':>8}" if tested else "")]
     for model, row in board.iterrows():
         name = f"{model} (best)" if model == best else model
-        line = f"{name:<22}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}{row.cv_roc_auc_mean:>8.4f}"
+        line = f"{name:<28}{row.cv_accuracy_mean:>9.4f} ± {row.cv_accuracy_std:.4f}{row.cv_roc_auc_mean:>8.4f}"
         if tested:
             line += (f"{row.test_accuracy:>10.4f}{int(row.test_errors):>8d}{row.test_roc_auc:>9.4f}"
                      f"{row.test_f1:>8.4f}{row.fit_seconds:>8.1f}")
