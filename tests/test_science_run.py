@@ -87,6 +87,7 @@ def test_final_bundle_is_calibrated_and_predict_reproduces_the_recorded_calls(ru
 
 
 def test_selected_genes_are_the_top_moderated_t_of_each_folds_training_rows(run):
+    from leukspark.models.base import SampleNormalizer
     from leukspark.models.selection import select_genes
 
     lake, run_id = run["lake"], run["run_id"]
@@ -98,6 +99,8 @@ def test_selected_genes_are_the_top_moderated_t_of_each_folds_training_rows(run)
     for fold in ["0", "1", "2", "test"]:
         rows = train.index if fold == "test" else train.index[train["fold"] != int(fold)]
         X = np.vstack(features.loc[rows, "features"].to_numpy())
+        # Selection sees the per-sample normalised rows (features.normalize: rank by default).
+        X = SampleNormalizer(load_config()["features"]["normalize"]).transform(X)
         y = (splits.loc[rows, "label"] == "AML").astype(int).to_numpy()
         expected, _ = select_genes("moderated_t", K, X, y)
         assert sorted(selected.loc[selected["fold"] == fold, "position"]) == list(expected), fold
