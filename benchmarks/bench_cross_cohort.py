@@ -93,18 +93,28 @@ def calls(lake, run, path: Path, annotation: Path | None) -> dict[str, dict[str,
 
 
 def tally(scored: dict[str, object], truth: dict[str, str], groups: dict[str, str]) -> dict[str, dict]:
-    """Per lineage group (and 'all'): n, right, wrong, refused, warned."""
+    """Per lineage group (and 'all'): n, right, wrong, refused, abstained (`unclassified`), warned (any
+    flag), and the flags split by outcome: right_flagged, wrong_flagged, wrong_unflagged."""
     out: dict[str, dict] = {}
     for sample, label in truth.items():
         s = scored.get(sample)
         for group in ["all"] + ([groups[sample]] if sample in groups else []):
-            row = out.setdefault(group, {"n": 0, "right": 0, "wrong": 0, "refused": 0, "warned": 0})
+            row = out.setdefault(group, {key: 0 for key in ("n", "right", "wrong", "refused", "abstained", "warned",
+                                                            "right_flagged", "wrong_flagged", "wrong_unflagged")})
             row["n"] += 1
             if s is None or not s.prediction:
                 row["refused"] += 1
                 continue
-            row["right" if s.prediction == label else "wrong"] += 1
-            row["warned"] += bool(s.warning)
+            flagged = bool(s.warning)
+            row["warned"] += flagged
+            if s.prediction == "unclassified":
+                row["abstained"] += 1
+            elif s.prediction == label:
+                row["right"] += 1
+                row["right_flagged"] += flagged
+            else:
+                row["wrong"] += 1
+                row["wrong_flagged" if flagged else "wrong_unflagged"] += 1
     return out
 
 
@@ -327,6 +337,7 @@ def table_lines(rows: list[dict]) -> list[str]:
             cells = [f"{r['groups'][g]['right']} / {r['groups'][g]['n']}" if g in r["groups"] else "-" for g in groups]
             lines.append(f"| {r['setting']} | {r['model']}{mark} | {total['right'] / total['n']:.4f} | {total['wrong']} | "
                          f"{total['refused']} | {total['warned']} |" + "".join(f" {c} |" for c in cells))
+    lines += flag_lines(scored)
     invariance = [r for r in rows if "changed" in r]
     if invariance:
         lines += ["\n### GSEA Leukemia's 48 samples given again: calls that change against the file as shipped\n",
@@ -336,6 +347,20 @@ def table_lines(rows: list[dict]) -> list[str]:
             cells = {f: f"{int(p.changed.iloc[0])} / {p.max_delta.iloc[0]:.3g}" for f, p in part.groupby("form")}
             mark = " **(best)**" if part["best"].iloc[0] else ""
             lines.append(f"| {setting} | {model}{mark} | {cells.get('log2', '-')} | {cells.get('ranks', '-')} |")
+    return lines
+
+
+def flag_lines(scored: list[dict]) -> list[str]:
+    """Per direction, model and lineage: what the flags and abstentions did with the calls."""
+    lines = ["\n### Flags and abstentions by outcome (right calls flagged; wrong calls flagged or abstained; "
+             "wrong calls neither)\n", "| direction | setting | model | group | right | right flagged | wrong flagged "
+             "| abstained | wrong, not flagged |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in scored:
+        for group, g in r["groups"].items():
+            if "right_flagged" not in g:
+                continue
+            lines.append(f"| {r['direction'].split(' (')[0]} | {r['setting']} | {r['model']} | {group} | {g['right']} | "
+                         f"{g['right_flagged']} | {g['wrong_flagged']} | {g['abstained']} | {g['wrong_unflagged']} |")
     return lines
 
 
@@ -350,7 +375,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default=",".join(DIRECTIONS), help="comma-separated directions")
     parser.add_argument("--out", default="cross_cohort.md")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated transform/normalize settings")
     args = parser.parse_args()
+    for name in [n for n in SETTINGS if n not in args.settings.split(",")]:
+        SETTINGS.pop(name)
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     spark = build_session(load_config())
@@ -359,7 +387,7 @@ def main() -> None:
     (OUT / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
     config = load_config()
     lines = [header("Cross-cohort benchmark: train on cohort A, score cohort B",
-                    f".venv/bin/python benchmarks/bench_cross_cohort.py --only {args.only}"),
+                    f".venv/bin/python benchmarks/bench_cross_cohort.py --only {args.only} --settings {args.settings}"),
              f"Wall time {time.perf_counter() - started:.0f} s. Defaults at this commit: models "
              f"{config['training']['models']}, prefer {config['training']['prefer']}, best_within "
              f"{config['training']['best_within']}. `accuracy` counts a refused sample as wrong; `warned` = "
