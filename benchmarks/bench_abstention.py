@@ -18,7 +18,11 @@ Extra overrides (the lead's final defaults, say) go on the command line as dotte
 features.normalize runs that setting only (half the time: each training is 1-4 minutes on the
 shared 2-core machine, most of it Spark start-up of the small fits):
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_abstention.py [features.transform=auto ...]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_abstention.py [--defaults] [--only=golub,gsea,demo,hard] [features.transform=auto ...]
+
+--defaults: the shipped configuration with only predict.abstain_band=auto fixed, every model of each
+run scored (writes abstention_defaults.md); --only picks directions (hard: a 600-sample --preset hard
+series generated at full GPL570 width).
 
 A call is "confident wrong" when it is wrong, not `unclassified` and carries no flag.
 Writes benchmarks/results/abstention.md and risk-coverage curves abstention_risk_coverage.png.
@@ -53,7 +57,30 @@ GSEA_EXTRA = {"training.calibration": "isotonic"}
 
 
 def overrides_from(argv: list[str]) -> dict:
-    return {key: yaml.safe_load(value) for key, value in (a.split("=", 1) for a in argv)}
+    return {key: yaml.safe_load(value) for key, value in (a.split("=", 1) for a in argv if not a.startswith("--"))}
+
+
+def options_from(argv: list[str]) -> tuple[bool, list[str]]:
+    """(--defaults given, the directions of --only=a,b)."""
+    only = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--only=")), list(DIRECTIONS))
+    unknown = set(only) - set(DIRECTIONS)
+    if unknown:
+        raise SystemExit(f"--only: unknown direction(s) {sorted(unknown)}; choose from {list(DIRECTIONS)}")
+    return "--defaults" in argv, only
+
+
+def use_defaults() -> None:
+    """--defaults: the shipped configuration (every default model, default calibration), with only
+    `predict.abstain_band: auto` fixed so that abstention is measured; every model of the run is scored."""
+    global FIXED, GSEA_EXTRA, MODELS
+    FIXED, GSEA_EXTRA, MODELS = {"predict.abstain_band": "auto"}, {}, None
+
+
+def scored_models(lake, run) -> list[str]:
+    if MODELS is not None:
+        return MODELS
+    results = lake.read("results").where(f"run = '{run.run_id}' AND fold = 'test'").toPandas()
+    return sorted(set(results["model"])) or [run.best_model]
 
 
 def settings(extra: dict) -> tuple:
@@ -79,7 +106,7 @@ def scored_frame(lake, run, path: Path, truth: dict, lineage: dict, annotation: 
     from leukspark.predict import ScoringPolicy, predict_file
 
     frames = []
-    for model in MODELS:
+    for model in scored_models(lake, run):
         scored = predict_file(path, lake.root, run_id=run.run_id, model=model, annotation=annotation,
                               policy=ScoringPolicy.from_config(config))
         frames.append(pd.DataFrame([{
@@ -140,10 +167,21 @@ def gsea_to_chiaretti(spark, extra: dict) -> list[tuple]:
 
 
 def synthetic(spark, extra: dict) -> list[tuple]:
+    return _synthetic(spark, extra, "demo", DEMO / "GSE13159_family.soft.gz", "synthetic demo series")
+
+
+def synthetic_hard(spark, extra: dict) -> list[tuple]:
+    """A 600-sample `--preset hard` series at full GPL570 width (all 18 MILE classes)."""
+    from leukspark.synth import preset_options, write_synthetic_series
+
+    series = write_synthetic_series(OUT / "hard600", n_samples=600, seed=7, **preset_options("hard"))
+    return _synthetic(spark, extra, "hard600", series.family_soft, "synthetic hard preset, 600 samples")
+
+
+def _synthetic(spark, extra: dict, name: str, soft: Path, title: str) -> list[tuple]:
     rows = []
     for normalize in settings(extra):
-        lake, run, config, notes = train(spark, "demo", normalize, [DEMO / "GSE13159_family.soft.gz"],
-                                         {"training.ood_check": True, **extra})
+        lake, run, config, notes = train(spark, name, normalize, [soft], {"training.ood_check": True, **extra})
         stored = lake.read("predictions").where(f"run = '{run.run_id}'").toPandas()
         stored = stored[stored["fold"].isin(["test", "ood"])]
         frame = pd.DataFrame({
@@ -153,7 +191,7 @@ def synthetic(spark, extra: dict) -> list[tuple]:
             "prediction": stored["predicted"], "probability_AML": stored["probability_AML"],
             "flags": stored["flags"].fillna(""), "dominant_lineage": stored["dominant_lineage"],
             "novelty": stored["novelty"]})
-        rows.append(("synthetic demo series (test ALL/AML; other diseases via ood_check)", normalize, frame,
+        rows.append((f"{title} (test ALL/AML; other diseases via ood_check)", normalize, frame,
                      _pooled(lake, run), notes))
     return rows
 
@@ -188,7 +226,7 @@ def table_lines(rows: list[tuple]) -> list[str]:
     return lines
 
 
-def plot_curves(rows: list[tuple]) -> None:
+def plot_curves(rows: list[tuple], name: str = "abstention_risk_coverage.png") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +252,7 @@ def plot_curves(rows: list[tuple]) -> None:
         axis.set_ylabel("error rate on calls")
         axis.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(RESULTS / "abstention_risk_coverage.png", dpi=90)
+    fig.savefig(RESULTS / name, dpi=90)
 
 
 def main() -> None:
@@ -222,25 +260,31 @@ def main() -> None:
     from leukspark.spark import build_session
 
     extra = overrides_from(sys.argv[1:])
+    defaults, only = options_from(sys.argv[1:])
+    if defaults:
+        use_defaults()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     spark = build_session(load_config())
     started = time.perf_counter()
-    rows = golub(spark, extra) + gsea_to_chiaretti(spark, extra) + synthetic(spark, extra)
+    rows = [row for name in only for row in DIRECTIONS[name](spark, extra)]
     elapsed = time.perf_counter() - started
     for direction, normalize, frame, _, _ in rows:
         frame.to_csv(OUT / f"{direction.split(' ')[0]}-{normalize}.csv", index=False)
-    plot_curves(rows)
+    figure = "abstention_defaults_risk_coverage.png" if defaults else "abstention_risk_coverage.png"
+    plot_curves(rows, figure)
     command = "PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_abstention.py " + " ".join(sys.argv[1:])
     lines = [header("Abstention and flags across cohorts", command.strip()),
              f"Fixed settings: {json.dumps(FIXED)} (GSEA Leukemia also {json.dumps(GSEA_EXTRA)}); overrides: "
              f"{json.dumps(extra)}; total {elapsed:.0f} s. "
-             "`flagged`: any flag (novelty, unseen_lineage); `confident wrong`: wrong, called and not flagged; "
+             "`flagged`: any flag (novelty, unseen_lineage, low_blast); `confident wrong`: wrong, called and not flagged; "
              "`called ALL or unseen`: called ALL or flagged as an unseen lineage (the T-ALL goal). Groups: "
              "Chiaretti by lineage (subtype B*/T*), the demo series by truth (ALL/AML test rows, or the MILE class "
-             "of an excluded sample). Risk-coverage curves: abstention_risk_coverage.png."]
-    write_results("abstention.md", lines + table_lines(rows))
+             f"of an excluded sample). Risk-coverage curves: {figure}."]
+    write_results("abstention_defaults.md" if defaults else "abstention.md", lines + table_lines(rows))
 
+
+DIRECTIONS = {"golub": golub, "gsea": gsea_to_chiaretti, "demo": synthetic, "hard": synthetic_hard}
 
 if __name__ == "__main__":
     main()

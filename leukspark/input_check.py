@@ -18,6 +18,8 @@ so a sample of another platform that shares only part of the genes is judged fai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 ARRAY_KEYS = ("gene_mean", "gene_std")
@@ -150,6 +152,37 @@ def conformal_threshold(scores: np.ndarray, rate: float) -> float:
     return float(values[k - 1]) if 1 <= k <= values.size else float("inf")
 
 
+def lower_conformal_threshold(scores: np.ndarray, rate: float) -> float | None:
+    """The floor((n + 1) rate)-th smallest score: a new sample of the same population falls strictly
+    below it with probability at most `rate`; None when n is too small for that rate."""
+    values = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
+    k = int(np.floor((values.size + 1) * rate))
+    return float(values[k - 1]) if 1 <= k <= values.size else None
+
+
+def fit_blast_check(X_train: np.ndarray, gene_order, flag_rate: float) -> dict:
+    """The bundle's blast-program check: the training samples' blast index (reference.blast_index)
+    and the threshold below which a sample is flagged. The index is a fixed function of each
+    sample's ranks (nothing is fitted), so the training samples' own scores are exchangeable with a
+    new sample's and set the threshold directly."""
+    from .reference import blast_index
+
+    scores = blast_index(X_train, gene_order)
+    finite = scores[np.isfinite(scores)]
+    threshold = lower_conformal_threshold(finite, flag_rate)
+    return {"threshold": threshold, "flag_rate": float(flag_rate), "n": int(finite.size),
+            "training_min": float(finite.min()) if finite.size else None,
+            "training_median": float(np.median(finite)) if finite.size else None,
+            "training_flagged": float(np.mean(finite < threshold)) if threshold is not None else None}
+
+
+def blast_message(score: float, threshold: float) -> str:
+    return (f"few blast-cell markers for an acute leukemia (blast index {score:.2f}, below the {threshold:.2f} "
+            "that all but predict.flag_rate of the training samples reach): a chronic leukemia (CLL, CML), MDS, "
+            "normal marrow or a sample with few blasts; the model learned acute leukemias only, so its ALL/AML "
+            "call is no diagnosis")
+
+
 def novelty_message(score: float, threshold: float) -> str:
     return (f"unlike the training samples as the model sees them (novelty {score:.2f} above the "
             f"{threshold:.2f} that flags the training samples' own out-of-fold scores at predict.flag_rate): "
@@ -187,5 +220,60 @@ def fit_training_checks(X_train: np.ndarray, y_train: np.ndarray, folds: np.ndar
                     "components": int(model["novelty_components"].shape[0]), "n_out_of_fold": int(finite.size),
                     "out_of_fold_flagged": float(np.mean(finite > threshold)) if finite.size else None},
         "lineage_coverage": coverage,
+        "blast_check": fit_blast_check(X_train, gene_order, flag_rate),
     }
     return model, entries
+
+
+@dataclass
+class SampleChecks:
+    """What the scoring checks found for each row of one matrix (one entry per row)."""
+
+    flags: list            # list of flag names per row
+    messages: list         # list of warning texts per row
+    novelty: np.ndarray | None
+    programs: np.ndarray   # (n, 3) lineage program scores
+    blast: np.ndarray      # blast index per row
+
+
+def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict | None, inputs: dict,
+               range_check=None) -> SampleChecks:
+    """The flags a bundle gives `rows` (its genes in `gene_order`): one place, used by `predict` and
+    by training's test rows alike.
+
+    * novelty: the preprocessed row lies further from every training class than the threshold set
+      from the training samples' out-of-fold scores at predict.flag_rate;
+    * unseen_lineage:<program>: it expresses lineage markers no training class did;
+    * low_blast: its blast index is below what all but predict.flag_rate of the training samples reach;
+    * input_range: `range_check(i)` (bundles without a novelty model: the older check on raw values).
+    """
+    from .reference import LINEAGE_PROGRAMS, blast_index, lineage_scores, unseen_lineages
+
+    rows = np.asarray(rows)
+    n = len(rows)
+    threshold = (inputs.get("novelty") or {}).get("threshold")
+    novelty = (novelty_scores(novelty_model, novelty_inputs(preprocessor, rows))
+               if novelty_model is not None and n else None)
+    programs = lineage_scores(rows, gene_order) if n else np.zeros((0, 3))
+    blast = blast_index(rows, gene_order) if n else np.zeros(0)
+    coverage = inputs.get("lineage_coverage")
+    blast_threshold = (inputs.get("blast_check") or {}).get("threshold")
+    checks = SampleChecks([[] for _ in range(n)], [[] for _ in range(n)], novelty, programs, blast)
+    for i in range(n):
+        flags, messages = checks.flags[i], checks.messages[i]
+        if novelty is not None and threshold is not None and novelty[i] > threshold:
+            flags.append("novelty")
+            messages.append(novelty_message(float(novelty[i]), float(threshold)))
+        elif novelty is None and range_check is not None:
+            text = range_check(i)
+            if text:
+                flags.append("input_range")
+                messages.append(text)
+        for program in unseen_lineages(programs[i], coverage) if coverage else []:
+            flags.append(f"unseen_lineage:{program}")
+            messages.append(f"expresses {program} markers (score {programs[i][LINEAGE_PROGRAMS.index(program)]:.2f}) "
+                            "that no training class did: the model never learned this lineage, so its ALL/AML call is no diagnosis")
+        if blast_threshold is not None and np.isfinite(blast[i]) and blast[i] < blast_threshold:
+            flags.append("low_blast")
+            messages.append(blast_message(float(blast[i]), float(blast_threshold)))
+    return checks

@@ -48,15 +48,17 @@ class ScoredSample:
     novelty: float | None = None               # distance to the nearest training class, as the model sees it
     lineage_scores: dict | None = None         # program -> score (B-lymphoid, T-lymphoid, myeloid)
     dominant_lineage: str | None = None
+    blast_index: float | None = None           # blast markers' within-sample rank score minus mature granulocytes'
 
-    FLAG_COLUMNS = ("flags", "novelty", "lineage_b", "lineage_t", "lineage_myeloid", "dominant_lineage")
+    FLAG_COLUMNS = ("flags", "novelty", "lineage_b", "lineage_t", "lineage_myeloid", "dominant_lineage", "blast_index")
 
     def flag_columns(self) -> dict:
         """The stored form of the checks (columns SCORING_FLAGS of `predictions` and `scored_samples`)."""
         lineage = self.lineage_scores or {}
         return {"flags": ",".join(self.flags) or None, "novelty": self.novelty,
                 "lineage_b": lineage.get("B-lymphoid"), "lineage_t": lineage.get("T-lymphoid"),
-                "lineage_myeloid": lineage.get("myeloid"), "dominant_lineage": self.dominant_lineage}
+                "lineage_myeloid": lineage.get("myeloid"), "dominant_lineage": self.dominant_lineage,
+                "blast_index": self.blast_index}
     # A multi-class bundle (training.target lineage/subtype): the model's lineage and subtype calls,
     # 'unclassified' below the class's threshold (the parent is still called); None otherwise.
     lineage: str | None = None
@@ -82,6 +84,8 @@ class ScoredSample:
         if self.lineage_scores is not None:
             record["lineage_scores"] = {k: (None if v is None else round(v, 4)) for k, v in self.lineage_scores.items()}
             record["dominant_lineage"] = self.dominant_lineage
+        if self.blast_index is not None:
+            record["blast_index"] = round(self.blast_index, 4)
         if self.explanation is not None:
             record[self.explanation_key] = self.explanation
         if self.lineage is not None:
@@ -198,43 +202,28 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
 
 
 def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy: ScoringPolicy) -> None:
-    """Flag scored samples the model should not be trusted on, in place (`flags`, `warning`).
-
-    * novelty: the preprocessed sample lies further from every training class than the
-      bundle's threshold (set from the training samples' out-of-fold scores at predict.flag_rate);
-    * unseen_lineage:<program>: the sample expresses lineage markers no training class did;
-    * input_range: bundles without a novelty model only: the older shift/spread check on the
-      values before normalisation.
-    """
-    from .input_check import novelty_inputs, novelty_message, novelty_scores, out_of_range
-    from .reference import LINEAGE_PROGRAMS, dominant_lineage, lineage_scores, unseen_lineages
+    """Flag scored samples the model should not be trusted on, in place (`flags`, `warning`,
+    `novelty`, lineage program scores, `blast_index`): see input_check.check_rows."""
+    from .input_check import check_rows, out_of_range
+    from .reference import LINEAGE_PROGRAMS, dominant_lineage
 
     reference, inputs = bundle.input_reference, bundle.training_inputs
-    threshold = (inputs.get("novelty") or {}).get("threshold")
     has_novelty = reference is not None and "novelty_components" in reference
-    novelty = novelty_scores(reference, novelty_inputs(bundle.preprocessor, rows)) if has_novelty else None
-    programs = lineage_scores(rows, bundle.gene_order)
-    coverage = inputs.get("lineage_coverage")
+    range_check = (None if has_novelty or reference is None or not inputs.get("input_check") else
+                   lambda i: out_of_range(rows[i], reference, inputs["input_check"], policy.range_margin))
+    checks = check_rows(rows, bundle.gene_order, bundle.preprocessor, reference if has_novelty else None, inputs,
+                        range_check)
     for i, result in enumerate(results):
-        messages = []
-        if novelty is not None:
-            result.novelty = float(novelty[i])
-            if threshold is not None and novelty[i] > threshold:
-                result.flags.append("novelty")
-                messages.append(novelty_message(float(novelty[i]), float(threshold)))
-        elif reference is not None and inputs.get("input_check"):
-            text = out_of_range(rows[i], reference, inputs["input_check"], policy.range_margin)
-            if text:
-                result.flags.append("input_range")
-                messages.append(text)
-        if np.isfinite(programs[i]).any():
-            result.lineage_scores = {p: (float(v) if np.isfinite(v) else None) for p, v in zip(LINEAGE_PROGRAMS, programs[i])}
-            result.dominant_lineage = dominant_lineage(programs[i])
-            for program in unseen_lineages(programs[i], coverage) if coverage else []:
-                result.flags.append(f"unseen_lineage:{program}")
-                messages.append(f"expresses {program} markers (score {result.lineage_scores[program]:.2f}) that no training "
-                                "class did: the model never learned this lineage, so its ALL/AML call is no diagnosis")
-        result.warning = "; ".join(messages) or None
+        result.flags.extend(checks.flags[i])
+        if checks.novelty is not None:
+            result.novelty = float(checks.novelty[i])
+        if np.isfinite(checks.programs[i]).any():
+            result.lineage_scores = {p: (float(v) if np.isfinite(v) else None)
+                                     for p, v in zip(LINEAGE_PROGRAMS, checks.programs[i])}
+            result.dominant_lineage = dominant_lineage(checks.programs[i])
+        if np.isfinite(checks.blast[i]):
+            result.blast_index = float(checks.blast[i])
+        result.warning = "; ".join(checks.messages[i]) or None
 
 
 # -- from a file, no Spark ----------------------------------------------------------------

@@ -181,6 +181,13 @@ def lineage_scores(matrix, gene_order) -> "np.ndarray":
     A program none of whose markers is among `gene_order`, or a sample with none of them
     measured, scores NaN.
     """
+    markers = {program: [g for g, lineage, _ in LINEAGE_MARKERS if lineage == program] for program in LINEAGE_PROGRAMS}
+    return marker_set_scores(matrix, gene_order, [markers[p] for p in LINEAGE_PROGRAMS])
+
+
+def marker_set_scores(matrix, gene_order, marker_sets: list) -> "np.ndarray":
+    """(n samples x len(marker_sets)): per sample and set, the mean within-sample rank percentile
+    of the set's genes (over the sample's measured genes) minus 0.5; NaN where none is measured."""
     import numpy as np
     from scipy.stats import rankdata
 
@@ -188,10 +195,9 @@ def lineage_scores(matrix, gene_order) -> "np.ndarray":
     if values.ndim == 1:
         values = values[None, :]
     position = {gene: i for i, gene in enumerate(gene_order)}
-    columns = {program: [position[g] for g, lineage, _ in LINEAGE_MARKERS if lineage == program and g in position]
-               for program in LINEAGE_PROGRAMS}
-    wanted = sorted({i for cols in columns.values() for i in cols})
-    scores = np.full((values.shape[0], len(LINEAGE_PROGRAMS)), np.nan)
+    columns = [[position[g] for g in genes if g in position] for genes in marker_sets]
+    wanted = sorted({i for cols in columns for i in cols})
+    scores = np.full((values.shape[0], len(marker_sets)), np.nan)
     if not wanted:
         return scores
     for row_index, row in enumerate(values):
@@ -200,11 +206,44 @@ def lineage_scores(matrix, gene_order) -> "np.ndarray":
             continue
         percentile = np.full(row.size, np.nan)
         percentile[measured] = (rankdata(row[measured]) - 0.5) / measured.sum()
-        for j, program in enumerate(LINEAGE_PROGRAMS):
-            marker_values = percentile[columns[program]]
+        for j, cols in enumerate(columns):
+            marker_values = percentile[cols]
             if np.isfinite(marker_values).any():
                 scores[row_index, j] = np.nanmean(marker_values) - 0.5
     return scores
+
+
+# -- blast program: is this an acute leukemia at all? -----------------------------------------
+#: Precursor (blast) cell markers of the two acute leukemias: TdT (DNTT), the pre-B surrogate light
+#: chain (VPREB1, IGLL1) and CD34 in lymphoblasts; the azurophil granule proteins of myeloblasts and
+#: promyelocytes (MPO, ELANE, AZU1, PRTN3, CTSG) with CD34 and CD117 (KIT). An acute leukemia sample
+#: is mostly blasts, so one of the two sets sits high in its ranks; CLL (mature B cells), chronic-phase
+#: CML and most MDS or normal marrow hold few blasts (WHO: acute leukemia needs >= 20 % blasts).
+BLAST_MARKER_SETS: dict[str, tuple[str, ...]] = {
+    "lymphoblast": ("DNTT", "VPREB1", "IGLL1", "CD34"),
+    "myeloblast": ("MPO", "ELANE", "AZU1", "PRTN3", "CTSG", "CD34", "KIT"),
+}
+#: Secondary (specific) granule proteins, made from the myelocyte stage on: lactoferrin (LTF),
+#: cathelicidin (CAMP), neutrophil collagenase (MMP8), CD66b (CEACAM8), lipocalin 2 (LCN2). High in
+#: CML and normal marrow, low in AML blasts, monocytic AML included (whose mature markers, CD14, LYZ,
+#: S100A8/9, are therefore not used here).
+MATURE_GRANULOCYTE_MARKERS: tuple[str, ...] = ("LTF", "CAMP", "MMP8", "CEACAM8", "LCN2")
+
+
+def blast_index(matrix, gene_order) -> "np.ndarray":
+    """Per sample: the stronger of the two blast marker-set scores minus the mature granulocyte
+    score (that part 0 where none of its genes is measured); NaN when no blast marker is measured.
+    Within-sample ranks only, so scale-free like `lineage_scores`. Low: few blasts, many maturing
+    cells - not what an ALL/AML model was trained on."""
+    import numpy as np
+
+    sets = [*BLAST_MARKER_SETS.values(), MATURE_GRANULOCYTE_MARKERS]
+    scores = marker_set_scores(matrix, gene_order, [list(s) for s in sets])
+    blast = scores[:, : len(BLAST_MARKER_SETS)]
+    has_blast = np.isfinite(blast).any(axis=1)
+    strongest = np.max(np.where(np.isfinite(blast), blast, -np.inf), axis=1)
+    mature = np.nan_to_num(scores[:, -1], nan=0.0)
+    return np.where(has_blast, strongest - mature, np.nan)
 
 
 def lineage_coverage(scores, labels) -> dict:

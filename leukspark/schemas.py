@@ -101,8 +101,8 @@ RESULTS = _schema(
 )
 
 # What the scoring checks found, per scored sample (null where not scored, and in rows of older
-# versions): comma-separated flags (novelty, unseen_lineage:<program>, input_range), the novelty
-# score, the three lineage program scores and the dominant program.
+# versions): comma-separated flags (novelty, unseen_lineage:<program>, low_blast, input_range), the
+# novelty score, the three lineage program scores, the dominant program and the blast index.
 SCORING_FLAGS = (
     ("flags", StringType(), True),
     ("novelty", DoubleType(), True),
@@ -110,6 +110,7 @@ SCORING_FLAGS = (
     ("lineage_t", DoubleType(), True),
     ("lineage_myeloid", DoubleType(), True),
     ("dominant_lineage", StringType(), True),
+    ("blast_index", DoubleType(), True),
 )
 
 PREDICTIONS = _schema(

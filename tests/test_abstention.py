@@ -171,6 +171,53 @@ def test_t_all_is_an_unseen_lineage_for_a_b_all_vs_aml_model(cohorts):
     assert b_flagged <= 0.1 * (lineage == "B").sum()
 
 
+# -- blast program: other diseases ------------------------------------------------------------
+def test_blast_index_equals_a_plain_pandas_recomputation_and_is_scale_free(cohorts):
+    from leukspark.reference import BLAST_MARKER_SETS, MATURE_GRANULOCYTE_MARKERS, blast_index
+
+    gsea, _, _, _, genes = cohorts
+    index = blast_index(gsea.to_numpy(), genes)
+    # Oracle: pandas percent ranks per sample, set means, the stronger blast set minus the mature set.
+    percentile = gsea.rank(axis=1, pct=True) - 0.5 / gsea.shape[1]
+    blast = pd.concat([percentile[[g for g in markers if g in genes]].mean(axis=1) - 0.5
+                       for markers in BLAST_MARKER_SETS.values()], axis=1).max(axis=1)
+    mature = percentile[[g for g in MATURE_GRANULOCYTE_MARKERS if g in genes]].mean(axis=1) - 0.5
+    np.testing.assert_allclose(index, (blast - mature).to_numpy(), atol=1e-12)
+    np.testing.assert_allclose(blast_index(2 ** gsea.to_numpy(), genes), index)
+    # No mature marker measured: the blast part alone; no blast marker: NaN.
+    no_mature = [g if g not in MATURE_GRANULOCYTE_MARKERS else g + "_x" for g in genes]
+    np.testing.assert_allclose(blast_index(gsea.to_numpy(), no_mature), blast.to_numpy(), atol=1e-12)
+    assert np.isnan(blast_index(gsea.to_numpy()[:2], [f"probe{i}" for i in range(len(genes))])).all()
+
+
+def test_blast_check_from_gsea_flags_no_chiaretti_all_and_a_mature_sample(cohorts):
+    from leukspark.input_check import check_rows, fit_blast_check, lower_conformal_threshold
+
+    gsea, y, chiaretti, lineage, genes = cohorts
+    check = fit_blast_check(gsea.to_numpy(), genes, flag_rate=0.05)
+    assert check["n"] == 48 and check["threshold"] is not None
+    assert check["training_flagged"] <= 0.05
+    # Real acute leukemias of another lab (RMA, both lineages): measured 0 of 128 flagged.
+    found = check_rows(chiaretti.to_numpy(), genes, None, None, {"blast_check": check})
+    flagged = np.array(["low_blast" in f for f in found.flags])
+    assert flagged.sum() <= 0.05 * len(flagged)
+    # A marrow that is mostly maturing granulocytes (a chronic-phase CML picture): the mature markers
+    # moved to the top of an ALL sample's ranks, its blast markers to the bottom.
+    sample = gsea.iloc[int(np.argmax(y == 0))].to_numpy().copy()
+    order = np.sort(sample)
+    for g in ("LTF", "CAMP", "MMP8", "CEACAM8", "LCN2"):
+        if g in genes:
+            sample[genes.index(g)] = order[-1] + 1
+    for g in ("DNTT", "VPREB1", "IGLL1", "CD34", "MPO", "ELANE", "AZU1", "PRTN3", "CTSG", "KIT"):
+        if g in genes:
+            sample[genes.index(g)] = order[0] - 1
+    mature = check_rows(sample[None, :], genes, None, None, {"blast_check": check})
+    assert mature.flags[0] == ["low_blast"] and "chronic leukemia" in mature.messages[0][0]
+    # The threshold is the floor((n+1) rate)-th smallest score; too few samples for the rate: none.
+    scores = np.arange(10.0)
+    assert lower_conformal_threshold(scores, 0.2) == 1.0 and lower_conformal_threshold(scores, 0.05) is None
+
+
 # -- novelty on what the model sees -------------------------------------------------------------
 def test_novelty_threshold_flags_its_rate_out_of_fold_and_moves_with_it():
     from leukspark.input_check import conformal_threshold, fit_training_checks, novelty_scores
@@ -296,5 +343,5 @@ def test_older_prediction_tables_get_the_new_columns(spark, lake):
     assert lake.version("scored_samples") == version
     lake.append("scored_samples", spark.createDataFrame(
         [(None, "r", "m", "S2", "file", 0.1, "ALL", 0, None, "log2", None, "novelty", 3.2, 0.3, -0.1, -0.1,
-          "B-lymphoid")], schemas.SCORED_SAMPLES))
+          "B-lymphoid", 0.25)], schemas.SCORED_SAMPLES))
     assert lake.read("scored_samples").count() == 2

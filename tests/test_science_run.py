@@ -143,6 +143,18 @@ def test_excluded_samples_are_scored_as_ood(run):
             assert _value(results, model, f"ood:{mile_class}", "n") == len(group)
             calls = part.loc[group["sample"], "predicted"]
             assert _value(results, model, f"ood:{mile_class}", "abstained") == (calls == "unclassified").sum()
+    # The blast check: every scored sample carries its blast index, and exactly those below the
+    # bundle's threshold are flagged low_blast (other diseases and the test rows alike).
+    from leukspark.bundle import load_bundle
+    from leukspark.runs import RunLog
+
+    threshold = load_bundle(RunLog(lake.root).bundle_dir(run["run_id"], MODELS[0])).training_inputs[
+        "blast_check"]["threshold"]
+    assert threshold is not None
+    scored = predictions[predictions["fold"].isin(["ood", "test"]) & (predictions["model"] == MODELS[0])]
+    assert scored["blast_index"].notna().all()
+    flagged = scored["flags"].fillna("").str.contains("low_blast")
+    assert (flagged == (scored["blast_index"] < threshold)).all()
 
 
 def test_report_has_the_new_sections(run):

@@ -304,26 +304,21 @@ def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarr
 
 
 def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, checks: dict | None) -> dict:
-    """The scoring-check columns of evaluated rows: lineage program scores always; for the final
-    fit's test rows also the novelty score and the flags its bundle would give them."""
-    from ..input_check import novelty_inputs, novelty_scores
-    from ..reference import dominant_lineage, lineage_scores, unseen_lineages
+    """The scoring-check columns of evaluated rows: lineage program scores and the blast index
+    always; for the final fit's test rows also the novelty score and the flags its bundle would
+    give them (input_check.check_rows, as `predict` does)."""
+    from ..input_check import check_rows
+    from ..reference import dominant_lineage
 
-    programs = lineage_scores(rows, gene_order)
+    found = check_rows(rows, gene_order, preprocessor, novelty, checks or {})
     n = len(rows)
-    columns = {"flags": [None] * n, "novelty": [None] * n,
-               "lineage_b": programs[:, 0], "lineage_t": programs[:, 1], "lineage_myeloid": programs[:, 2],
-               "dominant_lineage": [dominant_lineage(row) for row in programs]}
-    if novelty is None or n == 0:
-        return columns
-    scores = novelty_scores(novelty, novelty_inputs(preprocessor, rows))
-    threshold = checks["novelty"]["threshold"]
-    for i in range(n):
-        flags = (["novelty"] if threshold is not None and scores[i] > threshold else []) + [
-            f"unseen_lineage:{p}" for p in unseen_lineages(programs[i], checks["lineage_coverage"])]
-        columns["flags"][i] = ",".join(flags) or None
-    columns["novelty"] = scores
-    return columns
+    final = novelty is not None and n > 0
+    return {"flags": [",".join(f) or None for f in found.flags] if final else [None] * n,
+            "novelty": found.novelty if final else [None] * n,
+            "lineage_b": found.programs[:, 0], "lineage_t": found.programs[:, 1],
+            "lineage_myeloid": found.programs[:, 2],
+            "dominant_lineage": [dominant_lineage(row) for row in found.programs],
+            "blast_index": found.blast}
 
 
 def _fit_task(task: pd.Series, context: TrainingContext, samples, matrix, train_mask, eval_mask, truth):
