@@ -234,6 +234,108 @@ def spark_scores_from_ranks(spark, ranks: np.ndarray, labels: np.ndarray, candid
     return PairScores(candidates, delta, _gamma(subset, labels))
 
 
+@dataclass(frozen=True)
+class TopEntries:
+    """The best ``keep`` pairs (i, j > i) of every row of some blocks, in candidate indices: all the
+    greedy choice of at most keep // 2 + 1 disjoint pairs can need (:func:`block_top_entries`)."""
+
+    i: np.ndarray      # int64
+    j: np.ndarray      # int64
+    delta: np.ndarray  # float64, signed delta[i, j]
+    gamma: np.ndarray  # float64, signed gamma[i, j]
+
+    @staticmethod
+    def concatenate(parts: list["TopEntries"]) -> "TopEntries":
+        kinds = {"i": np.int64, "j": np.int64, "delta": np.float64, "gamma": np.float64}
+        return TopEntries(*(np.concatenate([getattr(p, f) for p in parts]).astype(kind, copy=False) if parts
+                            else np.zeros(0, dtype=kind) for f, kind in kinds.items()))
+
+
+def block_top_entries(rows: RankedRows, difference: np.ndarray, start: int, stop: int, keep: int) -> TopEntries:
+    """Score block [start, stop) (:func:`score_block`) and keep, per row i, its ``keep`` best pairs
+    (i, j > i) in the greedy's order: |delta| descending, then |gamma| descending, then j ascending;
+    pairs with delta = 0 never count.
+
+    Why ``keep = 2 x max_pairs`` is enough: the t-th greedy pair (i, j) is the first available pair
+    in that order over all rows; every pair before it in row i's own order is unavailable, so it
+    touches one of the 2 (t - 1) genes already used: (i, j) is among row i's first 2t - 1 pairs.
+    """
+    delta = score_block(rows, start, stop)
+    parts = []
+    for offset, row in enumerate(range(start, stop)):
+        values = delta[offset, row + 1 - start:]
+        j = np.flatnonzero(values != 0)
+        if j.size == 0:
+            continue
+        magnitude = np.abs(values[j])
+        if j.size > keep:  # the keep-th largest |delta| and everything tied with it, then the full order
+            cut = np.partition(magnitude, j.size - keep)[j.size - keep]
+            j, magnitude = j[magnitude >= cut], magnitude[magnitude >= cut]
+        columns = j + row + 1
+        gamma = difference[row] - difference[columns]
+        order = np.lexsort((columns, -np.abs(gamma), -magnitude))[:keep]
+        parts.append(TopEntries(np.full(order.size, row, dtype=np.int64), columns[order].astype(np.int64),
+                                values[j[order]], gamma[order]))
+    return TopEntries.concatenate(parts)
+
+
+def greedy_disjoint_pairs(entries: TopEntries, candidates: np.ndarray, max_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`top_disjoint_pairs` from the kept entries of every row: the same pairs, in the same order."""
+    order = np.lexsort((entries.j, entries.i, -np.abs(entries.gamma), -np.abs(entries.delta)))
+    used: set[int] = set()
+    chosen = []
+    for index in order:
+        i, j = int(entries.i[index]), int(entries.j[index])
+        if i in used or j in used:
+            continue
+        chosen.append(index)
+        used.update((i, j))
+        if len(chosen) == max_pairs:
+            break
+    if not chosen:
+        raise ModelError("no gene pair orders the two classes differently on the training rows")
+    chosen = np.array(chosen)
+    local = np.stack([entries.i[chosen], entries.j[chosen]], axis=1)
+    oriented = np.where(entries.delta[chosen][:, None] > 0, local, local[:, ::-1])
+    return candidates[oriented], np.abs(entries.delta[chosen]), np.abs(entries.gamma[chosen])
+
+
+def numpy_top_pairs(ranks: np.ndarray, labels: np.ndarray, candidates: np.ndarray, max_pairs: int,
+                    max_block_elements: int = MAX_BLOCK_ELEMENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy k-TSP pairs in one process, block by block, holding only each row's best pairs
+    (memory O(candidates x max_pairs), not candidates^2)."""
+    subset = ranks[:, candidates]
+    rows = ranked_rows(subset, labels)
+    difference = rank_difference(subset, labels)
+    keep = 2 * max_pairs
+    parts = [block_top_entries(rows, difference, a, b, keep) for a, b in block_bounds(*subset.shape, max_block_elements)]
+    return greedy_disjoint_pairs(TopEntries.concatenate(parts), candidates, max_pairs)
+
+
+def spark_top_pairs(spark, ranks: np.ndarray, labels: np.ndarray, candidates: np.ndarray, max_pairs: int,
+                    max_block_elements: int = MAX_BLOCK_ELEMENTS, partitions: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`numpy_top_pairs` as Spark tasks over blocks of gene pairs: each task returns only its
+    rows' best 2 x max_pairs pairs, so the driver receives O(candidates x max_pairs) numbers, not the
+    candidates^2 / 2 scores, and the search needs no prefilter to fit on it."""
+    subset = ranks[:, candidates]
+    bounds = block_bounds(*subset.shape, max_block_elements)
+    context = spark.sparkContext
+    shared = context.broadcast((ranked_rows(subset, labels), rank_difference(subset, labels)))
+    slices = partitions or min(len(bounds), 4 * context.defaultParallelism)
+    keep = 2 * max_pairs
+
+    def top_of_partition(block_ids):
+        rows, difference = shared.value
+        yield TopEntries.concatenate([block_top_entries(rows, difference, *bounds[b], keep) for b in block_ids])
+
+    try:
+        parts = context.parallelize(range(len(bounds)), slices).mapPartitions(top_of_partition).collect()
+    finally:
+        shared.unpersist()
+    return greedy_disjoint_pairs(TopEntries.concatenate(parts), candidates, max_pairs)
+
+
 def top_disjoint_pairs(scores: PairScores, max_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy k-TSP choice: repeatedly the pair with the largest |delta| (ties: largest |gamma|,
     then the lowest (i, j)) among genes not yet used, until ``max_pairs`` or no informative pair.

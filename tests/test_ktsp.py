@@ -17,8 +17,8 @@ from leukspark.errors import ModelError
 from leukspark.models import fit_and_predict, get_model
 from leukspark.models.base import Preprocessor
 from leukspark.models.linear_svm import fit_platt_sigmoid
-from leukspark.pairs import (numpy_pair_scores, pair_votes, prefilter_genes, spark_pair_scores,
-                                    top_disjoint_pairs, within_sample_ranks)
+from leukspark.pairs import (numpy_pair_scores, numpy_top_pairs, pair_votes, prefilter_genes, spark_pair_scores,
+                             spark_top_pairs, top_disjoint_pairs, within_sample_ranks)
 
 REAL = Path(__file__).parent / "data" / "real"
 
@@ -120,6 +120,33 @@ def test_spark_tasks_give_the_numpy_scores(spark):
     np.testing.assert_array_equal(distributed.delta, local.delta)
     np.testing.assert_array_equal(distributed.gamma, local.gamma)
     assert np.abs(local.delta).max() > 0.3  # the planted pairs are among the candidates
+
+
+def test_blockwise_top_pairs_choose_what_the_full_score_matrix_chooses(spark):
+    """Keeping only each row's best 2k pairs per block (numpy, and as Spark tasks) gives the greedy
+    choice over the whole score matrix, pair for pair, ties included (small integers, NaN)."""
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        n, m = int(rng.integers(8, 40)), int(rng.integers(6, 90))
+        X = rng.integers(0, 5, size=(n, m)).astype(np.float64) if trial % 2 else rng.standard_normal((n, m))
+        X[rng.random((n, m)) < 0.05 * (trial % 3)] = np.nan
+        y = (rng.random(n) < 0.5).astype(np.int8)
+        y[:2] = [0, 1]
+        ranks = within_sample_ranks(X)
+        candidates = prefilter_genes(ranks, y, None)
+        k = int(rng.integers(1, 12))
+        expected = top_disjoint_pairs(numpy_pair_scores(X, y), k)
+        blockwise = numpy_top_pairs(ranks, y, candidates, k, max_block_elements=int(rng.integers(40, 3000)))
+        for got, want in zip(blockwise, expected):
+            np.testing.assert_array_equal(got, want)
+    X, y = planted(n_samples=50, n_genes=90, seed=3, missing=0.03)
+    ranks = within_sample_ranks(X)
+    candidates = prefilter_genes(ranks, y, 60)
+    distributed = spark_top_pairs(spark, ranks, y, candidates, 7, max_block_elements=50 * 60 * 2, partitions=3)
+    expected = top_disjoint_pairs(numpy_pair_scores(X, y, prefilter=60), 7)
+    for got, want in zip(distributed, expected):
+        np.testing.assert_array_equal(got, want)
+    assert len(expected[0]) == 7
 
 
 # --------------------------------------------------------------------------- invariance
