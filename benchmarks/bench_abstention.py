@@ -84,8 +84,15 @@ def scored_models(lake, run) -> list[str]:
 
 
 def settings(extra: dict) -> tuple:
-    """The features.normalize settings to run: both, or the one the command line fixes."""
-    return (extra["features.normalize"],) if "features.normalize" in extra else NORMALIZE
+    """The features.normalize settings to run: both, the one the command line fixes, or under
+    --defaults the configured default."""
+    if "features.normalize" in extra:
+        return (extra["features.normalize"],)
+    if MODELS is None:  # --defaults
+        from leukspark.config import load_config
+
+        return (load_config()["features"]["normalize"],)
+    return NORMALIZE
 
 
 def train(spark, name: str, normalize: str, inputs: list, extra: dict, **run_args):
