@@ -32,7 +32,7 @@ ENSEMBLES = {"soft_voting", "stacking"}
 CHOICES = {
     "lake.engine": {"auto", "delta-spark", "delta-rs"},
     "ingest.on_conflict": {"fail", "replace"},
-    "features.aggregate": {"mean", "median", "max"},
+    "features.aggregate": {"mean", "median", "max", "mean_signal"},
     "features.multi_gene": {"drop", "first", "each"},
     "training.scaler": {"standard", "minmax", "none"},
     "training.best_by": {"accuracy", "roc_auc", "f1", "sensitivity", "specificity", "precision"},

@@ -97,6 +97,13 @@ def test_the_rules_give_these_exact_gene_values():
     assert auto[("S2", "TP53")] == pytest.approx((math.log2(100) + math.log2(20)) / 2)
     assert auto[("S2", "CD33")] == pytest.approx(math.log2(20))   # -5 floored
     assert auto[("S1", "TP53")] == 6.0                             # log2 sample untouched
+    # mean_signal: the log2 of the mean signal 2**value, after the same scale step.
+    signal = _pandas_genes("drop", _settings("mean_signal", "auto"))
+    assert signal[("S2", "TP53")] == pytest.approx(math.log2((100 + 20) / 2))
+    assert signal[("S1", "TP53")] == pytest.approx(math.log2((2 ** 5 + 2 ** 7) / 2))
+    assert signal[("S3", "TP53")] == pytest.approx(6.0) and signal[("S3", "CD19")] is None
+    # a linear sample kept as it is (transform none) is capped, not overflowed
+    assert _pandas_genes("drop", _settings("mean_signal", "none"))[("S2", "MPO")] == pytest.approx(C.SIGNAL_CAP)
     # min-max per sample: S1's genes span 4..8; a missing gene stays missing.
     scaled = _pandas_genes("drop", _settings("mean", "auto+minmax"))
     assert scaled[("S1", "CD19")] == 0.0 and scaled[("S1", "MPO")] == 1.0 and scaled[("S1", "TP53")] == 0.5

@@ -12,7 +12,9 @@ Spark session. Both apply, in this order:
    dropped; a multi-gene probe ("A /// B") is dropped, counted toward its first gene, or
    toward each of its genes (`multi_gene`: drop | first | each);
 3. aggregate: the probes of a gene are combined by mean, median or max, missing values
-   ignored (a gene whose probes are all missing stays missing);
+   ignored (a gene whose probes are all missing stays missing), or by `mean_signal`: the log2 of
+   the mean of the probes' signals 2**value (the brightest probe set weighs most, as a sum of
+   signals does; step 1 has put every value on a log2 scale);
 4. optionally each sample is min-max scaled to 0..1 over its genes (`scale_per_sample`, the
    reference study's normalisation); a missing gene stays missing, a constant sample is 0.
 
@@ -35,7 +37,24 @@ from ..errors import FeatureError
 from ..scale import LINEAR, UNKNOWN, log_floor_of, needs_log, to_log2
 
 MULTI_GENE = ("drop", "first", "each")
-AGGREGATES = {"mean": F.mean, "median": F.median, "max": F.max}
+#: mean_signal: 2**value is capped at 2**SIGNAL_CAP so that a value that is no log2 (a linear-scale
+#: sample kept as it is) cannot overflow a sum; log2 values of arrays stay far below it.
+SIGNAL_CAP = 1000.0
+
+
+def _mean_signal(column):
+    column = F.col(column) if isinstance(column, str) else column
+    # least() skips nulls (least(null, cap) is cap): a missing value must stay missing.
+    capped = F.when(column.isNotNull(), F.least(column, F.lit(SIGNAL_CAP)))
+    return F.log2(F.mean(F.pow(F.lit(2.0), capped)))
+
+
+def to_signal(values: np.ndarray) -> np.ndarray:
+    """2**value under SIGNAL_CAP: what `mean_signal` averages (NaN stays NaN)."""
+    return np.exp2(np.minimum(values, SIGNAL_CAP))
+
+
+AGGREGATES = {"mean": F.mean, "median": F.median, "max": F.max, "mean_signal": _mean_signal}
 
 
 def _check(multi_gene: str | None = None, aggregate: str | None = None) -> None:
@@ -126,6 +145,10 @@ def gene_values_pd(values: pd.DataFrame, probe_map: pd.DataFrame, aggregate: str
     """The pandas form of `gene_values`."""
     _check(aggregate=aggregate)
     joined = values.merge(probe_map[["platform", "probe_id", key]], on=["platform", "probe_id"], how="inner")
+    if aggregate == "mean_signal":  # vectorised: the mean of the signals per group, then its log2
+        joined = joined.assign(value=to_signal(joined["value"].to_numpy(dtype=float)))
+        means = joined.groupby(["sample", key], sort=False)["value"].mean()
+        return np.log2(means).reset_index()
     return joined.groupby(["sample", key], sort=False)["value"].agg(aggregate).reset_index()
 
 
@@ -181,7 +204,8 @@ def gene_matrix(gene_rows: pd.DataFrame, samples: list[str], gene_order: list[st
 # usually sees all of a sample's rows (it knows from `samples.n_values`) and emits the sample's
 # finished vector; only the parts of a sample split over files (after a rewrite) go through a
 # groupBy that combines them.
-PER_SAMPLE_AGGREGATES = ("mean", "max")
+PER_SAMPLE_AGGREGATES = ("mean", "max", "mean_signal")
+_SUMMED = ("mean", "mean_signal")   # partials hold per-gene sums (of values, or of signals)
 
 
 @dataclass(frozen=True)
@@ -263,8 +287,9 @@ def sample_partials(table: pa.Table, plan: VectorPlan, cache: dict | None = None
         measured = ~np.isnan(value)
         value, position = value[measured], position[measured]
         counts = np.bincount(position, minlength=plan.n_genes).astype(np.int32)
-        if plan.aggregate == "mean":
-            combined = np.bincount(position, weights=value, minlength=plan.n_genes)
+        if plan.aggregate in _SUMMED:
+            weights = to_signal(value) if plan.aggregate == "mean_signal" else value
+            combined = np.bincount(position, weights=weights, minlength=plan.n_genes)
         else:
             combined = np.full(plan.n_genes, -np.inf)
             np.maximum.at(combined, position, value)
@@ -275,7 +300,9 @@ def sample_partials(table: pa.Table, plan: VectorPlan, cache: dict | None = None
 def finished_vector(combined: np.ndarray, counts: np.ndarray, aggregate: str, scale_per_sample_: bool) -> np.ndarray:
     """A sample's feature vector from its (summed) partials; NaN = no probe of the gene measured."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        vector = combined / counts if aggregate == "mean" else combined
+        vector = combined / counts if aggregate in _SUMMED else combined
+        if aggregate == "mean_signal":
+            vector = np.log2(vector)
     vector = np.where(counts > 0, vector, np.nan)
     return _min_max(vector) if scale_per_sample_ else vector
 
@@ -377,7 +404,7 @@ def combine_partials(aggregate: str, scale_per_sample_: bool):
     def run(group: pd.DataFrame) -> pd.DataFrame:
         combined = np.vstack([np.asarray(v, dtype=float) for v in group["combined"]])
         counts = np.vstack([np.asarray(v, dtype=np.int64) for v in group["counts"]]).sum(axis=0)
-        summed = combined.sum(axis=0) if aggregate == "mean" else combined.max(axis=0)
+        summed = combined.sum(axis=0) if aggregate in _SUMMED else combined.max(axis=0)
         vector = finished_vector(summed, counts, aggregate, scale_per_sample_)
         return pd.DataFrame({"sample": [group["sample"].iloc[0]], "features": [vector]})
     return run
