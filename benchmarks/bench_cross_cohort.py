@@ -64,10 +64,11 @@ def train(spark, name: str, setting: str, inputs: list[Path], overrides: dict | 
     from leukspark.lake import Lake
     from leukspark.pipeline import Pipeline
 
-    transform, normalize = SETTINGS[setting]
+    transform, normalize, *features = SETTINGS[setting]
     config = load_config(overrides={"features.transform": transform, "features.normalize": normalize,
-                                    **(overrides or {})})
-    lake = Lake.from_config(spark, OUT / f"lake-{name}-{setting.replace('/', '-')}", config)
+                                    **(features[0] if features else {}), **(overrides or {})})
+    lake = Lake.from_config(spark, OUT / f"lake-{name}-{setting.replace('/', '-').replace('+', '-').replace('=', '-')}",
+                            config)
     started = time.perf_counter()
     outcome = Pipeline(spark, lake, config, echo=lambda _: None).run([str(p) for p in inputs], **run_args)
     print(f"{name} {setting}: trained in {time.perf_counter() - started:.0f} s (best {outcome['train'].best_model})",
@@ -375,9 +376,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default=",".join(DIRECTIONS), help="comma-separated directions")
     parser.add_argument("--out", default="cross_cohort.md")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated transform/normalize settings")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated transform/normalize settings, each optionally +key=value (features.key)")
     args = parser.parse_args()
-    for name in [n for n in SETTINGS if n not in args.settings.split(",")]:
+    chosen = args.settings.split(",")
+    for name in chosen:  # "auto/rank+aggregate=mean_signal": a base setting with features.* overrides
+        base, *extras = name.split("+")
+        if base not in SETTINGS:
+            raise SystemExit(f"--settings: unknown setting {base!r}; known: {', '.join(SETTINGS)}")
+        SETTINGS[name] = (*SETTINGS[base][:2], {f"features.{k}": v for k, v in (e.split("=", 1) for e in extras)})
+    for name in [n for n in SETTINGS if n not in chosen]:
         SETTINGS.pop(name)
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
