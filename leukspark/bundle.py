@@ -48,6 +48,7 @@ CALIBRATION_FILE = "calibration.npz"
 RESERVED_FILES = (MANIFEST_FILE, PREPROCESSOR_FILE, GENES_FILE, INPUT_REFERENCE_FILE, CALIBRATION_FILE)
 DEFAULT_LABEL_MAPPING = MappingProxyType({"ALL": 0, "AML": 1})
 _MANIFEST_SELF_CHECKSUM = "manifest_sha256"
+_PREPROCESSOR_SETTINGS = tuple(Preprocessor().settings())  # manifest keys: Preprocessor.settings() as saved
 _RECORDED_LIBRARIES = ("numpy", "scikit-learn", "xgboost", "torch")
 # What a loader reads at most, checked before a byte is hashed or parsed: a bundle of the full
 # GPL570 gene set is a few MB; these bounds only stop a damaged or hostile bundle early.
@@ -201,10 +202,7 @@ def save_bundle(
             "model_name": model_name,
             "run_id": str(run_id),
             "params": spec.resolve_params(params),
-            "scaler": preprocessor.scaler,
-            "normalize": preprocessor.normalizer.method,
-            "selection": preprocessor.selection,
-            "impute": preprocessor.impute,
+            **preprocessor.settings(),  # scaler, normalize, selection, selection_k, impute
             "gene_order_file": GENES_FILE,
             "n_genes": len(genes),
             "preprocessor_file": PREPROCESSOR_FILE,
@@ -362,9 +360,9 @@ def _load_verified(directory: Path) -> Bundle:
     try:
         # One entry per gene at most (the quantile reference, means, scales, selected columns).
         arrays = read_npz(_checked_file(root, preprocessor_name), max_elements=len(gene_order))
-        preprocessor = Preprocessor.from_arrays(arrays, manifest["scaler"], manifest.get("normalize", "none"),
-                                                manifest.get("selection", "none"),
-                                                manifest.get("impute", True) is not False)
+        # Settings a bundle of an older leukspark lacks keep the constructor's defaults.
+        settings = {key: manifest[key] for key in _PREPROCESSOR_SETTINGS if key in manifest}
+        preprocessor = Preprocessor.from_arrays(arrays, **settings)
     except (LeukSparkError, OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{preprocessor_name}: {exc}") from exc
     if preprocessor.n_features != len(gene_order):
@@ -503,7 +501,8 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         _require(isinstance(manifest.get(key), expected), f"key {key!r} is missing or not a {expected.__name__}")
     _require(not isinstance(manifest["n_genes"], bool) and 0 < manifest["n_genes"] <= MAX_GENES,
              f"n_genes must be a count of genes (1..{MAX_GENES}); got {manifest['n_genes']!r}")
-    optional_types = {"normalize": (str,), "selection": (str,), "input_reference_file": (str, type(None)),
+    optional_types = {"normalize": (str,), "selection": (str,), "selection_k": (int,), "impute": (bool,),
+                      "input_reference_file": (str, type(None)),
                       "calibration_file": (str, type(None))}
     for key, allowed in optional_types.items():
         _require(isinstance(manifest.get(key), allowed) or key not in manifest,

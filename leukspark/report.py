@@ -563,10 +563,6 @@ def leaderboard_section(data: RunData) -> Section:
 # ---------------------------------------------------------------------------------------
 # 9. top genes of the linear models
 # ---------------------------------------------------------------------------------------
-def bundle_folder(lake: Lake, data: RunData) -> Path:
-    return RunLog(lake).bundle_folder(data.run)
-
-
 def has_feature_weights(model: str) -> bool:
     """Whether the model kind can have per-gene weights, without loading its bundle.
 
@@ -640,13 +636,13 @@ def top_genes_section(lake: Lake, data: RunData, figures: FigureWriter, n_genes:
     if not linear:
         return Section("top-genes", title, "<p>No linear model (logistic_regression, linear_svm) in this run, "
                                            "so there are no per-gene weights to show.</p>")
-    folder = bundle_folder(lake, data)
     parts = [f"<p>Weights of the final fit on standardized genes: a positive weight pushes toward AML. "
              f"★ marks known lineage markers (ALL: {_esc(', '.join(ALL_MARKERS))}; "
              f"AML: {_esc(', '.join(AML_MARKERS))}).</p>"]
     for model in linear:
+        directory = RunLog(lake).own_bundle(data.run, model)  # as predict does: a bundle outside the lake fails
         try:
-            bundle = load_bundle(folder / model)
+            bundle = load_bundle(directory, as_stored=True)
         except LeukSparkError as exc:
             parts.append(f"<h3>{_esc(model)}</h3><p class='warn'>Bundle not readable: {_esc(exc)}</p>")
             continue

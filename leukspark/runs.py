@@ -109,7 +109,13 @@ class RunLog:
         directory = self.bundle_folder(record) / name
         if not directory.is_dir():
             raise BundleError(f"{directory}: no model bundle '{name}' in run {record['run']}")
-        # Only the lake's own bundle: models/<run>/<model> under this root, through no link.
+        return self.own_bundle(record, name)
+
+    def own_bundle(self, record: dict, name: str) -> Path:
+        """The folder of `name`'s bundle in the run of `record`, refused (BundleError naming the folder)
+        unless it is this lake's own: models/<run>/<model> under this root, through no link. A runs
+        row may name any folder (a copied lake, an edited row): nothing outside the lake is loaded."""
+        directory = self.bundle_folder(record) / name
         own = Path(self.lake.path("models")).resolve() / record["run"] / name
         if directory.resolve() != own:
             raise BundleError(f"{directory}: the bundle of model {name} in run {record['run']} is not this lake's "

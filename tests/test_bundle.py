@@ -113,6 +113,21 @@ def test_manifest_records_everything_needed(saved_bundles):
     assert (directory / "genes.txt").read_text().splitlines() == GENES
 
 
+def test_a_loaded_preprocessor_has_the_saved_settings(data, tmp_path):
+    """A bundle keeps the preprocessor's settings, so an unfitted copy of the loaded one fits like the original."""
+    X_train, y_train, X_score = data
+    result = fit_and_predict("logistic_regression", {}, X_train, y_train, X_score, seed=0, scaler="minmax",
+                             normalize="rank", selection="variance", selection_k=40)
+    directory = save_bundle(tmp_path / "bundle", model_name="logistic_regression", spec=get_model("logistic_regression"),
+                            model=result.model, preprocessor=result.preprocessor, gene_order=GENES, params={},
+                            run_id="run-settings")
+    loaded = load_bundle(directory).preprocessor
+    assert loaded.settings() == result.preprocessor.settings() == {
+        "scaler": "minmax", "normalize": "rank", "selection": "variance", "selection_k": 40, "impute": True}
+    refitted = loaded.unfitted_copy().fit(X_train, y_train)
+    np.testing.assert_array_equal(refitted.transform(X_score), result.preprocessor.transform(X_score))
+
+
 def test_model_files_use_safe_formats(saved_bundles):
     model_files = {
         name: json.loads((saved_bundles[name][0] / MANIFEST_FILE).read_text())["model_files"] for name in MODEL_NAMES
@@ -333,6 +348,8 @@ def test_a_truncated_archive_is_a_bundle_error_naming_it(saved_bundles, tmp_path
     (lambda m: m["extra"].update(training_inputs={"input_check": {"shift": [1]}}), "input_check"),
     (lambda m: m.update(input_reference_file=["genes.txt"]), "input_reference_file"),
     (lambda m: m.update(normalize=5), "normalize"),
+    (lambda m: m.update(impute="no"), "impute"),
+    (lambda m: m.update(selection_k="ten"), "selection_k"),
     (lambda m: m.update(n_genes=True), "n_genes"),
     (lambda m: m.update(n_genes=10**12), "n_genes"),
 ])

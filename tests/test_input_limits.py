@@ -56,20 +56,15 @@ def _tables(path) -> list[SampleTable]:
 
 
 # -- 5. a repeated probe id ---------------------------------------------------------------
-def test_a_repeated_probe_in_a_series_matrix_is_refused_naming_probe_and_line(tmp_path):
-    lines = SERIES_MATRIX[:11] + ['"1007_s_at"\t9.5\t9.5'] + SERIES_MATRIX[11:]
-    path = _write(tmp_path / "GSE1_series_matrix.txt", lines)
-    with pytest.raises(GeoFormatError, match=r"GSE1_series_matrix.txt, sample GSM1.*line 12: probe 1007_s_at "
-                                             r"appears twice \(first at line 10\)"):
-        _tables(path)
-
-
-def test_a_repeated_probe_in_a_sample_soft_is_refused_naming_sample_probe_and_line(tmp_path):
-    lines = SAMPLE_SOFT[:9] + ["1007_s_at\t9.5"] + SAMPLE_SOFT[9:]
-    path = _write(tmp_path / "GSM9.soft", lines)
-    with pytest.raises(GeoFormatError, match=r"GSM9.soft, sample GSM9, line 10: probe 1007_s_at appears twice "
-                                             r"\(first at line 8\)"):
-        _tables(path)
+@pytest.mark.parametrize("name, lines, message", [
+    ("GSE1_series_matrix.txt", SERIES_MATRIX[:11] + ['"1007_s_at"\t9.5\t9.5'] + SERIES_MATRIX[11:],
+     r"GSE1_series_matrix.txt, sample GSM1.*line 12: probe 1007_s_at appears twice \(first at line 10\)"),
+    ("GSM9.soft", SAMPLE_SOFT[:9] + ["1007_s_at\t9.5"] + SAMPLE_SOFT[9:],
+     r"GSM9.soft, sample GSM9, line 10: probe 1007_s_at appears twice \(first at line 8\)"),
+], ids=["series_matrix", "sample_soft"])
+def test_a_repeated_probe_is_refused_naming_file_sample_probe_and_line(tmp_path, name, lines, message):
+    with pytest.raises(GeoFormatError, match=message):
+        _tables(_write(tmp_path / name, lines))
 
 
 def test_tables_without_repeats_still_parse(tmp_path):

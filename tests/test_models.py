@@ -321,6 +321,39 @@ def test_preprocessor_round_trips_through_arrays(training_with_gaps):
     np.testing.assert_array_equal(rebuilt.transform(training_with_gaps), preprocessor.transform(training_with_gaps))
 
 
+def test_an_unfitted_copy_has_the_settings_and_none_of_the_fit(training_with_gaps):
+    labels = np.array([0, 1] * 20)
+    original = Preprocessor("minmax", "rank", "variance", 3, impute=False)
+    original.fit(training_with_gaps, labels)
+    copy = original.unfitted_copy()
+    assert copy.settings() == original.settings() == {
+        "scaler": "minmax", "normalize": "rank", "selection": "variance", "selection_k": 3, "impute": False}
+    with pytest.raises(ModelError, match="not fitted"):
+        copy.transform(training_with_gaps)
+    refitted = copy.fit(training_with_gaps[:30], labels[:30])
+    np.testing.assert_array_equal(refitted.transform(training_with_gaps),
+                                  Preprocessor(**original.settings()).fit(training_with_gaps[:30], labels[:30])
+                                  .transform(training_with_gaps))
+    assert original.n_features == 6  # the original keeps its own fit
+
+
+@pytest.mark.parametrize("multiclass", [False, True], ids=["binary", "multiclass"])
+def test_a_fit_uses_the_preprocessing_its_model_declares(multiclass, monkeypatch):
+    """A model's own preprocessing (ModelSpec.preprocessing, e.g. k-TSP's unscaled values) overrides the
+    run's settings for ALL/AML and multi-class fits alike."""
+    from leukspark.models import fit_and_predict_multiclass
+
+    spec = get_model("logistic_regression")
+    monkeypatch.setattr(type(spec), "preprocessing", {"scaler": "minmax", "normalize": "rank"})
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(30, 8)), np.arange(30) % (3 if multiclass else 2)
+    fit = fit_and_predict_multiclass if multiclass else fit_and_predict
+    result = fit("logistic_regression", {}, X, y, X[:4], seed=0, scaler="standard", normalize="none")
+    assert result.preprocessor.settings()["scaler"] == "minmax"
+    assert result.preprocessor.settings()["normalize"] == "rank"
+    assert result.probabilities.shape == ((4, 3) if multiclass else (4,))
+
+
 def test_preprocessor_does_not_modify_its_input(training_with_gaps):
     original = training_with_gaps.copy()
     Preprocessor().fit(training_with_gaps).transform(training_with_gaps)

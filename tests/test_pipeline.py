@@ -157,7 +157,11 @@ def test_leaderboard_is_printed_with_labelled_confusion_matrices(run):
 
 
 def test_fanout_is_deterministic_and_test_values_do_not_leak(run, spark, tmp_path):
-    """Same seed, same numbers; altering test samples changes no CV result and no fitted scaler."""
+    """Same seed, same numbers; altering test samples changes no CV result and no fitted scaler.
+
+    Two fan-outs (Spark jobs) on the same training rows, one with altered test rows: every fit
+    (the CV fits and the final fit) must come out the same in both, which shows determinism and
+    that no test value reaches a fit; the test rows' own scores must differ."""
     from leukspark.stages import train as train_stage
     from leukspark.bundle import load_bundle
 
@@ -185,17 +189,22 @@ def test_fanout_is_deterministic_and_test_values_do_not_leak(run, spark, tmp_pat
         return train_stage.run_fanout(spark, tasks, context).toPandas().sort_values(["model", "fold", "sample"])
 
     first = fan_out(paths["original"], tmp_path / "b1")
-    again = fan_out(paths["original"], tmp_path / "b2")
     leaked = fan_out(paths["altered"], tmp_path / "b3")
     columns = ["model", "fold", "sample", "probability_AML"]
-    pd.testing.assert_frame_equal(first[columns].reset_index(drop=True), again[columns].reset_index(drop=True))
     cv = lambda frame: frame[frame["fold"] != "test"][columns].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(cv(first), cv(leaked))
+    test_rows = features[features["sample"].isin(test_samples)].sort_values("sample")
+    original_test_values = np.vstack(test_rows["features"].to_numpy()).astype(np.float32)  # as the fan-out reads them
     for model in ("logistic_regression", "random_forest"):
-        original = load_bundle(tmp_path / "b1" / model).preprocessor.to_arrays()
-        with_altered_test = load_bundle(tmp_path / "b3" / model).preprocessor.to_arrays()
-        for key in original:
-            np.testing.assert_array_equal(original[key], with_altered_test[key])
+        original, with_altered_test = load_bundle(tmp_path / "b1" / model), load_bundle(tmp_path / "b3" / model)
+        arrays = original.preprocessor.to_arrays()
+        for key, array in with_altered_test.preprocessor.to_arrays().items():
+            np.testing.assert_array_equal(arrays[key], array)
+        # The final fits are the same model: they score the original test rows alike, and as the first fan-out did.
+        scores = original.predict_proba(original_test_values)
+        np.testing.assert_array_equal(with_altered_test.predict_proba(original_test_values), scores)
+        recorded = first[(first["model"] == model) & (first["fold"] == "test")].sort_values("sample")
+        np.testing.assert_allclose(recorded["probability_AML"].to_numpy(), scores, rtol=0, atol=1e-9)
     # The altered test rows do change the test predictions: the check above can fail.
     test = lambda frame: frame[frame["fold"] == "test"]["probability_AML"].to_numpy()  # noqa: E731
     assert not np.allclose(test(first), test(leaked))

@@ -275,6 +275,33 @@ def test_top_genes_section_without_a_linear_model(built, tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.parametrize("stored", ["absolute", "relative"])
+def test_a_runs_row_naming_bundles_outside_the_lake_fails_naming_the_folder(built, tmp_path, stored):
+    """The report loads a bundle only from the lake's own models folder, as predict does: the
+    bundles a runs row points at elsewhere (here intact copies) are refused, naming their folder."""
+    import os
+    import shutil
+
+    from leukspark.errors import BundleError
+    from leukspark.report import FigureWriter, load_run_data, top_genes_section
+
+    lake = built["lake"]
+    outside = tmp_path / "elsewhere" / "run-from-another-lake"
+    shutil.copytree(Path(lake.path("models")) / RUN_ID, outside)
+    data = load_run_data(lake, RUN_ID)
+    data.run = {**data.run, "run": outside.name, "bundle_dir": str(outside) if stored == "absolute"
+                else os.path.relpath(outside, Path(lake.root).resolve())}
+    figures = tmp_path / "figures"
+    with pytest.raises(BundleError) as error:
+        top_genes_section(lake, data, FigureWriter(figures), 10)
+    message = str(error.value)
+    assert "run-from-another-lake/logistic_regression: the bundle of model logistic_regression" in message
+    assert "not this lake's own" in message and message.count("\n") == 0
+    if stored == "absolute":
+        assert message.startswith(str(outside / "logistic_regression"))
+    assert not list(figures.glob("*.png"))
+
+
 def test_cv_summary_computed_from_folds_equals_the_stored_one(built):
     from leukspark.report import cv_summary
 

@@ -29,6 +29,7 @@ __all__ = [
     "TreeEnsemble",
     "fit_and_predict",
     "fit_and_predict_multiclass",
+    "fitted_preprocessor",
     "get_model",
     "register",
 ]
@@ -82,6 +83,17 @@ class FitResult:
     params: dict[str, Any]
 
 
+def fitted_preprocessor(spec: ModelSpec, X_train: np.ndarray, y_train: np.ndarray | None, scaler: str = "standard",
+                        normalize: str = "none", selection: str = "none", selection_k: int = 0) -> Preprocessor:
+    """The preprocessor ``spec`` wants, fitted on the training rows only.
+
+    The run's settings are overridden by what the model declares (``ModelSpec.preprocessing``):
+    k-TSP reads the order of genes within a sample, which per-gene scaling and imputation would
+    change. ``y_train`` (ALL/AML labels) is only read by a gene selection.
+    """
+    return Preprocessor(**spec.preprocessor_settings(scaler, normalize, selection, selection_k)).fit(X_train, y_train)
+
+
 def fit_and_predict(
     model_name: str,
     params: Mapping[str, Any] | None,
@@ -101,19 +113,8 @@ def fit_and_predict(
     selection (``selection``: variance, t_test, moderated_t; top ``selection_k`` genes) is a
     stage of the preprocessor, so it too is chosen from the training rows only.
     """
-    spec = get_model(model_name)
-    resolved = spec.resolve_params(params)  # fail on a bad key before any work is done
-    started = time.perf_counter()
-    # A model may declare the preprocessing it needs (ModelSpec.preprocessing): k-TSP reads the
-    # order of genes within a sample, which per-gene scaling and imputation would change.
-    preprocessor = Preprocessor(**spec.preprocessor_settings(scaler, normalize, selection, selection_k))
-    preprocessor.fit(X_train, y_train)
-    model = spec.fit(preprocessor.transform(X_train), y_train, resolved, seed)
-    fit_seconds = time.perf_counter() - started
-    # A cross-validation-only run's final fit has nothing to evaluate.
-    probabilities = (spec.predict_proba(model, preprocessor.transform(X_eval)) if len(X_eval)
-                     else np.empty(0))
-    return FitResult(probabilities, fit_seconds, preprocessor, model, resolved)
+    settings = {"scaler": scaler, "normalize": normalize, "selection": selection, "selection_k": selection_k}
+    return _fit_and_score(model_name, params, X_train, y_train, X_eval, seed, settings, multiclass=False)
 
 
 def fit_and_predict_multiclass(
@@ -128,13 +129,23 @@ def fit_and_predict_multiclass(
 ) -> FitResult:
     """:func:`fit_and_predict` for class codes ``y_train`` (0..K-1): ``probabilities`` is an
     (n_eval, K) matrix. Gene selection is binary (AML vs ALL statistics) and not offered here."""
+    settings = {"scaler": scaler, "normalize": normalize}
+    return _fit_and_score(model_name, params, X_train, y_train, X_eval, seed, settings, multiclass=True)
+
+
+def _fit_and_score(model_name: str, params: Mapping[str, Any] | None, X_train: np.ndarray, y_train: np.ndarray,
+                   X_eval: np.ndarray, seed: int, settings: Mapping[str, Any], multiclass: bool) -> FitResult:
     spec = get_model(model_name)
-    resolved = spec.resolve_params(params)
+    resolved = spec.resolve_params(params)  # fail on a bad key before any work is done
     started = time.perf_counter()
-    preprocessor = Preprocessor(scaler, normalize).fit(X_train)
-    model = spec.fit_multiclass(preprocessor.transform(X_train), y_train, resolved, seed)
+    # Class codes are no ALL/AML labels: a multi-class fit gives a gene selection none to read.
+    preprocessor = fitted_preprocessor(spec, X_train, None if multiclass else y_train, **settings)
+    fit = spec.fit_multiclass if multiclass else spec.fit
+    model = fit(preprocessor.transform(X_train), y_train, resolved, seed)
     fit_seconds = time.perf_counter() - started
-    n_classes = len(model.members)
-    probabilities = (spec.predict_proba_multiclass(model, preprocessor.transform(X_eval)) if len(X_eval)
-                     else np.empty((0, n_classes)))
+    if len(X_eval):
+        predict = spec.predict_proba_multiclass if multiclass else spec.predict_proba
+        probabilities = predict(model, preprocessor.transform(X_eval))
+    else:  # a cross-validation-only run's final fit has nothing to evaluate
+        probabilities = np.empty((0, len(model.members)) if multiclass else 0)
     return FitResult(probabilities, fit_seconds, preprocessor, model, resolved)

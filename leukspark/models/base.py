@@ -136,6 +136,16 @@ class Preprocessor:
         self.scale: np.ndarray | None = None
         self.observed_in_training: np.ndarray | None = None  # False for all-NaN columns
 
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments: another preprocessor built from them fits the same way (a
+        bundle's manifest records them)."""
+        return {"scaler": self.scaler, "normalize": self.normalizer.method, "selection": self.selection,
+                "selection_k": self.selection_k, "impute": self.impute}
+
+    def unfitted_copy(self) -> "Preprocessor":
+        """A new preprocessor with these settings and nothing fitted (e.g. one per cross-validation fold)."""
+        return type(self)(**self.settings())
+
     @property
     def n_features(self) -> int:
         """Number of gene columns the preprocessor takes (all genes, also with a gene selection)."""
@@ -228,13 +238,14 @@ class Preprocessor:
         return {**arrays, **self.normalizer.to_arrays()}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str, normalize: str = "none",
-                    selection: str = "none", impute: bool = True) -> "Preprocessor":
-        """Rebuild a fitted preprocessor from :meth:`to_arrays` output."""
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], scaler: str = "standard", normalize: str = "none",
+                    selection: str = "none", selection_k: int = 0, impute: bool = True) -> "Preprocessor":
+        """Rebuild a fitted preprocessor from :meth:`to_arrays` output and its :meth:`settings`."""
         missing_keys = [key for key in cls._ARRAY_KEYS if key not in arrays]
         if missing_keys:
             raise ModelError(f"preprocessor arrays lack {', '.join(missing_keys)}")
-        preprocessor = cls(scaler, normalize, selection if "selected_genes" in arrays else "none", impute=impute)
+        preprocessor = cls(scaler, normalize, selection if "selected_genes" in arrays else "none", selection_k,
+                           impute=impute)
         if "selected_genes" in arrays:
             selected = np.asarray(arrays["selected_genes"])
             n_inputs = int(np.asarray(arrays.get("n_input_features", -1)))

@@ -290,16 +290,11 @@ def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarr
                      context: TrainingContext) -> tuple[dict, dict]:
     """The final bundle's novelty model and threshold (out-of-fold over the CV folds) and lineage coverage."""
     from ..input_check import fit_training_checks
-    from ..models.base import Preprocessor
 
     folds = np.array([context.assignments[s][1] for s in samples], dtype=object)
     folds = np.where(pd.isna(folds), -1, folds).astype(np.int64)
-
-    def make_preprocessor():  # the final fit's settings (a model may declare its own preprocessing)
-        return Preprocessor(preprocessor.scaler, preprocessor.normalizer.method, preprocessor.selection,
-                            preprocessor.selection_k, preprocessor.impute)
-
-    return fit_training_checks(X_train, y_train, folds, preprocessor, make_preprocessor, context.gene_order,
+    # Each fold's preprocessor has the final fit's settings (a model may declare its own preprocessing).
+    return fit_training_checks(X_train, y_train, folds, preprocessor, preprocessor.unfitted_copy, context.gene_order,
                                context.flag_rate, context.seed)
 
 
