@@ -13,6 +13,8 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
+# Spark settings of every test JVM (also the writer processes of test_writers): see `config` below.
+TEST_JVM_SETTINGS = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +25,8 @@ def config():
     # The test JVM runs many short queries: the optimising (C2) JIT compiler and the parallel garbage
     # collector's threads then compete with the work for the 2 cores without paying off; C1 only and
     # the serial collector made a Golub pipeline run ~40 % faster (158 s -> 84-91 s, load ~10).
-    return load_config(overrides={"spark.shuffle_partitions": 4, "spark.driver_memory": "4g", "spark.extra": {
-        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}})
+    return load_config(overrides={"spark.shuffle_partitions": 4, "spark.driver_memory": "4g",
+                                  "spark.extra": dict(TEST_JVM_SETTINGS)})
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import TEST_JVM_SETTINGS
 from deltalake import DeltaTable
 
 from leukspark.config import load_config
@@ -115,7 +116,7 @@ def series(tmp_path_factory):
 def fast_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("writers_conf") / "fast.yaml"
     path.write_text(yaml.safe_dump({
-        "spark": {"shuffle_partitions": 2, "driver_memory": "1g"},
+        "spark": {"shuffle_partitions": 2, "driver_memory": "1g", "extra": dict(TEST_JVM_SETTINGS)},
         "split": {"folds": 2},
         "training": {"models": ["logistic_regression"]},
     }))
