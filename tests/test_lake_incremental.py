@@ -164,3 +164,25 @@ def test_a_failed_append_leaves_the_table_then_appends_and_a_changed_setting_reb
     builds = LakeReader(tmp_path / "lake").read_small("feature_builds").sort_values("built_at")
     assert list(builds["kind"]) == ["full", "incremental", "full"]
     assert set(_vectors(Path(pipeline.lake.root))[0]) == labelled
+
+
+def test_training_matrix_is_filled_in_sample_order_as_float32(tmp_path):
+    """The worker's matrix, read row group by row group, equals the table read whole (an independent
+    pyarrow read), rows sorted by sample, whatever the files' order and sizes."""
+    import pyarrow.parquet as pq
+
+    from leukspark.stages.collapse import write_vector_file
+    from leukspark.stages.train import load_feature_matrix
+
+    rng = np.random.default_rng(5)
+    files, ids = [], iter(f"GSM{v}" for v in rng.choice(10 ** 6, size=203, replace=False))
+    for index, n in enumerate([70, 3, 130]):       # row groups of 64: several per file
+        samples = [next(ids) for _ in range(n)]
+        vectors = [np.where(rng.random(40) < 0.1, np.nan, rng.normal(size=40)) for _ in range(n)]
+        write_vector_file(tmp_path / f"v{index}.parquet", samples, vectors)
+        files.append(str(tmp_path / f"v{index}.parquet"))
+    whole = pq.ParquetDataset(files).read()
+    expected = dict(zip(whole.column("sample").to_pylist(), whole.column("features").to_pylist()))
+    samples, matrix = load_feature_matrix(tuple(files), 40)
+    assert matrix.dtype == np.float32 and list(samples) == sorted(expected)
+    assert np.array_equal(matrix, np.array([expected[s] for s in samples], dtype=np.float32), equal_nan=True)
