@@ -68,7 +68,7 @@ from leukspark.lake import Lake
 from leukspark.pipeline import Pipeline
 from leukspark.spark import build_session
 softs, lake_root, report_dir = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
-config = load_config()
+config = load_config(sys.argv[4] or None)
 began = time.perf_counter()
 spark = build_session(config)
 timings = {"spark start": time.perf_counter() - began}
@@ -86,7 +86,7 @@ from leukspark.pipeline import Pipeline
 from leukspark.rerun import rerun
 from leukspark.spark import build_session
 soft, lake_root = sys.argv[1], sys.argv[2]
-config = load_config()
+config = load_config(sys.argv[3] or None)
 began = time.perf_counter()
 spark = build_session(config)
 timings = {"spark start": time.perf_counter() - began}
@@ -119,6 +119,7 @@ def baseline_for_series(n_series: int) -> str:
     set of samples; the rest (label rules, pandas collapse, split from the lake, 30 fits) unchanged."""
     code = BASELINE
     for old, new in (("soft, lake_root = sys.argv[1:3]", "softs, lake_root = sys.argv[1].split(','), sys.argv[2]"),
+                     ("config = load_config()", "config = load_config(sys.argv[3] or None)"),
                      ("gse = GEOparse.get_GEO(filepath=soft, silent=True)",
                       "gses = [GEOparse.get_GEO(filepath=s, silent=True) for s in softs]\n"
                       "class _Series: pass\n"
@@ -143,28 +144,28 @@ def write_series(samples: int, probes: int) -> list[Path]:
     return softs[:N_SERIES]
 
 
-def run_sizes(softs: list[Path], counts: list[int], tag: str, limit_gb: float) -> list[dict]:
+def run_sizes(softs: list[Path], counts: list[int], tag: str, limit_gb: float, config: str) -> list[dict]:
     rows = []
     for k in counts:
         lake = WORK / f"lake_{tag}_{k}"
         shutil.rmtree(lake, ignore_errors=True)
         inputs = ",".join(str(s) for s in softs[:k])
         ours = measure(f"leukspark {k} series", [sys.executable, "-c", LEUKSPARK, inputs, str(lake),
-                                                 str(WORK / f"report_{tag}_{k}")])
+                                                 str(WORK / f"report_{tag}_{k}"), config])
         theirs = measure(f"single process {k} series", [sys.executable, "-c", baseline_for_series(k), inputs,
-                                                        str(lake)], rss_limit_gb=limit_gb)
+                                                        str(lake), config], rss_limit_gb=limit_gb)
         rows.append({"k": k, "ours": ours, "our": parse_result(ours), "theirs": theirs,
                      "their": parse_result(theirs), "lake": lake})
     return rows
 
 
-def run_rerun(softs: list[Path], tag: str) -> dict:
+def run_rerun(softs: list[Path], tag: str, config: str) -> dict:
     lake = WORK / f"lake_{tag}_rerun"
     shutil.rmtree(lake, ignore_errors=True)
     setup = measure("setup: leukspark 3 series (not compared)",
                     [sys.executable, "-c", LEUKSPARK, ",".join(str(s) for s in softs[:3]), str(lake),
-                     str(WORK / f"report_{tag}_rerun")])
-    added = measure("rerun adding series 4", [sys.executable, "-c", RERUN, str(softs[3]), str(lake)])
+                     str(WORK / f"report_{tag}_rerun"), config])
+    added = measure("rerun adding series 4", [sys.executable, "-c", RERUN, str(softs[3]), str(lake), config])
     return {"setup": setup, "rerun": added, "result": parse_result(added)}
 
 
@@ -236,19 +237,22 @@ def main() -> None:
                         help="resident memory at which the single process is stopped (default 8)")
     parser.add_argument("--out", default="lake.md", help="results file under benchmarks/results")
     parser.add_argument("--note", default="", help="a line put under the header (e.g. 'small run')")
+    parser.add_argument("--config", default="", help="a configuration YAML for every run (default: the defaults)")
     args = parser.parse_args()
     samples = args.samples_per_series
     softs = write_series(samples, args.probes)
     tag = f"{samples}x{args.probes}"
-    rows = run_sizes(softs, sorted(set(args.series)), tag, args.baseline_memory_limit_gb)
-    rerun = run_rerun(softs, tag)
+    config = str(Path(args.config).resolve()) if args.config else ""
+    rows = run_sizes(softs, sorted(set(args.series)), tag, args.baseline_memory_limit_gb, config)
+    rerun = run_rerun(softs, tag, config)
     full = next((row for row in rows if row["k"] == N_SERIES), None)
     lines = [header("A lake of several series", "python benchmarks/bench_lake.py " + " ".join(sys.argv[1:])), ""]
     if args.note:
         lines.append(f"**{args.note}**\n")
     lines.append(f"Data: `leukspark synth --samples {samples} --probes {args.probes} --seed 0 --series {N_SERIES}` "
                  f"(GSE13159 and GSE90000001-3: own GSM ids, samples, noise and centres; docs/synthetic.md); "
-                 "default configuration (5 models x (5 folds + final), rank features).\n")
+                 + (f"configuration `{args.config}`.\n" if args.config else
+                    "default configuration (5 models x (5 folds + final), rank features).\n"))
     lines += size_lines(rows, samples, args.baseline_memory_limit_gb)
     lines += rerun_lines(rerun, full)
     write_results(args.out, lines)

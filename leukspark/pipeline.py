@@ -118,7 +118,7 @@ class Pipeline:
         # tasks then write the vectors into the table's staging folder themselves.
         files = self.lake.active_files("expression") if self.lake.engine == "delta-rs" else None
         rows = labelled.toPandas()
-        appended = self._incremental_features(build_id, fingerprint, rows, files)
+        appended = self._incremental_features(build_id, fingerprint, rows, files, only_if_changed)
         if appended is not None:
             return appended
         return self._full_features(build_id, fingerprint, labelled, rows, files)
@@ -183,14 +183,19 @@ class Pipeline:
                                          _vector_samples([local_path(f) for f in files])), record
 
     def _incremental_features(self, build_id: str, fingerprint: str, rows: pd.DataFrame,
-                              files: tuple[str, ...] | None) -> feature_stage.ProbeMapSummary | None:
+                              files: tuple[str, ...] | None, only_if_changed: bool
+                              ) -> feature_stage.ProbeMapSummary | None:
         """Append the new samples' vectors to a stored build that still holds; None (having said why
-        in one line) when every vector must be rebuilt."""
+        in one line) when every vector must be rebuilt. With no new sample, only a rerun
+        (`only_if_changed`: labels changed) keeps the stored vectors; the features step asked for
+        explicitly rebuilds them."""
         cfg = self.config["features"]
         per_sample = bool(files) and cfg["aggregate"] in feature_stage.PER_SAMPLE_AGGREGATES
         stored, record = self._stored_build() if per_sample else (None, None)
         checksums = dict(zip(rows["sample"], rows["values_checksum"]))
         reason = feature_stage.incremental_refusal(stored, cfg, checksums, per_sample)
+        if reason is None and not only_if_changed and set(checksums) <= stored.vector_samples:
+            reason = "no new sample to append (the features step asked for rebuilds every vector)"
         if reason is None:
             platforms = sorted(p for p in rows["platform"].dropna().unique())
             universe = feature_stage.gene_universe(self.lake.read("platform_probes"), platforms, cfg)
