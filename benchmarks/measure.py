@@ -25,10 +25,13 @@ class Measurement:
     peak_gb: float
     returncode: int
     output_tail: str
+    stopped_at_limit: bool = False   # killed by the `rss_limit_gb` watchdog
 
 
 def measure(label: str, command: list[str], *, env: dict | None = None, cwd: str | None = None,
-            memory_limit_gb: float | None = None) -> Measurement:
+            memory_limit_gb: float | None = None, rss_limit_gb: float | None = None) -> Measurement:
+    """`memory_limit_gb` caps the address space (RLIMIT_AS); `rss_limit_gb` kills the process tree as
+    soon as its resident memory passes the limit (`stopped_at_limit`), before it can take the machine."""
     def limit_memory():
         if memory_limit_gb:
             import resource
@@ -41,6 +44,7 @@ def measure(label: str, command: list[str], *, env: dict | None = None, cwd: str
                                preexec_fn=limit_memory, text=True)
     peak = 0
     stop = threading.Event()
+    stopped = threading.Event()
 
     def sample():
         nonlocal peak
@@ -50,6 +54,13 @@ def measure(label: str, command: list[str], *, env: dict | None = None, cwd: str
                 total = root.memory_info().rss + sum(
                     child.memory_info().rss for child in root.children(recursive=True))
                 peak = max(peak, total)
+                if rss_limit_gb and total > rss_limit_gb * 1024 ** 3:
+                    stopped.set()
+                    for process_ in [*root.children(recursive=True), root]:
+                        try:
+                            process_.kill()
+                        except psutil.Error:
+                            pass
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -60,8 +71,9 @@ def measure(label: str, command: list[str], *, env: dict | None = None, cwd: str
     seconds = time.perf_counter() - started
     stop.set()
     sampler.join()
-    result = Measurement(label, seconds, peak / 1024 ** 3, process.returncode, output[-3000:])
-    status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+    result = Measurement(label, seconds, peak / 1024 ** 3, process.returncode, output[-3000:], stopped.is_set())
+    status = ("ok" if process.returncode == 0 else f"stopped at {rss_limit_gb:g} GB" if stopped.is_set()
+              else f"FAILED (exit {process.returncode})")
     print(f"{label}: {seconds:.1f} s, peak {result.peak_gb:.2f} GB, {status}", flush=True)
     if process.returncode != 0:
         print(result.output_tail, file=sys.stderr)

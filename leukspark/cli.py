@@ -50,6 +50,11 @@ def _add_synth_command(commands) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--no-matrix", action="store_true", help="write only the family SOFT")
+    synth.add_argument("--series", type=int, default=1,
+                       help="number of series to write into --out, each with its own accession, GSM ids, samples, "
+                            "noise and labs (default 1: GSE13159 alone; docs/synthetic.md)")
+    synth.add_argument("--series-index", type=int, default=0,
+                       help="index of the first series written (0: GSE13159; k > 0: GSE9000000k)")
     cohort = synth.add_argument_group(
         "real-cohort settings", "A flag given replaces the preset's value (docs/synthetic.md).")
     cohort.add_argument("--preset", choices=["default", "hard"], default="default",
@@ -196,18 +201,23 @@ def cmd_synth(args) -> int:
                              lab_confounding=args.lab_confounding, scale=args.scale,
                              ambiguous_fraction=args.ambiguous_fraction, signal=args.signal,
                              subtype_overlap=args.subtype_overlap)
-    began = time.perf_counter()
-    try:
-        result = write_synthetic_series(Path(args.out), n_samples=args.samples, n_probes=args.probes,
-                                        seed=args.seed, write_matrix=not args.no_matrix, **options)
-    except ValueError as error:
-        print(f"leukspark synth: error: {error}", file=sys.stderr)
+    if args.series < 1:
+        print(f"leukspark synth: error: --series must be at least 1, got {args.series}", file=sys.stderr)
         return 2
-    print(f"wrote {len(result.sample_ids)} samples x {len(result.probe_ids)} probes in "
-          f"{time.perf_counter() - began:.1f} s:")
-    for path in (result.family_soft, result.series_matrix, result.annotation_csv):
-        if path is not None:
-            print(f"  {path}")
+    for index in range(args.series_index, args.series_index + args.series):
+        began = time.perf_counter()
+        try:
+            result = write_synthetic_series(Path(args.out), n_samples=args.samples, n_probes=args.probes,
+                                            seed=args.seed, series_index=index, write_matrix=not args.no_matrix,
+                                            **options)
+        except ValueError as error:
+            print(f"leukspark synth: error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {result.accession}: {len(result.sample_ids)} samples x {len(result.probe_ids)} probes in "
+              f"{time.perf_counter() - began:.1f} s:")
+        for path in (result.family_soft, result.series_matrix, result.annotation_csv):
+            if path is not None:
+                print(f"  {path}")
     if args.preset != "default" or options != preset_options("default"):
         print(f"settings: {options}; {len(result.ambiguous_ids)} ambiguous ALL/AML samples")
     return 0

@@ -72,6 +72,11 @@ class ConcurrentWriteError(TableError):
     """Another writer kept committing to the same table first, beyond the bounded retries."""
 
 
+class StaleBaseError(TableError):
+    """An append that depends on a table version (an incremental features build) found that another
+    writer committed to the table after it read that version; nothing was committed."""
+
+
 class RunDiscardedError(TableError):
     """A run's rows were discarded (or its run row taken over) by another writer before it finished."""
 

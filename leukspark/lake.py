@@ -38,8 +38,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from .checks import relative_folder_problem
-from .errors import (ConcurrentWriteError, LakePathError, SchemaMismatchError, TableError, describe_os_error,
-                     one_line, storage_error)
+from .errors import (ConcurrentWriteError, LakePathError, SchemaMismatchError, StaleBaseError, TableError,
+                     describe_os_error, one_line, storage_error)
 from .owner import MARKER_NAME, MarkerKeeper, owner_is_gone, read_marker
 
 log = logging.getLogger(__name__)
@@ -314,11 +314,14 @@ class Lake:
         return StagedFiles(table=table, name=name, directory=directory)
 
     def commit_staged(self, staged: "StagedFiles", schema: StructType, *, replace_keys: DataFrame | None = None,
-                      overwrite: bool = False, operation: str = "append") -> CommitInfo | None:
+                      overwrite: bool = False, operation: str = "append", based_on: int | None = None
+                      ) -> CommitInfo | None:
         """Commit the staged Parquet files in one transaction; rows matching `replace_keys` are
         replaced, or with `overwrite` every stored row is (even by no rows at all).
 
-        None (and the staging folder removed) when an append has nothing to commit.
+        None (and the staging folder removed) when an append has nothing to commit. With `based_on`
+        (delta-rs) an append commits only on top of that table version: StaleBaseError, nothing
+        committed, when another writer committed since (an append that extends what it read).
         """
         if overwrite and replace_keys is not None:
             raise ValueError("commit_staged: overwrite replaces every row; replace_keys would be ignored")
@@ -326,6 +329,9 @@ class Lake:
         if table_schema is not None:
             check_same_schema(table_schema, schema, staged.table)
         try:
+            if based_on is not None:
+                return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys,
+                                                       operation, overwrite, based_on=based_on)
             return self._engine_impl.commit_staged(self.path(staged.table), staged, schema, replace_keys, operation,
                                                    overwrite)
         finally:
@@ -786,13 +792,17 @@ class _DeltaRsEngine:
         return self._write(path, df.schema, operation, plan)
 
     def commit_staged(self, path: str, staged: StagedFiles, schema: StructType, replace_keys: DataFrame | None,
-                      operation: str, overwrite: bool = False) -> CommitInfo | None:
+                      operation: str, overwrite: bool = False, based_on: int | None = None) -> CommitInfo | None:
         adds = self._add_actions(path, staged.name)
         if overwrite:
             return self._write(path, schema, operation, lambda _snapshot: Plan(adds), mode="overwrite",
                                staged=[staged.name])
 
         def plan(snapshot) -> Plan | None:
+            if based_on is not None and (snapshot is None or snapshot.version() != based_on):
+                raise StaleBaseError(f"table {Path(path).name} at {path} moved from version {based_on} to "
+                                     f"{'none' if snapshot is None else snapshot.version()} while {operation} "
+                                     "was written on it: nothing committed; run again")
             touched, survivors = ([], None) if replace_keys is None else self._copy_on_write(path, snapshot,
                                                                                            replace_keys)
             if not adds and not touched:

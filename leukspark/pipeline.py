@@ -27,7 +27,7 @@ from . import __version__, schemas
 from .config import RANGES, config_hash
 from .errors import (ConfigError, FeaturesReplacedError, InputError, LabelError, SplitError, TableError,
                      storage_error)
-from .lake import Lake, stored_path, with_missing_columns
+from .lake import Lake, local_path, stored_path, with_missing_columns
 from .runs import LiveRun, RunLedger, RunLog
 from .stages import features as feature_stage
 from .stages import labels as label_stage
@@ -101,28 +101,39 @@ class Pipeline:
         return kept, sum(r[2] for r in summary if r[1] == "excluded")
 
     def features(self, *, only_if_changed: bool = False) -> feature_stage.ProbeMapSummary | None:
+        """Build `gene_features` and `genes` for the labelled samples: only the new samples' vectors,
+        appended in one commit, when the stored build's settings, gene universe and samples still hold
+        (`feature_stage.incremental_refusal`); otherwise every vector, saying why in one line."""
         fingerprint = self.fingerprint(("samples", "labels"))
         if only_if_changed and self.run_log.features_built_from() == fingerprint:
             self.own_features = {"fingerprint": fingerprint}
             self.echo("features are up to date with samples, labels and settings: nothing to do")
             return None
         self.own_features, build_id = None, uuid.uuid4().hex[:12]   # a failed build leaves none of its own
-        operation = f"features {build_id}"
-        labels = self.lake.read("labels")
-        expression = self.lake.read("expression")
         if not self.lake.exists("platform_probes"):
             raise TableError("no platform annotation in the lake: ingest a family SOFT or pass --annotation")
-        platform_probes = self.lake.read("platform_probes")
-        labelled = (self.lake.read("samples").select("sample", "platform", "value_scale", "n_values")
-                    .join(labels.select("sample"), "sample"))
+        labelled = (self.lake.read("samples").select("sample", "platform", "value_scale", "n_values", "values_checksum")
+                    .join(self.lake.read("labels").select("sample"), "sample"))
         # The files are read as they are only where no deletion vector can hide rows in them; the
         # tasks then write the vectors into the table's staging folder themselves.
         files = self.lake.active_files("expression") if self.lake.engine == "delta-rs" else None
+        rows = labelled.toPandas()
+        appended = self._incremental_features(build_id, fingerprint, rows, files, only_if_changed)
+        if appended is not None:
+            return appended
+        return self._full_features(build_id, fingerprint, labelled, rows, files)
+
+    def _full_features(self, build_id: str, fingerprint: str, labelled: DataFrame, rows: pd.DataFrame,
+                       files: tuple[str, ...] | None) -> feature_stage.ProbeMapSummary:
+        operation = f"features {build_id}"
         staged = self.lake.new_staging("gene_features") if files else None
         try:
-            build = feature_stage.build_features(expression, platform_probes, labelled, self.config["features"],
+            build = feature_stage.build_features(self.lake.read("expression"), self.lake.read("platform_probes"),
+                                                 labelled.drop("values_checksum"), self.config["features"],
                                                  expression_files=files,
                                                  vectors_to=staged.directory if staged else None)
+            held = (_vector_samples([staged.directory / n for n in build.vector_files])
+                    if build.vector_files and build.universe else None)
             # Vectors first: the big commit is the one that can lose to other writers or fail, and
             # then `genes` still describes the vectors that are stored.
             if build.vector_files:
@@ -138,15 +149,97 @@ class Pipeline:
             if staged is not None:
                 self.lake.discard_staged(staged)
             raise
-        # Recorded last: a build that fails half-way leaves the previous fingerprint, so it is rebuilt.
-        record = pd.DataFrame([(fingerprint, datetime.now(timezone.utc), build.n_samples, build.summary.genes_out,
-                                build_id, vectors.version, genes.version)],
-                              columns=schemas.FEATURE_BUILDS.fieldNames())
-        self._ensure_feature_builds_schema()
-        self.lake.append_small("feature_builds", record, schemas.FEATURE_BUILDS, operation=operation)
-        self.own_features = {"build": build_id, "fingerprint": fingerprint}
+        checksums = dict(zip(rows["sample"], rows["values_checksum"]))
+        self._record_feature_build(fingerprint, build_id, (len(rows), build.summary.genes_out), vectors.version,
+                                   genes.version, kind="full", n_built=len(held) if held is not None else len(rows),
+                                   universe=build.universe,
+                                   samples=None if held is None else {s: checksums[s] for s in held})
         self.echo(build.summary.text())
         return build.summary
+
+    def _record_feature_build(self, fingerprint: str, build_id: str, sizes: tuple[int, int], vectors_version: int,
+                              genes_version: int, *, kind: str, n_built: int, universe: str | None,
+                              samples: dict | None) -> None:
+        """Recorded last: a build that fails half-way leaves the previous record, so it is rebuilt."""
+        record = pd.DataFrame([(fingerprint, datetime.now(timezone.utc), sizes[0], sizes[1], build_id, vectors_version,
+                                genes_version, kind, n_built, feature_stage.settings_digest(self.config["features"]),
+                                universe, None if samples is None else feature_stage.samples_digest(samples))],
+                              columns=schemas.FEATURE_BUILDS.fieldNames())
+        self._ensure_feature_builds_schema()
+        self.lake.append_small("feature_builds", record, schemas.FEATURE_BUILDS, operation=f"features {build_id}")
+        self.own_features = {"build": build_id, "fingerprint": fingerprint}
+
+    def _stored_build(self) -> tuple[feature_stage.StoredBuild | None, dict | None]:
+        """The stored finished build (its digests and the samples its vectors hold) and its record."""
+        record = self.run_log.current_build()
+        if record is None:
+            return None, None
+        version, files = self.lake.snapshot_files("gene_features")
+        if version != record["vectors_version"]:   # another writer committed meanwhile
+            return None, None
+        text = {k: record.get(k) if isinstance(record.get(k), str) else None
+                for k in ("settings_digest", "universe_digest", "samples_digest")}
+        return feature_stage.StoredBuild(text["settings_digest"], text["universe_digest"], text["samples_digest"],
+                                         _vector_samples([local_path(f) for f in files])), record
+
+    def _incremental_features(self, build_id: str, fingerprint: str, rows: pd.DataFrame,
+                              files: tuple[str, ...] | None, only_if_changed: bool
+                              ) -> feature_stage.ProbeMapSummary | None:
+        """Append the new samples' vectors to a stored build that still holds; None (having said why
+        in one line) when every vector must be rebuilt. With no new sample, only a rerun
+        (`only_if_changed`: labels changed) keeps the stored vectors; the features step asked for
+        explicitly rebuilds them."""
+        cfg = self.config["features"]
+        per_sample = bool(files) and cfg["aggregate"] in feature_stage.PER_SAMPLE_AGGREGATES
+        stored, record = self._stored_build() if per_sample else (None, None)
+        checksums = dict(zip(rows["sample"], rows["values_checksum"]))
+        reason = feature_stage.incremental_refusal(stored, cfg, checksums, per_sample)
+        if reason is None and not only_if_changed and set(checksums) <= stored.vector_samples:
+            reason = "no new sample to append (the features step asked for rebuilds every vector)"
+        if reason is None:
+            platforms = sorted(p for p in rows["platform"].dropna().unique())
+            universe = feature_stage.gene_universe(self.lake.read("platform_probes"), platforms, cfg)
+            reason = (None if universe.digest == stored.universe else
+                      "the gene universe changed (the labelled samples' platforms or their annotation)")
+        if reason is None:
+            reason = self._append_increment(build_id, fingerprint, stored, record, universe, rows, files)
+        if reason is None:
+            return universe.summary.measured(self.lake.read_small("genes", columns=["gene"]).shape[0])
+        self.echo(f"features: rebuilding every sample's vector: {reason}")
+        return None
+
+    def _append_increment(self, build_id: str, fingerprint: str, stored, record: dict, universe, rows: pd.DataFrame,
+                          files: tuple[str, ...]) -> str | None:
+        """Build the new samples' vectors and append them in one commit (genes unchanged); a reason
+        when they cannot be appended (nothing committed then)."""
+        genes_version, stored_genes = self.lake.read_small_versioned("genes")
+        if genes_version != record["genes_version"]:
+            return "the genes table moved since the stored build"
+        new_rows = rows[~rows["sample"].isin(stored.vector_samples)]
+        staged = self.lake.new_staging("gene_features")
+        try:
+            increment = (feature_stage.build_increment(self.spark, files, universe, new_rows, stored_genes,
+                                                       self.config["features"], staged.directory)
+                         if len(new_rows) else feature_stage.Increment((), 0))
+            if increment.refusal is not None:
+                return increment.refusal
+            held = _vector_samples([staged.directory / n for n in increment.vector_files])
+            version = record["vectors_version"]
+            if increment.vector_files:   # one commit, on top of the version the stored samples were read from
+                version = self.lake.commit_staged(staged, schemas.GENE_FEATURES, operation=f"features {build_id}",
+                                                  based_on=version).version
+                staged = None
+        finally:
+            if staged is not None:
+                self.lake.discard_staged(staged)
+        checksums = dict(zip(rows["sample"], rows["values_checksum"]))
+        self._record_feature_build(fingerprint, build_id, (len(rows), len(stored_genes)), version, genes_version,
+                                   kind="incremental", n_built=len(held), universe=universe.digest,
+                                   samples={s: checksums[s] for s in stored.vector_samples | held})
+        self.echo(f"features: appended the vectors of {len(held)} new sample(s) to the {len(stored.vector_samples)} "
+                  f"stored in one commit ({len(stored_genes):,} genes unchanged)" if held else
+                  f"features: no new sample; the {len(stored.vector_samples)} stored vectors are kept (labels changed)")
+        return None
 
     def _ensure_feature_builds_schema(self) -> None:
         """A feature_builds table of an older version gets the build columns (null in its rows), once."""
@@ -630,6 +723,16 @@ class Pipeline:
                 # The label counts are known now: a split they cannot make fails before features write.
                 self.planned_split(test_fraction=test_fraction, split_file=split_file, label_file=label_file)
         return outcome
+
+
+def _vector_samples(paths) -> set:
+    """The samples that vector files (Parquet, column `sample`) hold: only that column is read."""
+    import pyarrow.parquet as pq
+
+    held: set = set()
+    for path in paths:
+        held.update(pq.read_table(str(path), columns=["sample"]).column("sample").to_pylist())
+    return held
 
 
 class _BuildInProgress(FeaturesReplacedError):

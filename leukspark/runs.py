@@ -138,12 +138,18 @@ class RunLog:
     def features_built_from(self) -> str | None:
         """The fingerprint (samples, labels, features settings) of the build that the stored
         `gene_features` and `genes` are; None when they are not one finished build's."""
+        build = self.current_build()
+        return None if build is None else str(build["fingerprint"])
+
+    def current_build(self) -> dict | None:
+        """The `feature_builds` row of the finished build (full or incremental) that the stored
+        `gene_features` and `genes` are; None when they are not one finished build's."""
         if not (self.lake.exists("gene_features") and self.lake.exists("genes")):
             return None
         build = self.build_of_vectors(self.lake.version("gene_features"))
         if build is None or build["genes_version"] != self.lake.version("genes"):
             return None
-        return str(build["fingerprint"])
+        return build
 
 
 @dataclass

@@ -187,6 +187,15 @@ FEATURE_BUILDS = _schema(   # one row per features build: what `gene_features` w
     ("build", StringType(), True),
     ("vectors_version", LongType(), True),
     ("genes_version", LongType(), True),
+    # full: every sample's vector rebuilt (gene_features and genes overwritten); incremental: the new
+    # samples' vectors appended to the stored ones in one commit (genes unchanged). n_built: vectors
+    # this build wrote. The digests decide whether the next build may be incremental
+    # (stages.features.incremental_refusal). Null in rows of older versions.
+    ("kind", StringType(), True),
+    ("n_built", LongType(), True),
+    ("settings_digest", StringType(), True),
+    ("universe_digest", StringType(), True),
+    ("samples_digest", StringType(), True),
 )
 
 RUNS = _schema(

@@ -166,6 +166,35 @@ def demo_series_dir() -> Path:
     return DEMO_DIR
 
 
+#: Series of a multi-series lake (``series_index`` k > 0): accession ``GSE{SYNTHETIC_SERIES_BASE + k}``
+#: and sample ids ``GSM{SYNTHETIC_GSM_BASE + k * 10,000 + r}`` (r: the sample's row in
+#: GSE13159.info, 0..2,095). GEO's accessions stop far below these (GSE ~300,000, GSM ~9
+#: million in 2025), so they cannot be taken for real series or samples, and no two series share one.
+SYNTHETIC_SERIES_BASE = 90_000_000
+SYNTHETIC_GSM_BASE = 900_000_000
+MAX_SERIES_INDEX = 9_999
+_SERIES_SEED_KEY = 0x5E21E5   # keys the seed of series k > 0 apart from every stream of `_rng`
+
+
+def series_accession(series_index: int) -> str:
+    """GSE13159 for series 0; an invented ``GSE9000000k`` for series k > 0."""
+    return "GSE13159" if series_index == 0 else f"GSE{SYNTHETIC_SERIES_BASE + int(series_index)}"
+
+
+def series_sample_ids(rows, series_index: int) -> list[str]:
+    """GSM ids of series ``series_index`` > 0 for GSE13159.info rows ``rows``: disjoint across series."""
+    return [f"GSM{SYNTHETIC_GSM_BASE + int(series_index) * 10_000 + int(r)}" for r in rows]
+
+
+def series_seed(seed: int, series_index: int) -> int:
+    """The seed of everything drawn per series (samples, noise, centres, labs): ``seed`` itself
+    for series 0, a 63-bit number derived from ``(seed, series_index)`` for the others."""
+    if series_index == 0:
+        return int(seed)
+    state = np.random.SeedSequence([int(seed), _SERIES_SEED_KEY, int(series_index)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) | (int(state[1]) >> 1))
+
+
 def synthetic_probe_ids(count: int) -> list[str]:
     """Ids for the GPL570 probe sets without a symbol: ``1600001_at``, ``1600002_at``, ..."""
     return [f"{FIRST_SYNTHETIC_PROBE_NUMBER + i}_at" for i in range(count)]
@@ -177,7 +206,8 @@ def write_synthetic_series(
     n_probes: int = GPL570_PROBE_COUNT,
     seed: int = 0,
     *,
-    accession: str = "GSE13159",
+    accession: str | None = None,
+    series_index: int = 0,
     write_matrix: bool = True,
     compress_level: int = 1,
     missing_fraction: float = 1e-5,
@@ -200,7 +230,15 @@ def write_synthetic_series(
             A subset always holds every probe of ``ALL_MARKERS`` and ``AML_MARKERS`` and
             keeps the platform's share of multi-gene and symbol-less probes.
         seed: non-negative integer; the same arguments give byte-identical files.
-        accession: series accession used in the file names and records.
+        accession: series accession used in the file names and records (default: GSE13159
+            for series 0, :func:`series_accession` for the others).
+        series_index: which series of a multi-series lake to write (0..MAX_SERIES_INDEX). 0 is
+            GSE13159 itself (the files of earlier versions). Series ``k > 0`` are further
+            GSE13159-shaped series of the same disease and platform: their own accession and
+            GSM ids (:func:`series_sample_ids`), their own samples, noise, centres and labs
+            (lab effects drawn afresh, lab names ``L{k*labs+1}``..), from a seed derived from
+            ``(seed, k)`` (:func:`series_seed`); the gene model and the probe parameters (the
+            biology and the GPL570 platform) are those of ``seed``.
         write_matrix: also write the series matrix.
         compress_level: gzip level (1 is several times faster than 6 and 9).
         missing_fraction: share of values written as ``null`` (rounded to a whole count).
@@ -229,6 +267,10 @@ def write_synthetic_series(
         A :class:`SynthResult` with the paths written and the sample and probe ids.
     """
     _check_arguments(n_samples, n_probes, seed, compress_level, missing_fraction)
+    if not isinstance(series_index, (int, np.integer)) or not 0 <= series_index <= MAX_SERIES_INDEX:
+        raise ValueError(f"series_index must be an integer in 0..{MAX_SERIES_INDEX}, got {series_index!r}")
+    accession = accession or series_accession(series_index)
+    own_seed = series_seed(seed, series_index)
     cohort = _Cohort(
         labs=labs, batch_strength=batch_strength, lab_confounding=lab_confounding,
         scale=scale, ambiguous_fraction=ambiguous_fraction, signal=signal, subtype_overlap=subtype_overlap,
@@ -237,19 +279,27 @@ def write_synthetic_series(
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
 
-    samples = _select_samples(n_samples, seed)
+    samples = _select_samples(n_samples, own_seed)
     probes = _select_probes(n_probes, seed)
     genes = _gene_model(seed)
-    sample_model = _sample_model(samples, seed, genes, cohort)
+    sample_model = _sample_model(samples, own_seed, genes, cohort, lab_base=series_index * labs)
     samples = samples.assign(tissue=sample_model.tissue, lab=sample_model.lab_name)
-    codes = _simulate_codes(probes, seed, missing_fraction, genes, sample_model, cohort)
+    if series_index:
+        samples = samples.assign(gsm=series_sample_ids(samples["row"], series_index),
+                                 title=[f"{t} (synthetic series {series_index}, {accession})" for t in samples["title"]])
+    codes = _simulate_codes(probes, seed, missing_fraction, genes, sample_model, cohort,
+                            series_seed=own_seed if series_index else None)
 
     header_note = (
         f"Synthetic expression values generated by leukspark.synth.write_synthetic_series("
         f"n_samples={n_samples}, n_probes={n_probes}, seed={seed}, "
-        f"missing_fraction={missing_fraction!r}{cohort.call_text()}); "
-        f"they are not measurements. Sample ids, "
-        f"titles and classes are those of GEO series GSE13159; probe ids and gene symbols "
+        f"missing_fraction={missing_fraction!r}{cohort.call_text()}"
+        f"{f', series_index={series_index}' if series_index else ''}); "
+        f"they are not measurements. "
+        + ("Sample ids, titles and classes are those of GEO series GSE13159; " if not series_index else
+           f"Sample ids ({SYNTHETIC_GSM_BASE}+) and the accession are invented; titles and classes are "
+           f"those of GEO series GSE13159; ")
+        + f"probe ids and gene symbols "
         f"are those of GPL570, except the probe sets without a symbol, whose ids "
         f"({FIRST_SYNTHETIC_PROBE_NUMBER}_at onwards) are invented."
     )
@@ -382,6 +432,7 @@ _STREAM_LAB_PARAMETERS = 41
 _STREAM_AMBIGUOUS_CHOICE = 42
 _STREAM_BACKGROUND_NOISE = 43
 _STREAM_SUBTYPE_OVERLAP = 44
+_STREAM_CENTRE_OFFSETS = 45   # series k > 0 only
 
 
 def _rng(seed: int, stream: int, block: int = 0) -> np.random.Generator:
@@ -778,7 +829,7 @@ class _SampleModel:
 
 
 def _sample_model(
-    samples: pd.DataFrame, seed: int, genes: _GeneModel, cohort: _Cohort | None = None
+    samples: pd.DataFrame, seed: int, genes: _GeneModel, cohort: _Cohort | None = None, lab_base: int = 0
 ) -> _SampleModel:
     cohort = cohort or _Cohort()
     everyone = load_mile_samples()
@@ -857,7 +908,7 @@ def _sample_model(
         quality=quality[rows].astype(np.float32),
         ambiguous=is_ambiguous,
         lab=lab,
-        lab_name=[f"L{k + 1}" if cohort.has_labs else "" for k in lab],
+        lab_name=[f"L{lab_base + k + 1}" if cohort.has_labs else "" for k in lab],
         lab_noise=lab_noise[lab].astype(np.float32),
         lab_log2_factor=lab_log2_factor[lab].astype(np.float32),
     )
@@ -943,6 +994,13 @@ def _lab_probe_shift(seed: int, labs: int) -> np.ndarray:
     return rng.standard_normal((labs, GPL570_PROBE_COUNT), dtype=np.float32)
 
 
+def _centre_offsets(series_seed: int) -> np.ndarray:
+    """float32 (N_CENTRES, 54,675): the centres' per-probe offsets of a further series (its own
+    centres; series 0 keeps those drawn with the probe parameters)."""
+    rng = _rng(series_seed, _STREAM_CENTRE_OFFSETS)
+    return rng.normal(0.0, 0.06, size=(N_CENTRES, GPL570_PROBE_COUNT)).astype(np.float32)
+
+
 @lru_cache(maxsize=4)
 def _probe_parameters(seed: int) -> dict[str, np.ndarray]:
     """Baseline, response, noise and centre offsets of every probe of the universe."""
@@ -989,13 +1047,19 @@ def _simulate_codes(
     genes: _GeneModel,
     sample_model: _SampleModel,
     cohort: _Cohort | None = None,
+    series_seed: int | None = None,
 ) -> np.ndarray:
     """Values of the selected probes x samples, as int32 codes (value * 10**DECIMALS,
     MISSING_CODE for missing; on the linear scale the codes of :func:`_value_format`),
     probe-major: shape (n_probes, n_samples).
 
     Memory: one float32 matrix (reused in place for the codes) plus block temporaries.
+
+    ``series_seed`` (a further series of a lake): the gene and probe parameters stay those of
+    ``seed``; the sample-level noise, the centres' offsets, the lab shifts and the missing values
+    are drawn from ``series_seed``.
     """
+    own = seed if series_seed is None else series_seed
     n_probes, n_samples = len(probes), sample_model.design.shape[0]
     values = np.zeros((n_probes, n_samples), dtype=np.float32)
 
@@ -1022,7 +1086,7 @@ def _simulate_codes(
     marker_position = {row: i for i, row in enumerate(genes.marker_rows)}
     for block_number, start in enumerate(range(0, len(used_genes), _GENE_BLOCK)):
         block_genes = used_genes[start : start + _GENE_BLOCK]
-        signal = _gene_signal(block_genes, genes, sample_model, marker_position, seed, block_number)
+        signal = _gene_signal(block_genes, genes, sample_model, marker_position, own, block_number)
         lo, hi = np.searchsorted(pair_gene_arr, [block_genes[0], block_genes[-1] + 1])
         local = np.searchsorted(block_genes, pair_gene_arr[lo:hi])
         contribution = signal[local] * pair_weight_arr[lo:hi, None]
@@ -1035,15 +1099,15 @@ def _simulate_codes(
     codes = values.view(np.int32)  # the codes overwrite the values block by block
     baseline = params["baseline"][probe_rows]
     noise_sd = params["noise_sd"][probe_rows]
-    centre_offset = params["centre_offset"][:, probe_rows]
+    centre_offset = (params["centre_offset"] if series_seed is None else _centre_offsets(own))[:, probe_rows]
     cohort = cohort or _Cohort()
     if cohort.has_labs:
         # The lab's per-probe shift plus its intensity factor (a constant in log2).
-        lab_offset = _lab_probe_shift(seed, cohort.labs)[:, probe_rows]
+        lab_offset = _lab_probe_shift(own, cohort.labs)[:, probe_rows]
         lab_offset *= np.float32(LAB_SHIFT_SD * cohort.batch_strength)
     for block_number, start in enumerate(range(0, n_probes, _PROBE_BLOCK)):
         stop = min(start + _PROBE_BLOCK, n_probes)
-        noise = _rng(seed, _STREAM_PROBE_NOISE, block_number).standard_normal(
+        noise = _rng(own, _STREAM_PROBE_NOISE, block_number).standard_normal(
             (stop - start, n_samples), dtype=np.float32
         )
         noise *= noise_sd[start:stop, None]
@@ -1059,14 +1123,14 @@ def _simulate_codes(
         block *= sample_model.scale[None, :]
         block += np.float32(8.0) + sample_model.shift[None, :]
         if cohort.linear:
-            codes[start:stop] = _linear_codes(block, sample_model, seed, block_number)
+            codes[start:stop] = _linear_codes(block, sample_model, own, block_number)
             continue
         np.clip(block, LOWEST_VALUE, HIGHEST_VALUE, out=block)
         codes[start:stop] = np.rint(block.astype(np.float64) * _CODE_SCALE).astype(np.int32)
 
     n_missing = int(round(missing_fraction * codes.size))
     if n_missing:
-        flat = _rng(seed, _STREAM_MISSING).choice(codes.size, size=n_missing, replace=False)
+        flat = _rng(own, _STREAM_MISSING).choice(codes.size, size=n_missing, replace=False)
         codes.reshape(-1)[flat] = _value_format(cohort.scale).missing_code
     return codes
 
@@ -1223,6 +1287,8 @@ LINEAR_DATA_PROCESSING = (
 
 
 def _lab_description(lab: str, labs: int) -> str:
+    if int(lab[1:]) > labs:   # a lab of a further series (series_index > 0): L{k*labs+1}..
+        return f"Hybridised at laboratory {lab}, one of this series' {labs} (synthetic batch effect)"
     return f"Hybridised at laboratory {lab} of {labs} (synthetic batch effect)"
 
 

@@ -738,3 +738,57 @@ def test_invalid_cohort_settings_are_rejected(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             write_synthetic_series(tmp_path, n_samples=10, n_probes=100, **settings)
+
+
+# --------------------------------------------------------------------------------------
+# Several series in one lake (series_index)
+# --------------------------------------------------------------------------------------
+
+
+def test_further_series_have_their_own_ids_accession_labs_and_values(small, tmp_path):
+    first, first_soft, _ = small
+    second = write_synthetic_series(tmp_path / "s1", n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3, series_index=1)
+    third = write_synthetic_series(tmp_path / "s2", n_samples=N_SAMPLES, n_probes=N_PROBES, seed=3, series_index=2)
+    soft = read_soft(second.family_soft)
+    # ids: disjoint from GSE13159's real ids and from each other; accessions differ
+    real_ids = {gsm for gsm, _, _ in read_info_file()}
+    assert first.accession == "GSE13159" and second.accession != third.accession != "GSE13159"
+    assert second.family_soft.name == f"{second.accession}_family.soft.gz"
+    assert not set(second.sample_ids) & set(first.sample_ids) and not set(second.sample_ids) & real_ids
+    assert not set(second.sample_ids) & set(third.sample_ids)
+    assert soft["series_ids"] == second.sample_ids == list(soft["samples"])
+    assert all(f"!Sample_series_id = {second.accession}" in b["meta"] for b in soft["samples"].values())
+    # the same platform (probe ids and symbols), the class mix of GSE13159
+    assert second.probe_ids == first.probe_ids
+    assert second.annotation_csv.read_bytes() == first.annotation_csv.read_bytes()
+    assert Counter(sample_classes(soft).values()) == Counter(sample_classes(first_soft).values())
+    # values: not copies of series 0's (compare each sample's value column, and all values as a multiset)
+    first_columns = {tuple(b["values"].values()) for b in first_soft["samples"].values()}
+    assert not first_columns & {tuple(b["values"].values()) for b in soft["samples"].values()}
+    first_values = sorted(v for b in first_soft["samples"].values() for v in b["values"].values())
+    assert first_values != sorted(v for b in soft["samples"].values() for v in b["values"].values())
+
+
+def test_further_series_draw_their_own_labs_and_keep_series_zero_unchanged(tmp_path):
+    base = write_synthetic_series(tmp_path / "a", n_samples=40, n_probes=200, seed=5, labs=3)
+    index0 = write_synthetic_series(tmp_path / "b", n_samples=40, n_probes=200, seed=5, labs=3, series_index=0)
+    assert base.family_soft.read_bytes() == index0.family_soft.read_bytes()   # index 0 is GSE13159 as before
+    other = write_synthetic_series(tmp_path / "c", n_samples=40, n_probes=200, seed=5, labs=3, series_index=1)
+    assert set(other.sample_labs) <= {"L4", "L5", "L6"} and set(base.sample_labs) <= {"L1", "L2", "L3"}
+    again = write_synthetic_series(tmp_path / "d", n_samples=40, n_probes=200, seed=5, labs=3, series_index=1)
+    assert again.family_soft.read_bytes() == other.family_soft.read_bytes()   # deterministic
+    with pytest.raises(ValueError, match="series_index"):
+        write_synthetic_series(tmp_path / "e", n_samples=10, n_probes=100, series_index=-1)
+
+
+def test_cli_synth_writes_several_series(tmp_path, capsys):
+    from leukspark.cli import main
+
+    out = tmp_path / "lake_series"
+    assert main(["synth", "--samples", "20", "--probes", "60", "--seed", "2", "--out", str(out),
+                 "--series", "3", "--no-matrix"]) == 0
+    written = sorted(p.name for p in out.glob("*_family.soft.gz"))
+    assert written == ["GSE13159_family.soft.gz", "GSE90000001_family.soft.gz", "GSE90000002_family.soft.gz"]
+    ids = [set(read_soft(out / name)["samples"]) for name in written]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == 60
+    assert main(["synth", "--samples", "20", "--probes", "60", "--out", str(out), "--series", "0"]) == 2

@@ -377,6 +377,22 @@ def _file_partials(path: str, plan: VectorPlan, cache: dict, wanted: list[str], 
         yield rows
 
 
+def files_with_samples(expression_files: tuple[str, ...], wanted: list[str]) -> tuple[str, ...]:
+    """The files whose row-group statistics may hold one of `wanted` (sorted), read on the driver from
+    the Parquet footers: a build of a few new samples starts no task for the files of stored series."""
+    import pyarrow.parquet as pq
+
+    from ..lake import local_path
+
+    kept = []
+    for path in expression_files:
+        metadata = pq.ParquetFile(local_path(path)).metadata
+        column = sample_column_index(metadata)
+        if any(_may_hold_wanted(metadata.row_group(g), wanted, column) for g in range(metadata.num_row_groups)):
+            kept.append(path)
+    return tuple(kept)
+
+
 def read_partials(plan: VectorPlan, measured=None):
     """mapInArrow function over (path) rows: each task reads its expression files row group by row
     group; a sample seen whole is emitted finished (`complete`, its vector in `combined`). With

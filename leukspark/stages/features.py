@@ -6,6 +6,8 @@ The result is one row per sample with a `features` array in one fixed gene order
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,8 +19,8 @@ from pyspark.sql import functions as F
 
 from ..errors import FeatureError
 from .collapse import (PER_SAMPLE_AGGREGATES, clean_symbols, clean_symbols_pd, collapse, collapse_files,
-                       collapse_files_to, keep_vector_positions, probe_gene_map, probe_gene_map_pd, vector_matrix,
-                       vector_plan)
+                       collapse_files_to, files_with_samples, keep_vector_positions, probe_gene_map, probe_gene_map_pd,
+                       vector_matrix, vector_plan)
 
 @dataclass
 class ProbeMapSummary:
@@ -54,6 +56,44 @@ class FeatureBuild:
     n_samples: int            # samples asked for; one without any expression row gets no vector
     platforms: list[str]
     vector_files: tuple[str, ...] = ()   # with `vectors_to`: the files there that hold `vectors`
+    universe: str | None = None          # `GeneUniverse.digest` (per-sample form only): an increment needs it
+
+
+@dataclass
+class GeneUniverse:
+    """The genes the annotation of the samples' platforms gives, before the measured ones are kept.
+
+    `digest` covers the platforms, every (platform, probe, gene position) pair and the gene table:
+    two builds with the same digest number the same genes the same way, so vectors built apart
+    fit together (an incremental build checks it)."""
+    positioned: pd.DataFrame            # (platform, probe_id, gene, position)
+    gene_rows: list[tuple[int, str, int]]
+    summary: ProbeMapSummary
+    platforms: list[str]
+    digest: str
+
+
+def gene_universe(platform_probes: DataFrame, platforms: list[str], feature_config: dict) -> GeneUniverse:
+    """The per-sample form's gene universe, made on the driver from the platforms' annotation (~55k probes)."""
+    scoped = platform_probes.where(F.col("platform").isin(*platforms)).toPandas()
+    probe_map = probe_gene_map_pd(scoped, feature_config["multi_gene"])
+    summary = summarize_probe_map_pd(scoped, probe_map)
+    positioned, gene_rows = gene_positions_pd(probe_map)
+    _require_genes(summary.genes_out, platforms, feature_config, "could be derived")
+    pairs = positioned[["platform", "probe_id", "position"]].sort_values(["platform", "probe_id", "position"])
+    digest = hashlib.sha256(json.dumps([platforms, gene_rows]).encode())
+    digest.update(pd.util.hash_pandas_object(pairs, index=False).to_numpy().tobytes())
+    return GeneUniverse(positioned, gene_rows, summary, list(platforms), digest.hexdigest()[:16])
+
+
+def settings_digest(feature_config: dict) -> str:
+    """Hash of the features settings (what every vector is made with)."""
+    return hashlib.sha256(json.dumps(feature_config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def samples_digest(checksums: dict[str, str]) -> str:
+    """Hash of (sample, values checksum) pairs: equal when the same samples hold the same values."""
+    return hashlib.sha256(json.dumps(sorted((str(k), str(v)) for k, v in checksums.items())).encode()).hexdigest()[:16]
 
 
 def summarize_probe_map(platform_probes: DataFrame, probe_map: DataFrame, platforms: list[str]) -> ProbeMapSummary:
@@ -183,15 +223,12 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     spark = expression.sparkSession
     if expression_files and feature_config["aggregate"] in PER_SAMPLE_AGGREGATES:
         # The annotation is small (~55k probes a platform): its gene table and counts are made on the driver.
-        scoped = platform_probes.where(F.col("platform").isin(*platforms)).toPandas()
-        probe_map = probe_gene_map_pd(scoped, feature_config["multi_gene"])
-        summary = summarize_probe_map_pd(scoped, probe_map)
-        positioned, gene_rows = gene_positions_pd(probe_map)
-        _require_genes(summary.genes_out, platforms, feature_config, "could be derived")
-        plan = vector_plan(positioned, sample_rows, feature_config, summary.genes_out)
+        universe = gene_universe(platform_probes, platforms, feature_config)
+        summary, gene_rows = universe.summary, universe.gene_rows
+        plan = vector_plan(universe.positioned, sample_rows, feature_config, summary.genes_out)
         if vectors_to is not None:
-            return _build_into_files(spark, expression_files, plan, Path(vectors_to), gene_rows, summary,
-                                     sample_rows, platforms, feature_config)
+            return _build_into_files(spark, expression_files, plan, Path(vectors_to), universe, sample_rows,
+                                     feature_config)
         genes = genes_frame(gene_rows)
         vectors, measured = collapse_files(spark, expression_files, plan, n_tasks=len(expression_files))
     else:
@@ -210,9 +247,9 @@ def build_features(expression: DataFrame, platform_probes: DataFrame, samples: D
     return FeatureBuild(vectors, genes, summary.measured(len(measured)), len(sample_rows), platforms)
 
 
-def _build_into_files(spark, expression_files: tuple[str, ...], plan, folder: Path, gene_rows: list[tuple],
-                      summary: ProbeMapSummary, sample_rows: pd.DataFrame, platforms: list[str],
-                      feature_config: dict) -> FeatureBuild:
+def _build_into_files(spark, expression_files: tuple[str, ...], plan, folder: Path, universe: GeneUniverse,
+                      sample_rows: pd.DataFrame, feature_config: dict) -> FeatureBuild:
+    gene_rows, summary, platforms = universe.gene_rows, universe.summary, universe.platforms
     names, measured = collapse_files_to(spark, expression_files, plan, folder)
     _require_genes(len(measured), platforms, feature_config, "have values")
     genes = genes_frame(gene_rows)
@@ -222,7 +259,77 @@ def _build_into_files(spark, expression_files: tuple[str, ...], plan, folder: Pa
     schema = "sample string, features array<double>"
     vectors = (spark.read.schema(schema).parquet(*[str(folder / n) for n in names]) if names
                else spark.createDataFrame([], schema))
-    return FeatureBuild(vectors, genes, summary.measured(len(measured)), len(sample_rows), platforms, tuple(names))
+    return FeatureBuild(vectors, genes, summary.measured(len(measured)), len(sample_rows), platforms, tuple(names),
+                        universe.digest)
+
+
+# -- incremental builds ---------------------------------------------------------------------
+# A sample's vector depends on its own values, the features settings and the gene universe only:
+# the transform, log floor, aggregate and min-max are per sample, and normalisation (rank,
+# quantile reference) happens at training, inside each fit. The one thing the whole lake decides
+# is which genes are kept: those some sample measured (an OR over samples). New samples whose
+# measured genes lie inside the stored universe leave it, and so every stored vector, unchanged.
+@dataclass
+class StoredBuild:
+    """What the stored `gene_features` and `genes` were built from (a finished build's record)."""
+    settings: str | None        # settings_digest
+    universe: str | None        # GeneUniverse.digest
+    samples: str | None         # samples_digest of the samples the vectors hold
+    vector_samples: set         # the samples `gene_features` holds
+
+
+def incremental_refusal(stored: StoredBuild | None, feature_config: dict, checksums: dict[str, str],
+                        per_sample_form: bool) -> str | None:
+    """Why the stored vectors cannot be kept and extended (None: they can), in one line."""
+    if not per_sample_form:
+        return (f"features.aggregate {feature_config['aggregate']} (or the delta-spark engine) builds through the "
+                "relational form, which rebuilds every sample")
+    if stored is None:
+        return "no finished features build is stored"
+    if None in (stored.settings, stored.universe, stored.samples):
+        return "the stored build predates incremental builds (no settings, universe or samples digest)"
+    if stored.settings != settings_digest(feature_config):
+        return "the features settings changed"
+    removed = sorted(stored.vector_samples - set(checksums))
+    if removed:
+        return (f"{len(removed)} stored sample(s) are no longer labelled or in the lake "
+                f"({', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''})")
+    if samples_digest({s: checksums[s] for s in stored.vector_samples}) != stored.samples:
+        return "values of stored samples changed (re-ingested with other values)"
+    return None
+
+
+@dataclass
+class Increment:
+    """The new samples' vectors, written into a staging folder, in the stored gene order."""
+    vector_files: tuple[str, ...]
+    n_built: int
+    refusal: str | None = None    # why they cannot be appended (the universe grew): rebuild every sample
+
+
+def build_increment(spark, expression_files: tuple[str, ...], universe: GeneUniverse, new_rows: pd.DataFrame,
+                    stored_genes: pd.DataFrame, feature_config: dict, folder: str | Path) -> Increment:
+    """Vectors of `new_rows`' samples (sample, platform, value_scale, n_values) in the order of the
+    stored `genes` table, written into `folder`; a `refusal` when they measure genes it lacks.
+
+    Only the expression files that may hold a new sample are read (their Parquet statistics)."""
+    genes = genes_frame(universe.gene_rows)
+    position_of = dict(zip(genes["gene"], genes["position"]))
+    stored = stored_genes.sort_values("position")
+    kept = np.array([position_of.get(g, -1) for g in stored["gene"]], dtype=np.int64)
+    if (kept < 0).any() or [int(n) for n in genes["n_probes"].to_numpy()[kept]] != [int(n) for n in stored["n_probes"]]:
+        return Increment((), 0, "the stored genes table does not match the gene universe of the annotation")
+    plan = vector_plan(universe.positioned, new_rows, feature_config, universe.summary.genes_out)
+    files = files_with_samples(expression_files, sorted(new_rows["sample"]))
+    names, measured = collapse_files_to(spark, files, plan, Path(folder))
+    outside = np.setdiff1d(measured, kept)
+    if len(outside):
+        return Increment(tuple(names), len(new_rows),
+                         f"the new samples measure {len(outside)} gene(s) the stored gene universe lacks "
+                         f"({', '.join(genes['gene'].to_numpy()[outside[:3]])}{' ...' if len(outside) > 3 else ''})")
+    if names and len(kept) < universe.summary.genes_out:
+        names = keep_vector_positions(spark, folder, names, kept)
+    return Increment(tuple(names), len(new_rows))
 
 
 def _require_genes(n_genes: int, platforms: list[str], feature_config: dict, what: str) -> None:

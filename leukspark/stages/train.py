@@ -196,15 +196,25 @@ def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarra
 
     if files in _FEATURE_CACHE:
         return _FEATURE_CACHE[files]
-    table = pq.ParquetDataset([local_path(f) for f in files]).read(columns=["sample", "features"])
-    samples = np.array(table.column("sample").to_pylist())
-    flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    matrix = flat.astype(np.float32).reshape(len(samples), n_genes)
+    _FEATURE_CACHE.clear()  # one feature table at a time per worker: the old one goes before the new is read
+    parquet_files = [pq.ParquetFile(local_path(f)) for f in files]
+    names = np.array([s for f in parquet_files for s in f.read(columns=["sample"]).column("sample").to_pylist()])
     # Row order follows the files, which differ between writes; fits (bootstraps, mini-batches)
-    # depend on row order, so sort by sample to get the same numbers from the same seed.
-    order = np.argsort(samples, kind="stable")
-    samples, matrix = samples[order], matrix[order]
-    _FEATURE_CACHE.clear()  # one feature table at a time per worker
+    # depend on row order, so rows are placed in sample order to get the same numbers from the same seed.
+    order = np.argsort(names, kind="stable")
+    row_of = np.empty(len(order), dtype=np.int64)
+    row_of[order] = np.arange(len(order))
+    # Filled row group by row group into one float32 matrix: a task holds 4 bytes a value plus one row
+    # group (64 vectors) as float64, not the whole table as float64 beside its float32 copy.
+    matrix = np.empty((len(names), n_genes), dtype=np.float32)
+    at = 0
+    for parquet in parquet_files:
+        for group in range(parquet.num_row_groups):
+            features = parquet.read_row_group(group, columns=["features"]).column("features")
+            flat = features.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            matrix[row_of[at:at + len(features)]] = flat.reshape(len(features), n_genes)
+            at += len(features)
+    samples = names[order]
     _FEATURE_CACHE[files] = (samples, matrix)
     return samples, matrix
 
