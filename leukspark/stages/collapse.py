@@ -5,9 +5,9 @@ the Spark form over the Delta tables; `predict` on a file uses the pandas form, 
 Spark session. Both apply, in this order:
 
 1. scale: a sample on a linear scale (or every sample, with `transform: log2`) is floored at
-   `log_floor` and log2-transformed, probe by probe, before probes are combined, since a
-   mean of linear signals is dominated by the brightest probe (with no floor, `log_floor: auto`
-   under rank features, the strictly monotone `scale.monotone_log2`);
+   `log_floor` and log2-transformed, probe by probe, before probes are combined (with no floor,
+   `log_floor: auto` under rank features, the strictly monotone `scale.monotone_log2`), so that
+   every aggregate sees log2 values whatever scale the lab delivered;
 2. probe to gene: symbols are trimmed and empty ones dropped; a probe without a symbol is
    dropped; a multi-gene probe ("A /// B") is dropped, counted toward its first gene, or
    toward each of its genes (`multi_gene`: drop | first | each);
