@@ -156,14 +156,16 @@ def test_the_floor_free_log_keeps_every_order_the_floor_ties(geo_data_dir):
 
 
 def test_features_are_log2_of_the_linear_values(linear_run, cohort):
-    """The trained gene values equal the mean over probes of log2(linear value), from the files."""
+    """The trained gene values equal, from the files, the log2 of the mean over probes of the linear
+    values floored as the transform floors them (features.aggregate: mean_signal, the default)."""
     lake = linear_run["lake"]
     genes = lake.read("genes").toPandas().sort_values("position")
     vectors = {r["sample"]: np.array(r["features"]) for r in lake.read("gene_features").collect()}
     linear = pd.read_csv(cohort["files"]["linear"], index_col=0)
     single = cohort["annotation_frame"][~cohort["annotation_frame"]["gene"].str.contains("///", na=True)]
     probe_gene = single.dropna().set_index("probe_id")["gene"]
-    logged = np.log2(np.maximum(linear, 1.0)).join(probe_gene, how="inner").groupby("gene").mean()
+    assert linear_run["config"]["features"]["aggregate"] == "mean_signal"
+    logged = np.log2(np.maximum(linear, 1.0).join(probe_gene, how="inner").groupby("gene").mean())
     sample = sorted(vectors)[0]
     expected = logged.loc[genes["gene"], sample].to_numpy()
     np.testing.assert_allclose(vectors[sample], expected, rtol=0, atol=1e-9)
@@ -265,12 +267,14 @@ def test_another_platform_is_scored_on_the_shared_genes(linear_run, cohort, tmp_
 
 
 def test_samples_unlike_the_training_data_are_flagged(linear_run, cohort, tmp_path):
-    """The check reads what the model sees: a compressed dynamic range, which quantile normalisation
-    undoes, changes neither the score nor the flags; an array whose genes are scrambled is flagged."""
+    """The check reads what the model sees: another scanner gain (every value x 2.8, log2 + 1.5), which
+    quantile normalisation undoes, changes neither the score nor the flags; an array whose genes are
+    scrambled is flagged. (A gain commutes with the default aggregate, the log of the mean probe signal;
+    a compressed log range would not.)"""
     values = cohort["log_values"].copy()
     odd = list(values.columns[:3])
     scrambled = list(values.columns[3:6])
-    values[odd] = values[odd] * 0.2 + 9  # a compressed dynamic range: ranks, hence the model's input, unchanged
+    values[odd] = values[odd] + 1.5  # another gain: gene ranks, hence the model's input, unchanged
     rng = np.random.default_rng(0)
     for sample in scrambled:
         values[sample] = rng.permutation(values[sample].to_numpy())
