@@ -75,7 +75,11 @@ def test_gene_features_equal_a_pandas_groupby(run):
     probe_gene = single.assign(gene=single["gene_symbols"].map(lambda s: s[0]))[["platform", "probe_id", "gene"]]
     labelled = set(lake.read("labels").toPandas()["sample"])
     merged = expression[expression["sample"].isin(labelled)].merge(probe_gene, on=["platform", "probe_id"])
-    oracle = merged.groupby(["sample", "gene"])["value"].mean().unstack()
+    # The default aggregate, mean_signal: the log2 of the mean of the probes' signals 2**value
+    # (the synthetic series is log2, so no transform comes first).
+    assert run["config"]["features"]["aggregate"] == "mean_signal"
+    signals = merged.assign(value=np.exp2(merged["value"]))
+    oracle = np.log2(signals.groupby(["sample", "gene"])["value"].mean().unstack())
 
     genes = lake.read("genes").toPandas().sort_values("position")
     assert list(genes["gene"]) == sorted(oracle.columns)
