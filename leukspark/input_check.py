@@ -247,15 +247,14 @@ def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict |
     * low_blast: its blast index is below what all but predict.flag_rate of the training samples reach;
     * input_range: `range_check(i)` (bundles without a novelty model: the older check on raw values).
     """
-    from .reference import LINEAGE_PROGRAMS, blast_index, lineage_scores, unseen_lineages
+    from .reference import LINEAGE_PROGRAMS, lineage_and_blast_scores, unseen_lineages
 
     rows = np.asarray(rows)
     n = len(rows)
     threshold = (inputs.get("novelty") or {}).get("threshold")
     novelty = (novelty_scores(novelty_model, novelty_inputs(preprocessor, rows))
                if novelty_model is not None and n else None)
-    programs = lineage_scores(rows, gene_order) if n else np.zeros((0, 3))
-    blast = blast_index(rows, gene_order) if n else np.zeros(0)
+    programs, blast = lineage_and_blast_scores(rows, gene_order) if n else (np.zeros((0, 3)), np.zeros(0))
     coverage = inputs.get("lineage_coverage")
     blast_threshold = (inputs.get("blast_check") or {}).get("threshold")
     checks = SampleChecks([[] for _ in range(n)], [[] for _ in range(n)], novelty, programs, blast)

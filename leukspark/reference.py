@@ -181,8 +181,11 @@ def lineage_scores(matrix, gene_order) -> "np.ndarray":
     A program none of whose markers is among `gene_order`, or a sample with none of them
     measured, scores NaN.
     """
-    markers = {program: [g for g, lineage, _ in LINEAGE_MARKERS if lineage == program] for program in LINEAGE_PROGRAMS}
-    return marker_set_scores(matrix, gene_order, [markers[p] for p in LINEAGE_PROGRAMS])
+    return marker_set_scores(matrix, gene_order, _lineage_sets())
+
+
+def _lineage_sets() -> list[list[str]]:
+    return [[g for g, lineage, _ in LINEAGE_MARKERS if lineage == program] for program in LINEAGE_PROGRAMS]
 
 
 def marker_set_scores(matrix, gene_order, marker_sets: list) -> "np.ndarray":
@@ -235,10 +238,24 @@ def blast_index(matrix, gene_order) -> "np.ndarray":
     score (that part 0 where none of its genes is measured); NaN when no blast marker is measured.
     Within-sample ranks only, so scale-free like `lineage_scores`. Low: few blasts, many maturing
     cells - not what an ALL/AML model was trained on."""
+    return _blast_from_set_scores(marker_set_scores(matrix, gene_order, _blast_sets()))
+
+
+def lineage_and_blast_scores(matrix, gene_order) -> tuple:
+    """(`lineage_scores`, `blast_index`) from one ranking of each sample (the ranks are the cost)."""
+    scores = marker_set_scores(matrix, gene_order, _lineage_sets() + _blast_sets())
+    n_lineage = len(LINEAGE_PROGRAMS)
+    return scores[:, :n_lineage], _blast_from_set_scores(scores[:, n_lineage:])
+
+
+def _blast_sets() -> list[list[str]]:
+    return [list(s) for s in (*BLAST_MARKER_SETS.values(), MATURE_GRANULOCYTE_MARKERS)]
+
+
+def _blast_from_set_scores(scores):
+    """The blast index from the set scores of `_blast_sets` (blast sets first, the mature set last)."""
     import numpy as np
 
-    sets = [*BLAST_MARKER_SETS.values(), MATURE_GRANULOCYTE_MARKERS]
-    scores = marker_set_scores(matrix, gene_order, [list(s) for s in sets])
     blast = scores[:, : len(BLAST_MARKER_SETS)]
     has_blast = np.isfinite(blast).any(axis=1)
     strongest = np.max(np.where(np.isfinite(blast), blast, -np.inf), axis=1)

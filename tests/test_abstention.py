@@ -188,6 +188,12 @@ def test_blast_index_equals_a_plain_pandas_recomputation_and_is_scale_free(cohor
     no_mature = [g if g not in MATURE_GRANULOCYTE_MARKERS else g + "_x" for g in genes]
     np.testing.assert_allclose(blast_index(gsea.to_numpy(), no_mature), blast.to_numpy(), atol=1e-12)
     assert np.isnan(blast_index(gsea.to_numpy()[:2], [f"probe{i}" for i in range(len(genes))])).all()
+    # The one-ranking form the checks use gives both scores exactly.
+    from leukspark.reference import lineage_and_blast_scores, lineage_scores
+
+    programs, together = lineage_and_blast_scores(gsea.to_numpy(), genes)
+    np.testing.assert_array_equal(together, index)
+    np.testing.assert_array_equal(programs, lineage_scores(gsea.to_numpy(), genes))
 
 
 def test_blast_check_from_gsea_flags_no_chiaretti_all_and_a_mature_sample(cohorts):
