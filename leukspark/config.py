@@ -40,6 +40,7 @@ CHOICES = {
     "features.normalize": {"none", "quantile", "rank"},
     "training.calibration": {"none", "platt", "isotonic"},
     "predict.abstain_rule": {"conformal", "target_accuracy"},
+    "predict.other_disease_check": {"auto", "none"},
     "training.selection": {"none", "variance", "t_test", "moderated_t"},
     "training.tuning.method": {"none", "grid", "random"},
     "training.tuning.metric": {"roc_auc", "accuracy", "brier", "log_loss"},

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .conformal import conformal_threshold, lower_conformal_threshold
+
 ARRAY_KEYS = ("gene_mean", "gene_std")
 
 
@@ -145,21 +147,6 @@ def novelty_scores(model: dict[str, np.ndarray], Z: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(np.min(distances, axis=0), 0.0))
 
 
-def conformal_threshold(scores: np.ndarray, rate: float) -> float:
-    """The ceil((n + 1)(1 - rate))-th smallest score; +inf when n is too small for that rate."""
-    values = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
-    k = int(np.ceil((values.size + 1) * (1 - rate)))
-    return float(values[k - 1]) if 1 <= k <= values.size else float("inf")
-
-
-def lower_conformal_threshold(scores: np.ndarray, rate: float) -> float | None:
-    """The floor((n + 1) rate)-th smallest score: a new sample of the same population falls strictly
-    below it with probability at most `rate`; None when n is too small for that rate."""
-    values = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
-    k = int(np.floor((values.size + 1) * rate))
-    return float(values[k - 1]) if 1 <= k <= values.size else None
-
-
 def fit_blast_check(X_train: np.ndarray, gene_order, flag_rate: float) -> dict:
     """The bundle's blast-program check: the training samples' blast index (reference.blast_index)
     and the threshold below which a sample is flagged. The index is a fixed function of each
@@ -234,6 +221,7 @@ class SampleChecks:
     novelty: np.ndarray | None
     programs: np.ndarray   # (n, 3) lineage program scores
     blast: np.ndarray      # blast index per row
+    other: np.ndarray | None = None   # P(other disease) per row, where the bundle has that check
 
 
 def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict | None, inputs: dict,
@@ -245,8 +233,13 @@ def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict |
       from the training samples' out-of-fold scores at predict.flag_rate;
     * unseen_lineage:<program>: it expresses lineage markers no training class did;
     * low_blast: its blast index is below what all but predict.flag_rate of the training samples reach;
+    * other_disease: its P(other) is above what predict.flag_rate of the training ALL/AML samples reach
+      out of fold (bundles whose training series held other diseases: other_disease.py);
     * input_range: `range_check(i)` (bundles without a novelty model: the older check on raw values).
     """
+    from .other_disease import FLAG as OTHER_DISEASE_FLAG
+    from .other_disease import message as other_disease_message
+    from .other_disease import other_probability
     from .reference import LINEAGE_PROGRAMS, lineage_and_blast_scores, unseen_lineages
 
     rows = np.asarray(rows)
@@ -257,7 +250,10 @@ def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict |
     programs, blast = lineage_and_blast_scores(rows, gene_order) if n else (np.zeros((0, 3)), np.zeros(0))
     coverage = inputs.get("lineage_coverage")
     blast_threshold = (inputs.get("blast_check") or {}).get("threshold")
-    checks = SampleChecks([[] for _ in range(n)], [[] for _ in range(n)], novelty, programs, blast)
+    other_check = inputs.get("other_disease")
+    other, closest = (other_probability(other_check, rows) if other_check is not None and n else (None, []))
+    other_threshold = (other_check or {}).get("threshold")
+    checks = SampleChecks([[] for _ in range(n)], [[] for _ in range(n)], novelty, programs, blast, other)
     for i in range(n):
         flags, messages = checks.flags[i], checks.messages[i]
         if novelty is not None and threshold is not None and novelty[i] > threshold:
@@ -275,4 +271,7 @@ def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict |
         if blast_threshold is not None and np.isfinite(blast[i]) and blast[i] < blast_threshold:
             flags.append("low_blast")
             messages.append(blast_message(float(blast[i]), float(blast_threshold)))
+        if other is not None and other_threshold is not None and other[i] > other_threshold:
+            flags.append(OTHER_DISEASE_FLAG)
+            messages.append(other_disease_message(float(other[i]), float(other_threshold), closest[i]))
     return checks

@@ -47,13 +47,21 @@ def excluded_matrix(lake, excluded: pd.DataFrame, genes: list[str], feature_cfg:
 
 
 def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str], matrix: np.ndarray,
-                   platforms: dict, scales: dict, policy, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(prediction rows with fold 'ood', per-class long results rows) of one final model."""
+                   platforms: dict, scales: dict, policy, run_id: str,
+                   other_scores: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(prediction rows with fold 'ood', per-class long results rows) of one final model.
+
+    `other_scores`: the out-of-fold P(other) of the samples the bundle's other-disease check was
+    fitted on; the fitted check has seen them, so their `other_disease` flag is decided by the
+    check fitted without their fold instead (cross-fitting), and the counts stay honest."""
     from .bundle import load_bundle
     from .predict import ScoredSample, score_matrix
 
     bundle = load_bundle(bundle_dir)
     scored = score_matrix(bundle, samples, matrix, policy, platforms=platforms, scales=scales)
+    check = bundle.training_inputs.get("other_disease")
+    if check is not None and other_scores:
+        _cross_fitted(scored, other_scores, check.get("threshold"))
     subtype = excluded.set_index("sample")["subtype"].fillna("(no subtype)").to_dict()
     predictions = pd.DataFrame({
         "run": run_id, "model": bundle.model_name, "fold": OOD_FOLD, "sample": [s.sample for s in scored],
@@ -69,6 +77,23 @@ def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str],
     if len(predictions):
         rows += _class_rows(bundle.model_name, OOD_FOLD, predictions)
     return predictions, pd.DataFrame(rows, columns=["model", "fold", "metric", "value"])
+
+
+def _cross_fitted(scored: list, other_scores: dict, threshold: float | None) -> None:
+    """Replace the in-sample P(other) and `other_disease` flag of the check's own training samples by
+    their out-of-fold values, in place."""
+    from .other_disease import FLAG, message, without_message
+
+    for result in scored:
+        if result.error is not None or result.sample not in other_scores:
+            continue
+        result.probability_other = float(other_scores[result.sample])
+        result.flags = [f for f in result.flags if f != FLAG]
+        result.warning = without_message(result.warning)
+        if threshold is not None and result.probability_other > threshold:
+            result.flags.append(FLAG)
+            text = message(result.probability_other, threshold, None)
+            result.warning = f"{result.warning}; {text}" if result.warning else text
 
 
 def _class_rows(model: str, fold: str, part: pd.DataFrame) -> list[tuple]:

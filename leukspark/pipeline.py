@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -361,6 +362,9 @@ class Pipeline:
             raise SplitError("the splits table is empty: run the split step first")
         bundle_dir = str(Path(self.lake.path("models")) / run_id)
         context = self._training_context(run_id, genes, feature_files, splits, bundle_dir)
+        other_check, other_scores = self._other_disease_check(genes, feature_files, splits)
+        if other_check is not None:   # every bundle carries it; the fits' test rows are flagged by it
+            context.training_inputs["other_disease"] = other_check
         folds = split_stage.n_folds(splits)
         nested = evaluation.needs_nested_folds(cfg)
         choices = self._tune(context, folds, cfg) if cfg["tuning"]["method"] != "none" else None
@@ -384,16 +388,10 @@ class Pipeline:
         self._finish_bundles(bundle_dir, cfg, outcome)
         extra = self._evaluation_results(outcome, class_rows, choices, bundle_dir, context)
         marker_rows = self._marker_enrichment(bundle_dir, cfg)
-        ood_predictions, ood_rows = self._score_excluded(bundle_dir, run_id, genes) if cfg["ood_check"] else (None, None)
-        results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
-                                           config_hash=config_hash(self.config), code_version=__version__,
-                                           params=params)
-        results = pd.concat([results] + [self._extra_results(frame, results, params)
-                                         for frame in (extra, marker_rows, ood_rows) if frame is not None
-                                         and not frame.empty], ignore_index=True)
-        results = tuning.with_fold_params(results, chosen)
-        if previous_run:
-            results = pd.concat([results, self._change_rows(results, previous_run)], ignore_index=True)
+        ood_predictions, ood_rows = (self._score_excluded(bundle_dir, run_id, genes, other_scores)
+                                     if cfg["ood_check"] else (None, None))
+        results = self._results_table(metrics, [extra, marker_rows, ood_rows], run_id, started, params, chosen,
+                                      previous_run)
         stored = predictions if ood_predictions is None else pd.concat([predictions, ood_predictions],
                                                                        ignore_index=True)
         self._store_training_tables(run_id, stored, results, outcome.selected, choices)
@@ -405,6 +403,20 @@ class Pipeline:
         text = train_stage.format_leaderboard(metrics, cfg["best_by"], best)
         self.echo(text)
         return TrainingOutcome(run_id, metrics, text, best, bundle_dir)
+
+    def _results_table(self, metrics: pd.DataFrame, extra_frames: list, run_id: str, started, params: dict,
+                       chosen: dict, previous_run: str | None) -> pd.DataFrame:
+        """The run's `results` rows: the metrics, the extra long frames, tuned parameters per fold and
+        the change against `previous_run`."""
+        results = train_stage.results_rows(metrics, run_id=run_id, run_time=started,
+                                           config_hash=config_hash(self.config), code_version=__version__,
+                                           params=params)
+        results = pd.concat([results] + [self._extra_results(frame, results, params) for frame in extra_frames
+                                         if frame is not None and not frame.empty], ignore_index=True)
+        results = tuning.with_fold_params(results, chosen)
+        if previous_run:
+            results = pd.concat([results, self._change_rows(results, previous_run)], ignore_index=True)
+        return results
 
     def _evaluation_results(self, outcome, class_rows, choices, bundle_dir: str, context) -> pd.DataFrame:
         """The evaluation's own extra rows, with the multi-class, tuning and per-group rows where they apply."""
@@ -558,8 +570,9 @@ class Pipeline:
                 rows += enrichment_rows(model, top, cfg["marker_top_n"])
         return pd.DataFrame(rows, columns=["model", "fold", "metric", "value"])
 
-    def _score_excluded(self, bundle_dir: str, run_id: str, genes: list[str]):
-        """Score the excluded samples (other diseases) with every final model: (prediction rows, results rows)."""
+    def _score_excluded(self, bundle_dir: str, run_id: str, genes: list[str], other_scores: dict | None = None):
+        """Score the excluded samples (other diseases) with every final model: (prediction rows, results rows).
+        A sample the other-disease check learnt from is judged by its out-of-fold P(other) (`other_scores`)."""
         from .ood import excluded_matrix, score_excluded
 
         if not self.lake.exists("excluded_samples"):
@@ -572,11 +585,40 @@ class Pipeline:
 
         policy = ScoringPolicy.from_config(self.config)
         frames = [score_excluded(Path(bundle_dir) / model, excluded, samples, matrix, platforms, scales, policy,
-                                 run_id) for model in self.config["training"]["models"]]
+                                 run_id, other_scores) for model in self.config["training"]["models"]]
         predictions = pd.concat([f[0] for f in frames], ignore_index=True)
         results = pd.concat([f[1] for f in frames], ignore_index=True)
         self.echo(f"scored {len(samples)} excluded samples with {len(frames)} final models (fold 'ood')")
         return predictions, results
+
+    def _other_disease_check(self, genes: list[str], feature_files: tuple[str, ...],
+                             splits: pd.DataFrame) -> tuple[dict | None, dict]:
+        """(the other-disease check fitted on the training ALL/AML rows and the lake's other-disease
+        samples, each such sample's out-of-fold P(other)); (None, {}) when predict.other_disease_check
+        is none or the lake holds fewer than other_disease.MIN_OTHER_SAMPLES of them."""
+        from . import other_disease
+        from .ood import excluded_matrix
+
+        if self.config["predict"]["other_disease_check"] == "none" or not self.lake.exists("excluded_samples"):
+            return None, {}
+        excluded = self.lake.read("excluded_samples").toPandas()
+        excluded = excluded.assign(other=other_disease.other_classes(
+            excluded["subtype"], self.config["labels"]["lineage_rules"])).dropna(subset=["other"])
+        if len(excluded) < other_disease.MIN_OTHER_SAMPLES:
+            if len(excluded):
+                self.echo(f"other-disease check: not fitted, {len(excluded)} other-disease sample(s) in the lake "
+                          f"(fewer than {other_disease.MIN_OTHER_SAMPLES})")
+            return None, {}
+        names, other_rows, _, _ = excluded_matrix(self.lake, excluded, genes, self.config["features"])
+        samples, matrix = train_stage.load_feature_matrix(feature_files, len(genes), cache=False)
+        train = splits[splits["set"] == "train"].set_index("sample")
+        acute = np.isin(samples, train.index)
+        check, _, other_scores = other_disease.fit_other_disease_check(
+            matrix[acute], train.loc[samples[acute], "label"], train.loc[samples[acute], "fold"].to_numpy(),
+            other_rows, excluded.set_index("sample").loc[names, "other"], self.config["predict"]["flag_rate"],
+            self.config["training"]["seed"])
+        self.echo(other_disease.summary(check))
+        return check, dict(zip(names, other_scores))
 
     def _training_inputs(self, splits: pd.DataFrame) -> dict:
         """Platforms and model-scale values of the training samples, for checks at prediction."""

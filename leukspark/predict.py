@@ -49,8 +49,10 @@ class ScoredSample:
     lineage_scores: dict | None = None         # program -> score (B-lymphoid, T-lymphoid, myeloid)
     dominant_lineage: str | None = None
     blast_index: float | None = None           # blast markers' within-sample rank score minus mature granulocytes'
+    probability_other: float | None = None     # P(another disease than ALL/AML), where training saw some
 
-    FLAG_COLUMNS = ("flags", "novelty", "lineage_b", "lineage_t", "lineage_myeloid", "dominant_lineage", "blast_index")
+    FLAG_COLUMNS = ("flags", "novelty", "lineage_b", "lineage_t", "lineage_myeloid", "dominant_lineage", "blast_index",
+                    "probability_other")
 
     def flag_columns(self) -> dict:
         """The stored form of the checks (columns SCORING_FLAGS of `predictions` and `scored_samples`)."""
@@ -58,7 +60,7 @@ class ScoredSample:
         return {"flags": ",".join(self.flags) or None, "novelty": self.novelty,
                 "lineage_b": lineage.get("B-lymphoid"), "lineage_t": lineage.get("T-lymphoid"),
                 "lineage_myeloid": lineage.get("myeloid"), "dominant_lineage": self.dominant_lineage,
-                "blast_index": self.blast_index}
+                "blast_index": self.blast_index, "probability_other": self.probability_other}
     # A multi-class bundle (training.target lineage/subtype): the model's lineage and subtype calls,
     # 'unclassified' below the class's threshold (the parent is still called); None otherwise.
     lineage: str | None = None
@@ -86,6 +88,8 @@ class ScoredSample:
             record["dominant_lineage"] = self.dominant_lineage
         if self.blast_index is not None:
             record["blast_index"] = round(self.blast_index, 4)
+        if self.probability_other is not None:
+            record["probability_other"] = round(self.probability_other, 6)
         if self.explanation is not None:
             record[self.explanation_key] = self.explanation
         if self.lineage is not None:
@@ -223,6 +227,8 @@ def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy:
             result.dominant_lineage = dominant_lineage(checks.programs[i])
         if np.isfinite(checks.blast[i]):
             result.blast_index = float(checks.blast[i])
+        if checks.other is not None:
+            result.probability_other = float(checks.other[i])
         result.warning = "; ".join(checks.messages[i]) or None
 
 

@@ -111,6 +111,9 @@ SCORING_FLAGS = (
     ("lineage_myeloid", DoubleType(), True),
     ("dominant_lineage", StringType(), True),
     ("blast_index", DoubleType(), True),
+    # P(another disease than ALL/AML): the other_disease check of runs whose training series held
+    # CLL, CML, MDS or non-leukemia samples (leukspark/other_disease.py); null otherwise.
+    ("probability_other", DoubleType(), True),
 )
 
 PREDICTIONS = _schema(

@@ -349,5 +349,5 @@ def test_older_prediction_tables_get_the_new_columns(spark, lake):
     assert lake.version("scored_samples") == version
     lake.append("scored_samples", spark.createDataFrame(
         [(None, "r", "m", "S2", "file", 0.1, "ALL", 0, None, "log2", None, "novelty", 3.2, 0.3, -0.1, -0.1,
-          "B-lymphoid", 0.25)], schemas.SCORED_SAMPLES))
+          "B-lymphoid", 0.25, 0.02)], schemas.SCORED_SAMPLES))
     assert lake.read("scored_samples").count() == 2

@@ -157,6 +157,38 @@ def test_excluded_samples_are_scored_as_ood(run):
     assert (flagged == (scored["blast_index"] < threshold)).all()
 
 
+def test_the_other_disease_check_flags_by_its_threshold_and_judges_its_own_samples_out_of_fold(run):
+    """The series' own other diseases train the check: every bundle carries it, a test or ood row is
+    flagged exactly above its threshold, `predict` gives a test sample the stored P(other), and the
+    other-disease samples it learnt from get their out-of-fold value, not the fitted check's."""
+    from leukspark.bundle import load_bundle
+    from leukspark.predict import predict_file
+    from leukspark.runs import RunLog
+
+    lake, run_id, predictions = run["lake"], run["run_id"], run["predictions"]
+    checks = [load_bundle(RunLog(lake.root).bundle_dir(run_id, model)).training_inputs["other_disease"]
+              for model in MODELS]
+    assert checks[0] == checks[1] and checks[0]["threshold"] is not None
+    threshold = checks[0]["threshold"]
+    scored = predictions[predictions["fold"].isin(["ood", "test"]) & predictions["model"].isin(MODELS)]
+    assert scored["probability_other"].notna().all()   # (the ensembles have no bundle, so no checks)
+    flagged = scored["flags"].fillna("").str.contains("other_disease")
+    assert (flagged == (scored["probability_other"] > threshold)).all()
+    excluded = lake.read("excluded_samples").toPandas()
+    learnt = set(excluded.loc[excluded["subtype"].str.match("^(CLL|CML|MDS|Non-leukemia)"), "sample"])
+    assert sum(checks[0]["n_other"].values()) == len(learnt) >= 10
+    fresh = {s.sample: s for s in predict_file(run["series"].series_matrix, lake.root, run_id=run_id,
+                                               model=MODELS[0])}
+    stored = scored[scored["model"] == MODELS[0]].set_index("sample")
+    test = stored[stored["fold"] == "test"]
+    assert all(fresh[s].probability_other == pytest.approx(p, abs=1e-9) for s, p in test["probability_other"].items())
+    own = stored.loc[sorted(learnt)]
+    in_sample = np.array([fresh[s].probability_other for s in own.index])
+    assert not np.allclose(own["probability_other"].to_numpy(), in_sample)
+    # Out of fold the check still separates them from the ALL/AML test samples.
+    assert own["probability_other"].median() > test["probability_other"].median()
+
+
 def test_report_has_the_new_sections(run):
     html = (run["base"] / "report" / "report.html").read_text()
     for anchor in ("calibration", "abstention", "ood", "selection", "ensembles", "markers"):

@@ -188,8 +188,8 @@ def run_tasks_sequentially(tasks: pd.DataFrame, context: TrainingContext) -> pd.
 _FEATURE_CACHE: dict = {}
 
 
-def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sample ids, float32 matrix) from the gene_features Parquet files, cached per worker."""
+def load_feature_matrix(files: tuple[str, ...], n_genes: int, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(sample ids, float32 matrix) from the gene_features Parquet files, cached per worker (`cache`)."""
     import pyarrow.parquet as pq
 
     from ..lake import local_path
@@ -215,7 +215,8 @@ def load_feature_matrix(files: tuple[str, ...], n_genes: int) -> tuple[np.ndarra
             matrix[row_of[at:at + len(features)]] = flat.reshape(len(features), n_genes)
             at += len(features)
     samples = names[order]
-    _FEATURE_CACHE[files] = (samples, matrix)
+    if cache:
+        _FEATURE_CACHE[files] = (samples, matrix)
     return samples, matrix
 
 
@@ -246,7 +247,7 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
     train_mask, eval_mask = fold_rows(samples, context.assignments, task["fold"], context.inner_folds, context.seed)
     truth = np.array([context.assignments[s][2] for s in samples], dtype=object)
     result, class_info = _fit_task(task, context, samples, matrix, train_mask, eval_mask, truth)
-    novelty, checks = None, None
+    novelty, inputs = None, None
     if task["fold"] == TEST_FOLD and context.bundle_root:
         from ..bundle import save_bundle
         from ..input_check import fit_reference
@@ -285,7 +286,7 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
         "truth": truth[eval_mask],
         "fit_seconds": result.fit_seconds,
         "info": class_info,
-        **_flag_columns(matrix[eval_mask], result.preprocessor, context.gene_order, novelty, checks),
+        **_flag_columns(matrix[eval_mask], result.preprocessor, context.gene_order, novelty, inputs),
     })
     info_row = pd.DataFrame({"run": [context.run_id], "model": [task["model"]], "fold": [task["fold"]],
                              "sample": [INFO_SAMPLE], "probability_AML": [np.nan], "predicted": [None],
@@ -308,14 +309,14 @@ def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarr
                                context.flag_rate, context.seed)
 
 
-def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, checks: dict | None) -> dict:
+def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, inputs: dict | None) -> dict:
     """The scoring-check columns of evaluated rows: lineage program scores and the blast index
     always; for the final fit's test rows also the novelty score and the flags its bundle would
     give them (input_check.check_rows, as `predict` does)."""
     from ..input_check import check_rows
     from ..reference import dominant_lineage
 
-    found = check_rows(rows, gene_order, preprocessor, novelty, checks or {})
+    found = check_rows(rows, gene_order, preprocessor, novelty, inputs or {})
     n = len(rows)
     final = novelty is not None and n > 0
     return {"flags": [",".join(f) or None for f in found.flags] if final else [None] * n,
@@ -323,7 +324,8 @@ def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | No
             "lineage_b": found.programs[:, 0], "lineage_t": found.programs[:, 1],
             "lineage_myeloid": found.programs[:, 2],
             "dominant_lineage": [dominant_lineage(row) for row in found.programs],
-            "blast_index": found.blast}
+            "blast_index": found.blast,
+            "probability_other": found.other if final and found.other is not None else [None] * n}
 
 
 def _fit_task(task: pd.Series, context: TrainingContext, samples, matrix, train_mask, eval_mask, truth):
