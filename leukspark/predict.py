@@ -68,6 +68,12 @@ class ScoredSample:
     subtype: str | None = None
     subtype_probability: float | None = None
 
+    CALL_COLUMNS = ("lineage", "lineage_probability", "subtype", "subtype_probability")
+
+    def stored_columns(self) -> dict:
+        """Every column of `scored_samples` this sample fills after `warning`: the checks, then the calls."""
+        return {**self.flag_columns(), **{name: getattr(self, name) for name in self.CALL_COLUMNS}}
+
     def record(self) -> dict:
         context = {"input_scale": self.input_scale} if self.input_scale else {}
         if self.error:
@@ -370,7 +376,7 @@ def write_scores(lake_root: str | Path, config: dict, scored: list[ScoredSample]
     lake = Lake.from_config(spark, lake_root, config)
     now = datetime.now(timezone.utc)
     rows = [(now, s.bundle_dir.parent.name, s.bundle_dir.name, s.sample, source, s.probability_AML,
-             s.prediction, s.missing_genes, s.error, s.input_scale, s.warning, *s.flag_columns().values())
+             s.prediction, s.missing_genes, s.error, s.input_scale, s.warning, *s.stored_columns().values())
             for s in scored]
     schemas.ensure_columns(lake, "scored_samples", schemas.SCORED_SAMPLES)
     lake.append("scored_samples", spark.createDataFrame(rows, schemas.SCORED_SAMPLES), operation="predict")
@@ -422,7 +428,8 @@ def score_series(spark, lake, series: list[str] | None, bundle_dir: Path,
             "error": [s.error for s in scored],
             "input_scale": [s.input_scale for s in scored],
             "warning": [s.warning for s in scored],
-            **pd.DataFrame([s.flag_columns() for s in scored], columns=list(ScoredSample.FLAG_COLUMNS)).to_dict("list"),
+            **pd.DataFrame([s.stored_columns() for s in scored],
+                           columns=[*ScoredSample.FLAG_COLUMNS, *ScoredSample.CALL_COLUMNS]).to_dict("list"),
         })
 
     return values.groupBy("sample").applyInPandas(score_groups, schema=schemas.SCORED_SAMPLES)

@@ -177,6 +177,12 @@ SCORED_SAMPLES = _schema(
     ("input_scale", StringType(), True),
     ("warning", StringType(), True),
     *SCORING_FLAGS,
+    # A multi-class bundle's calls (training.target lineage or subtype), 'unclassified' below the
+    # class's threshold; null from an ALL/AML bundle. Added later: older tables get them on the next write.
+    ("lineage", StringType(), True),
+    ("lineage_probability", DoubleType(), True),
+    ("subtype", StringType(), True),
+    ("subtype_probability", DoubleType(), True),
 )
 
 FEATURE_BUILDS = _schema(   # one row per features build: what `gene_features` was built from

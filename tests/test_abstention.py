@@ -336,7 +336,8 @@ def test_older_prediction_tables_get_the_new_columns(spark, lake):
 
     from leukspark import schemas
 
-    new = [name for name, _, _ in schemas.SCORING_FLAGS]
+    new = [name for name, _, _ in schemas.SCORING_FLAGS] + ["lineage", "lineage_probability", "subtype",
+                                                             "subtype_probability"]
     old_schema = StructType([f for f in schemas.SCORED_SAMPLES.fields if f.name not in new])
     lake.append("scored_samples", spark.createDataFrame(
         [(None, "r", "m", "S1", "file", 0.9, "AML", 0, None, "log2", None)], old_schema))
@@ -349,5 +350,5 @@ def test_older_prediction_tables_get_the_new_columns(spark, lake):
     assert lake.version("scored_samples") == version
     lake.append("scored_samples", spark.createDataFrame(
         [(None, "r", "m", "S2", "file", 0.1, "ALL", 0, None, "log2", None, "novelty", 3.2, 0.3, -0.1, -0.1,
-          "B-lymphoid", 0.25, 0.02)], schemas.SCORED_SAMPLES))
+          "B-lymphoid", 0.25, 0.02, "B-ALL", 0.97, "unclassified", 0.41)], schemas.SCORED_SAMPLES))
     assert lake.read("scored_samples").count() == 2

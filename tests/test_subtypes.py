@@ -225,6 +225,14 @@ def test_a_lineage_run_stores_class_probabilities_and_predict_calls_lineages(spa
             assert s.lineage in ("AML", "B-ALL", "T-ALL", UNCLASSIFIED) and s.subtype is None
             assert s.lineage_probability == pytest.approx(test.loc[s.sample].max(), abs=1e-6)
     assert "lineage" in scored[0].record()
+    # The Spark scoring job stores the same calls in scored_samples (a lab's batch of new samples).
+    Pipeline(spark, lake, config, echo=lambda _m: None).score(model="logistic_regression")
+    stored = lake.read_small("scored_samples").set_index("sample")
+    assert len(stored) == len(lake.read_small("samples"))
+    for s in scored:
+        assert stored.loc[s.sample, "lineage"] == s.lineage
+        assert stored.loc[s.sample, "lineage_probability"] == pytest.approx(s.lineage_probability, abs=1e-6)
+        assert stored.loc[s.sample, "subtype"] is None
 
 
 def _lake_matrix(lake, genes):
