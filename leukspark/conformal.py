@@ -14,7 +14,7 @@ import numpy as np
 def conformal_threshold(scores: np.ndarray, rate: float) -> float:
     """The ceil((n + 1)(1 - rate))-th smallest score; +inf when n is too small for that rate."""
     values = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
-    k = int(np.ceil((values.size + 1) * (1 - rate)))
+    k = int(np.ceil((values.size + 1) * (1 - rate) - 1e-9))   # (1e-9: a rate of exactly 1/(n+1) gives k = n)
     return float(values[k - 1]) if 1 <= k <= values.size else float("inf")
 
 
@@ -22,5 +22,5 @@ def lower_conformal_threshold(scores: np.ndarray, rate: float) -> float | None:
     """The floor((n + 1) rate)-th smallest score: a new sample of the same population falls strictly
     below it with probability at most `rate`; None when n is too small for that rate."""
     values = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
-    k = int(np.floor((values.size + 1) * rate))
+    k = int(np.floor((values.size + 1) * rate + 1e-9))
     return float(values[k - 1]) if 1 <= k <= values.size else None

@@ -13,7 +13,8 @@ The threshold is not a hand margin: each training sample gets an out-of-fold P(o
 check fitted without its fold, and a new sample is flagged `other_disease` above the
 ceil((n + 1)(1 - rate))-th smallest out-of-fold value of the n acute training samples, so an
 acute leukemia of the training population is flagged with probability about `rate` (the
-split-conformal rank, as for the novelty check). The fitted check is plain arrays in each
+split-conformal rank, as for the novelty check; `rate` is this check's share of
+predict.flag_rate, input_check.per_check_rate). The fitted check is plain arrays in each
 model bundle's `training_inputs.other_disease` (JSON), so `predict` needs nothing else.
 """
 
@@ -71,7 +72,7 @@ def summary(check: dict) -> str:
                        for name, n in sorted(check["n_other"].items()))
     return (f"other-disease check: {check['n_acute']} ALL/AML and {sum(check['n_other'].values())} other training "
             f"samples; out of fold it flags {check['out_of_fold_acute_flagged']:.1%} of ALL/AML "
-            f"(predict.flag_rate {check['flag_rate']}) and {caught}")
+            f"(its share {check['flag_rate']:.3f} of predict.flag_rate) and {caught}")
 
 
 def _fit(ranks: np.ndarray, classes: np.ndarray, seed: int) -> dict:
@@ -173,8 +174,8 @@ _MESSAGE_TAIL = "the model learned acute leukemias only, so its ALL/AML call is 
 
 def message(probability: float, threshold: float, closest: str | None) -> str:
     nearest = f", closest {closest}" if closest else ""
-    return (f"{MESSAGE_START} (P(other) {probability:.2f} above the {threshold:.2f} that predict.flag_rate of the "
-            f"training ALL/AML samples exceed{nearest}): {_MESSAGE_TAIL}")
+    return (f"{MESSAGE_START} (P(other) {probability:.2f} above the {threshold:.2f} that the check's share of "
+            f"predict.flag_rate of the training ALL/AML samples exceed{nearest}): {_MESSAGE_TAIL}")
 
 
 def without_message(warning: str | None) -> str | None:

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -365,6 +365,7 @@ class Pipeline:
         other_check, other_scores = self._other_disease_check(genes, feature_files, splits)
         if other_check is not None:   # every bundle carries it; the fits' test rows are flagged by it
             context.training_inputs["other_disease"] = other_check
+        context = replace(context, flag_rate=self._per_check_flag_rate(splits, other_check is not None))
         folds = split_stage.n_folds(splits)
         nested = evaluation.needs_nested_folds(cfg)
         choices = self._tune(context, folds, cfg) if cfg["tuning"]["method"] != "none" else None
@@ -591,12 +592,30 @@ class Pipeline:
         self.echo(f"scored {len(samples)} excluded samples with {len(frames)} final models (fold 'ood')")
         return predictions, results
 
+    def _per_check_flag_rate(self, splits: pd.DataFrame, has_other_disease_check: bool) -> float:
+        """predict.flag_rate split over the rate-controlled checks (input_check.per_check_rate); says so
+        when the training set is too small for the split rate, or for any rate."""
+        from .input_check import per_check_rate
+
+        total = self.config["predict"]["flag_rate"]
+        n_train = int((splits["set"] == "train").sum())
+        rate = per_check_rate(total, has_other_disease_check, n_train)
+        n_checks = 3 if has_other_disease_check else 2
+        if (n_train + 1) * total < 1:
+            self.echo(f"WARNING novelty and low_blast checks off: {n_train} training samples are too few for "
+                      f"predict.flag_rate {total} (a threshold at that rate needs at least {int(np.ceil(1 / total)) - 1})")
+        elif rate * n_checks > total + 1e-12:
+            self.echo(f"note: with {n_train} training samples each scoring check flags 1 in {n_train + 1} samples like "
+                      f"them, so the {n_checks} checks together up to {rate * n_checks:.1%} (predict.flag_rate {total})")
+        return rate
+
     def _other_disease_check(self, genes: list[str], feature_files: tuple[str, ...],
                              splits: pd.DataFrame) -> tuple[dict | None, dict]:
         """(the other-disease check fitted on the training ALL/AML rows and the lake's other-disease
         samples, each such sample's out-of-fold P(other)); (None, {}) when predict.other_disease_check
         is none or the lake holds fewer than other_disease.MIN_OTHER_SAMPLES of them."""
         from . import other_disease
+        from .input_check import per_check_rate
         from .ood import excluded_matrix
 
         if self.config["predict"]["other_disease_check"] == "none" or not self.lake.exists("excluded_samples"):
@@ -615,8 +634,8 @@ class Pipeline:
         acute = np.isin(samples, train.index)
         check, _, other_scores = other_disease.fit_other_disease_check(
             matrix[acute], train.loc[samples[acute], "label"], train.loc[samples[acute], "fold"].to_numpy(),
-            other_rows, excluded.set_index("sample").loc[names, "other"], self.config["predict"]["flag_rate"],
-            self.config["training"]["seed"])
+            other_rows, excluded.set_index("sample").loc[names, "other"],
+            per_check_rate(self.config["predict"]["flag_rate"], True, int(acute.sum())), self.config["training"]["seed"])
         self.echo(other_disease.summary(check))
         return check, dict(zip(names, other_scores))
 

@@ -196,7 +196,8 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
         band = getattr(bundle, "abstain_band", None)
         explanations = bundle.explain(rows) if explain else None
         called = [r for r in results if r.error is None]
-        check_samples(bundle, matrix[np.array(scorable)], called, policy)
+        check_samples(bundle, matrix[np.array(scorable)], called, policy,
+                      np.where(np.asarray(probabilities) >= 0.5, POSITIVE_CLASS, NEGATIVE_CLASS))
         _attach_class_calls(called, bundle, rows)
         for i, (result, probability) in enumerate(zip(called, probabilities)):
             result.probability_AML = float(probability)
@@ -211,7 +212,8 @@ def score_matrix(bundle, samples: list[str], matrix: np.ndarray, policy: Scoring
     return results
 
 
-def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy: ScoringPolicy) -> None:
+def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy: ScoringPolicy,
+                  calls=None) -> None:
     """Flag scored samples the model should not be trusted on, in place (`flags`, `warning`,
     `novelty`, lineage program scores, `blast_index`): see input_check.check_rows."""
     from .input_check import check_rows, out_of_range
@@ -222,7 +224,7 @@ def check_samples(bundle, rows: np.ndarray, results: list[ScoredSample], policy:
     range_check = (None if has_novelty or reference is None or not inputs.get("input_check") else
                    lambda i: out_of_range(rows[i], reference, inputs["input_check"], policy.range_margin))
     checks = check_rows(rows, bundle.gene_order, bundle.preprocessor, reference if has_novelty else None, inputs,
-                        range_check)
+                        range_check, calls)
     for i, result in enumerate(results):
         result.flags.extend(checks.flags[i])
         if checks.novelty is not None:

@@ -224,6 +224,45 @@ def test_blast_check_from_gsea_flags_no_chiaretti_all_and_a_mature_sample(cohort
     assert lower_conformal_threshold(scores, 0.2) == 1.0 and lower_conformal_threshold(scores, 0.05) is None
 
 
+def test_a_call_against_the_samples_own_lineage_program_is_flagged(cohorts):
+    """Real arrays: every Chiaretti B-ALL is B-lymphoid dominant, so an AML call on one is a conflict
+    and an ALL call is not; GSEA's AML called AML are flagged exactly where their own dominant program
+    (recomputed here from the marker ranks with pandas) is lymphoid."""
+    from leukspark.input_check import check_rows
+    from leukspark.reference import LINEAGE_EXPRESSED, LINEAGE_MARKERS
+
+    gsea, y, chiaretti, lineage, genes = cohorts
+    b_all = chiaretti.to_numpy()[lineage == "B"]
+    as_aml = check_rows(b_all, genes, None, None, {}, calls=np.array(["AML"] * len(b_all)))
+    assert all(f == ["lineage_conflict:B-lymphoid"] for f in as_aml.flags)
+    assert "confirm by immunophenotype" in as_aml.messages[0][0]
+    as_all = check_rows(b_all, genes, None, None, {}, calls=np.array(["ALL"] * len(b_all)))
+    assert not any(as_all.flags)
+    aml = gsea[y == 1]
+    found = check_rows(aml.to_numpy(), genes, None, None, {}, calls=np.array(["AML"] * len(aml)))
+    percentile = (aml.rank(axis=1) - 0.5).div(aml.notna().sum(axis=1), axis=0)
+    programs = pd.DataFrame({program: percentile[[g for g, p, _ in LINEAGE_MARKERS if p == program and g in genes]]
+                             .mean(axis=1) - 0.5 for program in ("B-lymphoid", "T-lymphoid", "myeloid")})
+    dominant = programs.idxmax(axis=1).where(programs.max(axis=1) >= LINEAGE_EXPRESSED, "none")
+    expected = [[f"lineage_conflict:{d}"] if d in ("B-lymphoid", "T-lymphoid") else [] for d in dominant]
+    assert found.flags == expected and 0 < sum(map(len, expected)) <= 3
+
+
+def test_flag_rate_is_split_over_the_checks_down_to_what_the_cohort_can_resolve():
+    from leukspark.conformal import conformal_threshold, lower_conformal_threshold
+    from leukspark.input_check import per_check_rate
+
+    assert per_check_rate(0.05, False, 1000) == pytest.approx(0.025)
+    assert per_check_rate(0.05, True, 1000) == pytest.approx(0.05 / 3)
+    # 38 training samples (GSEA Leukemia, Golub): 1/39 a check, the most extreme training score.
+    assert per_check_rate(0.05, True, 38) == pytest.approx(1 / 39)
+    scores = np.arange(38.0)
+    assert conformal_threshold(scores, 1 / 39) == 37.0 and lower_conformal_threshold(scores, 1 / 39) == 0.0
+    # Fewer than 1 / flag_rate - 1: no threshold at any share, the checks are off.
+    assert per_check_rate(0.05, False, 10) == 0.05
+    assert conformal_threshold(np.arange(10.0), 0.05) == np.inf
+
+
 # -- novelty on what the model sees -------------------------------------------------------------
 def test_novelty_threshold_flags_its_rate_out_of_fold_and_moves_with_it():
     from leukspark.input_check import conformal_threshold, fit_training_checks, novelty_scores

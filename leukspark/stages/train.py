@@ -56,7 +56,7 @@ class TrainingContext:
     selection: str = "none"                # in-fold gene selection (training.selection)
     selection_k: int = 0
     inner_folds: int = 3                   # training.tuning.inner_folds, for the tuning tasks
-    flag_rate: float = 0.05                # predict.flag_rate: the novelty check's out-of-fold false-flag rate
+    flag_rate: float = 0.05                # each rate-controlled check's share of predict.flag_rate (input_check.per_check_rate)
     # training.target lineage/subtype: the classes learnt (empty: ALL/AML, the binary fit), each
     # sample's class, the classes summed into P(AML) and each class's lineage (saved in bundles).
     target_classes: tuple[str, ...] = ()
@@ -286,7 +286,8 @@ def _train_one(task: pd.Series, context: TrainingContext) -> pd.DataFrame:
         "truth": truth[eval_mask],
         "fit_seconds": result.fit_seconds,
         "info": class_info,
-        **_flag_columns(matrix[eval_mask], result.preprocessor, context.gene_order, novelty, inputs),
+        **_flag_columns(matrix[eval_mask], result.preprocessor, context.gene_order, novelty, inputs,
+                        np.where(probabilities >= 0.5, POSITIVE_CLASS, NEGATIVE_CLASS)),
     })
     info_row = pd.DataFrame({"run": [context.run_id], "model": [task["model"]], "fold": [task["fold"]],
                              "sample": [INFO_SAMPLE], "probability_AML": [np.nan], "predicted": [None],
@@ -309,14 +310,15 @@ def _training_checks(X_train: np.ndarray, y_train: np.ndarray, samples: np.ndarr
                                context.flag_rate, context.seed)
 
 
-def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, inputs: dict | None) -> dict:
+def _flag_columns(rows: np.ndarray, preprocessor, gene_order, novelty: dict | None, inputs: dict | None,
+                  calls: np.ndarray) -> dict:
     """The scoring-check columns of evaluated rows: lineage program scores and the blast index
     always; for the final fit's test rows also the novelty score and the flags its bundle would
     give them (input_check.check_rows, as `predict` does)."""
     from ..input_check import check_rows
     from ..reference import dominant_lineage
 
-    found = check_rows(rows, gene_order, preprocessor, novelty, inputs or {})
+    found = check_rows(rows, gene_order, preprocessor, novelty, inputs or {}, calls=calls)
     n = len(rows)
     final = novelty is not None and n > 0
     return {"flags": [",".join(f) or None for f in found.flags] if final else [None] * n,
