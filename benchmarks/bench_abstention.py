@@ -284,7 +284,7 @@ def main() -> None:
     lines = [header("Abstention and flags across cohorts", command.strip()),
              f"Fixed settings: {json.dumps(FIXED)} (GSEA Leukemia also {json.dumps(GSEA_EXTRA)}); overrides: "
              f"{json.dumps(extra)}; total {elapsed:.0f} s. "
-             "`flagged`: any flag (novelty, unseen_lineage, low_blast); `confident wrong`: wrong, called and not flagged; "
+             "`flagged`: any flag (novelty, unseen_lineage, low_blast, other_disease, lineage_conflict); `confident wrong`: wrong, called and not flagged; "
              "`called ALL or unseen`: called ALL or flagged as an unseen lineage (the T-ALL goal). Groups: "
              "Chiaretti by lineage (subtype B*/T*), the demo series by truth (ALL/AML test rows, or the MILE class "
              f"of an excluded sample). Risk-coverage curves: {figure}."]
