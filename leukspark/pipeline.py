@@ -362,7 +362,8 @@ class Pipeline:
             raise SplitError("the splits table is empty: run the split step first")
         bundle_dir = str(Path(self.lake.path("models")) / run_id)
         context = self._training_context(run_id, genes, feature_files, splits, bundle_dir)
-        other_check, other_scores = self._other_disease_check(genes, feature_files, splits)
+        excluded = self._excluded_vectors(genes)
+        other_check, other_scores = self._other_disease_check(excluded, genes, feature_files, splits)
         if other_check is not None:   # every bundle carries it; the fits' test rows are flagged by it
             context.training_inputs["other_disease"] = other_check
         context = replace(context, flag_rate=self._per_check_flag_rate(splits, other_check is not None))
@@ -389,7 +390,7 @@ class Pipeline:
         self._finish_bundles(bundle_dir, cfg, outcome)
         extra = self._evaluation_results(outcome, class_rows, choices, bundle_dir, context)
         marker_rows = self._marker_enrichment(bundle_dir, cfg)
-        ood_predictions, ood_rows = (self._score_excluded(bundle_dir, run_id, genes, other_scores)
+        ood_predictions, ood_rows = (self._score_excluded(bundle_dir, run_id, excluded, other_scores)
                                      if cfg["ood_check"] else (None, None))
         results = self._results_table(metrics, [extra, marker_rows, ood_rows], run_id, started, params, chosen,
                                       previous_run)
@@ -571,25 +572,36 @@ class Pipeline:
                 rows += enrichment_rows(model, top, cfg["marker_top_n"])
         return pd.DataFrame(rows, columns=["model", "fold", "metric", "value"])
 
-    def _score_excluded(self, bundle_dir: str, run_id: str, genes: list[str], other_scores: dict | None = None):
-        """Score the excluded samples (other diseases) with every final model: (prediction rows, results rows).
-        A sample the other-disease check learnt from is judged by its out-of-fold P(other) (`other_scores`)."""
-        from .ood import excluded_matrix, score_excluded
+    def _excluded_vectors(self, genes: list[str]) -> dict | None:
+        """The excluded samples (other diseases) as gene vectors in `genes` order, read once for the
+        other-disease check and the OOD scoring: {table, samples, matrix, platforms, scales}; None when
+        neither wants them or the lake has none."""
+        from .ood import excluded_matrix
 
-        if not self.lake.exists("excluded_samples"):
-            return None, None
+        wanted = (self.config["training"]["ood_check"] or self.config["predict"]["other_disease_check"] != "none")
+        if not wanted or not self.lake.exists("excluded_samples"):
+            return None
         excluded = self.lake.read("excluded_samples").toPandas()
         if excluded.empty:
-            return None, None
+            return None
         samples, matrix, platforms, scales = excluded_matrix(self.lake, excluded, genes, self.config["features"])
+        return {"table": excluded, "samples": samples, "matrix": matrix, "platforms": platforms, "scales": scales}
+
+    def _score_excluded(self, bundle_dir: str, run_id: str, excluded: dict | None, other_scores: dict):
+        """Score the excluded samples (other diseases) with every final model: (prediction rows, results rows).
+        A sample the other-disease check learnt from is judged by its out-of-fold P(other) (`other_scores`)."""
+        from .ood import score_excluded
         from .predict import ScoringPolicy
 
+        if excluded is None:
+            return None, None
         policy = ScoringPolicy.from_config(self.config)
-        frames = [score_excluded(Path(bundle_dir) / model, excluded, samples, matrix, platforms, scales, policy,
-                                 run_id, other_scores) for model in self.config["training"]["models"]]
+        frames = [score_excluded(Path(bundle_dir) / model, excluded["table"], excluded["samples"], excluded["matrix"],
+                                 excluded["platforms"], excluded["scales"], policy, run_id, other_scores)
+                  for model in self.config["training"]["models"]]
         predictions = pd.concat([f[0] for f in frames], ignore_index=True)
         results = pd.concat([f[1] for f in frames], ignore_index=True)
-        self.echo(f"scored {len(samples)} excluded samples with {len(frames)} final models (fold 'ood')")
+        self.echo(f"scored {len(excluded['samples'])} excluded samples with {len(frames)} final models (fold 'ood')")
         return predictions, results
 
     def _per_check_flag_rate(self, splits: pd.DataFrame, has_other_disease_check: bool) -> float:
@@ -609,35 +621,34 @@ class Pipeline:
                       f"them, so the {n_checks} checks together up to {rate * n_checks:.1%} (predict.flag_rate {total})")
         return rate
 
-    def _other_disease_check(self, genes: list[str], feature_files: tuple[str, ...],
+    def _other_disease_check(self, excluded: dict | None, genes: list[str], feature_files: tuple[str, ...],
                              splits: pd.DataFrame) -> tuple[dict | None, dict]:
         """(the other-disease check fitted on the training ALL/AML rows and the lake's other-disease
         samples, each such sample's out-of-fold P(other)); (None, {}) when predict.other_disease_check
         is none or the lake holds fewer than other_disease.MIN_OTHER_SAMPLES of them."""
         from . import other_disease
         from .input_check import per_check_rate
-        from .ood import excluded_matrix
 
-        if self.config["predict"]["other_disease_check"] == "none" or not self.lake.exists("excluded_samples"):
+        if self.config["predict"]["other_disease_check"] == "none" or excluded is None:
             return None, {}
-        excluded = self.lake.read("excluded_samples").toPandas()
-        excluded = excluded.assign(other=other_disease.other_classes(
-            excluded["subtype"], self.config["labels"]["lineage_rules"])).dropna(subset=["other"])
-        if len(excluded) < other_disease.MIN_OTHER_SAMPLES:
-            if len(excluded):
-                self.echo(f"other-disease check: not fitted, {len(excluded)} other-disease sample(s) in the lake "
+        kind = pd.Series(other_disease.other_classes(excluded["table"]["subtype"],
+                                                     self.config["labels"]["lineage_rules"]),
+                         index=excluded["table"]["sample"].to_numpy()).reindex(excluded["samples"])
+        rows = kind.notna().to_numpy()
+        if rows.sum() < other_disease.MIN_OTHER_SAMPLES:
+            if rows.any():
+                self.echo(f"other-disease check: not fitted, {int(rows.sum())} other-disease sample(s) in the lake "
                           f"(fewer than {other_disease.MIN_OTHER_SAMPLES})")
             return None, {}
-        names, other_rows, _, _ = excluded_matrix(self.lake, excluded, genes, self.config["features"])
         samples, matrix = train_stage.load_feature_matrix(feature_files, len(genes), cache=False)
         train = splits[splits["set"] == "train"].set_index("sample")
         acute = np.isin(samples, train.index)
         check, _, other_scores = other_disease.fit_other_disease_check(
             matrix[acute], train.loc[samples[acute], "label"], train.loc[samples[acute], "fold"].to_numpy(),
-            other_rows, excluded.set_index("sample").loc[names, "other"],
+            excluded["matrix"][rows], kind[rows].to_numpy(),
             per_check_rate(self.config["predict"]["flag_rate"], True, int(acute.sum())), self.config["training"]["seed"])
         self.echo(other_disease.summary(check))
-        return check, dict(zip(names, other_scores))
+        return check, dict(zip(np.asarray(excluded["samples"])[rows], other_scores))
 
     def _training_inputs(self, splits: pd.DataFrame) -> dict:
         """Platforms and model-scale values of the training samples, for checks at prediction."""
