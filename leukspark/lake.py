@@ -629,14 +629,14 @@ class _DeltaRsEngine:
         actions = []
         now_ms = int(time.time() * 1000)
         for parquet_file in sorted(staging_dir.glob("*.parquet")):
-            rows = pq.read_metadata(parquet_file).num_rows
+            metadata = pq.read_metadata(parquet_file)
             actions.append(AddAction(
                 path=f"{staging_name}/{parquet_file.name}",
                 size=parquet_file.stat().st_size,
                 partition_values={},
                 modification_time=now_ms,
                 data_change=True,
-                stats=json.dumps({"numRecords": rows}),
+                stats=json.dumps(file_stats(metadata)),
             ))
         # Spark's bookkeeping files (_SUCCESS, .crc) are not part of the table; the owner marker
         # stays until the commit, to keep the folder from being swept as orphaned.
@@ -830,6 +830,11 @@ class _DeltaRsEngine:
         if not files:
             return []
         keys = keys_df.columns
+        if len(keys) == 1:   # skip the files whose recorded range holds none of the keys
+            files = _files_in_range(snapshot, Path(path), files, keys[0],
+                                    sorted(r[0] for r in keys_df.collect() if r[0] is not None))
+            if not files:
+                return []
         stored = (self.spark.read.schema(self._spark_schema(snapshot)).parquet(*files)
                   .select(*keys, F.col("_metadata.file_path").alias(FILE_PATH_COLUMN)))
         hits = stored.join(F.broadcast(keys_df), keys, "left_semi").select(FILE_PATH_COLUMN).distinct().collect()
@@ -841,6 +846,63 @@ class _DeltaRsEngine:
 
         now_ms = int(time.time() * 1000)
         return [RemoveAction(path=p, data_change=True, deletion_timestamp=now_ms) for p in relative_paths]
+
+
+# Delta file statistics (numRecords, and min/max of the short text and integer columns) taken from the
+# Parquet footer the writer already made: readers skip the files whose range excludes what they look
+# for (delta-spark's data skipping; `_files_with_keys` here), so replacing the rows of a new series'
+# samples reads none of the stored series' files. Doubles are left out (NaN has no place in a range),
+# and so is text longer than STATS_MAX_TEXT (a Parquet writer may drop or truncate its statistics).
+STATS_MAX_TEXT = 64
+
+
+def file_stats(metadata) -> dict:
+    """The Delta `stats` of one Parquet file from its footer: numRecords, and minValues / maxValues /
+    nullCount of every top-level text or integer column that every row group has statistics for."""
+    stats: dict = {"numRecords": metadata.num_rows}
+    if metadata.num_row_groups == 0:
+        return stats
+    low, high, nulls = {}, {}, {}
+    for i in range(metadata.num_columns):
+        column = metadata.schema.column(i)
+        name = column.path
+        if "." in name or column.physical_type not in ("BYTE_ARRAY", "INT32", "INT64"):
+            continue
+        wanted_logical = ("STRING",) if column.physical_type == "BYTE_ARRAY" else ("NONE", "INT")
+        if column.logical_type.type not in wanted_logical:   # timestamps, dates, decimals, bytes: no stats
+            continue
+        chunks = [metadata.row_group(g).column(i).statistics for g in range(metadata.num_row_groups)]
+        if any(c is None or not c.has_min_max or not c.has_null_count for c in chunks):
+            continue
+        lo, hi = min(c.min for c in chunks), max(c.max for c in chunks)
+        if isinstance(lo, str) and max(len(lo), len(hi)) > STATS_MAX_TEXT:
+            continue
+        low[name], high[name], nulls[name] = lo, hi, sum(c.null_count for c in chunks)
+    if low:
+        stats.update(minValues=low, maxValues=high, nullCount=nulls)
+    return stats
+
+
+def _files_in_range(snapshot, table_dir: Path, files: list[str], key: str, keys: list) -> list[str]:
+    """The files of `files` whose min/max statistics of `key` may hold one of the sorted `keys`
+    (every file without statistics for it is kept)."""
+    import bisect
+
+    import pyarrow as pa
+
+    actions = pa.table(snapshot.get_add_actions(flatten=True))
+    if f"min.{key}" not in actions.column_names:
+        return files
+    ranges = {}
+    for relative, low, high in zip(actions.column("path").to_pylist(), actions.column(f"min.{key}").to_pylist(),
+                                   actions.column(f"max.{key}").to_pylist()):
+        ranges[str((table_dir / relative).resolve())] = (low, high)
+    kept = []
+    for file in files:
+        low, high = ranges.get(str(Path(file).resolve()), (None, None))
+        if low is None or high is None or bisect.bisect_left(keys, low) < bisect.bisect_right(keys, high):
+            kept.append(file)
+    return kept
 
 
 def _is_add(action) -> bool:

@@ -187,6 +187,36 @@ def test_an_overwriting_staged_commit_replaces_every_row_even_with_none(spark, l
                            replace_keys=spark.createDataFrame([("S1",)], "sample string"))
 
 
+def test_staged_commits_record_key_ranges_and_a_replace_reads_only_the_files_that_may_hold_its_keys(
+        spark, lake, monkeypatch):
+    """Each staged file's add action carries the min/max of its text columns (from the Parquet footer,
+    checked here against the file's own rows), so replacing keys outside every stored range scans no
+    stored file, and a key inside one range scans that file only, and still replaces its row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import leukspark.lake as lake_module
+    from leukspark import schemas
+
+    lake.commit_staged(_stage_vectors(lake, [("S1", [1.0, 2.0]), ("S3", [3.0, 4.0])]), schemas.GENE_FEATURES)
+    lake.commit_staged(_stage_vectors(lake, [("T1", [5.0, 6.0]), ("T2", [7.0, 8.0])]), schemas.GENE_FEATURES)
+    actions = pa.table(DeltaTable(lake.path("gene_features")).get_add_actions(flatten=True)).to_pydict()
+    for path, low, high, n in zip(actions["path"], actions["min.sample"], actions["max.sample"],
+                                  actions["num_records"]):
+        samples = pq.read_table(Path(lake.path("gene_features")) / path).column("sample").to_pylist()
+        assert (low, high, n) == (min(samples), max(samples), len(samples))
+    scanned, real = [], lake_module._files_in_range
+    monkeypatch.setattr(lake_module, "_files_in_range", lambda *a: scanned.append(found := real(*a)) or found)
+    lake.commit_staged(_stage_vectors(lake, [("U1", [0.0, 0.0])]), schemas.GENE_FEATURES,
+                       replace_keys=spark.createDataFrame([("U1",)], "sample string"))
+    assert scanned == [[]]   # a new key: no stored file read
+    lake.commit_staged(_stage_vectors(lake, [("S2", [9.0, 9.0]), ("S3", [0.5, 0.5])]), schemas.GENE_FEATURES,
+                       replace_keys=spark.createDataFrame([("S2",), ("S3",)], "sample string"))
+    assert len(scanned[-1]) == 1 and "S1" <= "S2" <= "S3"   # only the file whose range is S1..S3
+    rows = {r["sample"]: r["features"] for r in lake.read("gene_features").collect()}
+    assert sorted(rows) == ["S1", "S2", "S3", "T1", "T2", "U1"] and rows["S3"] == [0.5, 0.5]
+
+
 def _dead_owner():
     import socket
     import subprocess
