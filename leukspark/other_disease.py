@@ -120,7 +120,7 @@ def fit_other_disease_check(acute: np.ndarray, acute_labels, acute_folds, other:
 
     `acute_folds` are the run's CV folds of the acute training rows; the other rows are dealt
     over the same folds, stratified by class, so every out-of-fold value comes from a check that
-    never saw its sample. A class with fewer samples than folds joins a class `other`."""
+    never saw its sample. Classes with fewer samples than folds are joined into one."""
     acute_labels = np.asarray(acute_labels, dtype=object)
     other_classes_ = _merge_small_classes(np.asarray(other_classes_, dtype=object), acute_folds)
     other_folds = _deal_folds(other_classes_, np.unique(acute_folds), seed)
@@ -151,10 +151,13 @@ def fit_other_disease_check(acute: np.ndarray, acute_labels, acute_folds, other:
 
 
 def _merge_small_classes(classes: np.ndarray, folds) -> np.ndarray:
+    """Classes with fewer samples than folds joined into one class named by its members
+    ('CML / Non-leukemia ...'), so that every fold's fit sees it and a message can name it."""
     n_folds = len(np.unique(folds))
     values, counts = np.unique(classes, return_counts=True)
-    small = set(values[counts < n_folds])
-    return np.array([OTHER_LINEAGE if c in small else c for c in classes], dtype=object)
+    small = sorted(values[counts < n_folds])
+    merged = " / ".join(small)
+    return np.array([merged if c in small else c for c in classes], dtype=object)
 
 
 def _deal_folds(classes: np.ndarray, fold_ids: np.ndarray, seed: int) -> np.ndarray:

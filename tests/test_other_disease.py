@@ -41,7 +41,7 @@ def _p_other(pipeline, ranks):
 def fitted():
     rng = np.random.default_rng(3)
     acute, acute_labels = _cohort(rng, {"ALL": 60, "AML": 60})
-    other, other_labels = _cohort(rng, {"ALL": 0, "AML": 0, "CLL": 30, "MDS": 30, "CML": 3})
+    other, other_labels = _cohort(rng, {"ALL": 0, "AML": 0, "CLL": 30, "MDS": 30, "CML": 3, "NL": 2})
     folds = np.arange(len(acute)) % 5
     check, acute_oof, other_oof = other_disease.fit_other_disease_check(
         acute, acute_labels, folds, other, other_labels, rate=0.1, seed=0)
@@ -50,11 +50,11 @@ def fitted():
 
 
 def test_the_stored_check_scores_as_a_scikit_learn_pipeline_does(fitted):
-    merged = np.where(fitted["other_labels"] == "CML", "other", fitted["other_labels"])   # 3 < 5 folds
+    merged = np.where(np.isin(fitted["other_labels"], ["CML", "NL"]), "CML / NL", fitted["other_labels"])  # < 5 folds
     ranks = other_disease.rank_rows(np.vstack([fitted["acute"], fitted["other"]]))
     oracle = _oracle(ranks, np.concatenate([fitted["labels"], merged]))
     check = fitted["check"]
-    assert sorted(check["classes"]) == ["ALL", "AML", "CLL", "MDS", "other"]
+    assert sorted(check["classes"]) == ["ALL", "AML", "CLL", "CML / NL", "MDS"]
     new_rows = np.vstack([fitted["acute"][:5], fitted["other"][:5]]) + 0.3
     p, closest = other_disease.other_probability(check, new_rows)
     assert p == pytest.approx(_p_other(oracle, other_disease.rank_rows(new_rows)), abs=1e-4)  # lbfgs stops at its tolerance
@@ -62,7 +62,7 @@ def test_the_stored_check_scores_as_a_scikit_learn_pipeline_does(fitted):
 
 
 def test_each_out_of_fold_value_comes_from_a_fit_without_its_fold(fitted):
-    merged = np.where(fitted["other_labels"] == "CML", "other", fitted["other_labels"]).astype(object)
+    merged = np.where(np.isin(fitted["other_labels"], ["CML", "NL"]), "CML / NL", fitted["other_labels"]).astype(object)
     other_folds = other_disease._deal_folds(merged, np.unique(fitted["folds"]), 0)
     ranks = other_disease.rank_rows(np.vstack([fitted["acute"], fitted["other"]]))
     classes = np.concatenate([fitted["labels"], merged])
