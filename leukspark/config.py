@@ -195,13 +195,28 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last one
+    silently, so a setting edited in one place would be undone by a forgotten copy further down."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"configuration file not found: {path}")
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a configuration file (give the YAML file itself)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as exc:
         raise ConfigError(f"configuration file {describe_os_error(exc)}") from None
     except UnicodeDecodeError as exc:

@@ -87,6 +87,11 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "features: [unclosed\n"))
+    # A setting given twice is refused, naming it and its line (plain YAML keeps the last silently).
+    with pytest.raises(ConfigError, match=r"found the key 'flag_rate' twice[\s\S]*line 3"):
+        load_config(write(tmp_path, "predict:\n  flag_rate: 0.1\n  flag_rate: 0.2\n"))
+    config = load_config(write(tmp_path, "training:\n  seed: 1\nsplit:\n  seed: 2\n"))  # one key in two mappings
+    assert (config["training"]["seed"], config["split"]["seed"]) == (1, 2)
 
 
 def test_unknown_model_parameter_fails_before_training():
