@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -110,8 +111,8 @@ def main() -> None:
              "| repeat | key ranges | stored rows before | commit (s) |",
              "| ---: | --- | ---: | ---: |"]
     lines += [f"| {r} | {'on' if u else 'off'} | {n:,} | {s:.1f} |" for r, u, _, n, s in rows]
-    lines += ["", f"Median commit: off {sorted(off)[len(off) // 2]:.1f} s, on {sorted(on)[len(on) // 2]:.1f} s; "
-              f"ratio off / on {sorted(off)[len(off) // 2] / sorted(on)[len(on) // 2]:.1f}x."]
+    lines += ["", f"Median commit: off {median(off):.1f} s, on {median(on):.1f} s; "
+              f"ratio off / on {median(off) / median(on):.1f}x."]
     write_results("replace_scan.md", lines)
 
 
