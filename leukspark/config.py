@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Hashable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping
@@ -202,7 +203,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *defaults`: the base class merges it, and
+                continue                                      # keys after it override the merged ones on purpose
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):   # the base class refuses it with its own clear error
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)

@@ -900,8 +900,11 @@ def _files_in_range(snapshot, table_dir: Path, files: list[str], key: str, keys:
     kept = []
     for file in files:
         low, high = ranges.get(str(Path(file).resolve()), (None, None))
-        if low is None or high is None or bisect.bisect_left(keys, low) < bisect.bisect_right(keys, high):
-            kept.append(file)
+        try:
+            if low is None or high is None or bisect.bisect_left(keys, low) < bisect.bisect_right(keys, high):
+                kept.append(file)
+        except TypeError:   # keys of another type than the column (text keys of a number column): Spark's
+            return files    # join casts them, a Python range test cannot, so every file is read as before
     return kept
 
 

@@ -614,7 +614,8 @@ class Pipeline:
         rate = per_check_rate(total, has_other_disease_check, n_train)
         n_checks = 3 if has_other_disease_check else 2
         if (n_train + 1) * total < 1:
-            self.echo(f"WARNING novelty and low_blast checks off: {n_train} training samples are too few for "
+            checks = "novelty, low_blast and other_disease" if has_other_disease_check else "novelty and low_blast"
+            self.echo(f"WARNING {checks} checks off: {n_train} training samples are too few for "
                       f"predict.flag_rate {total} (a threshold at that rate needs at least {int(np.ceil(1 / total)) - 1})")
         elif rate * n_checks > total + 1e-12:
             self.echo(f"note: with {n_train} training samples each scoring check flags 1 in {n_train + 1} samples like "

@@ -263,6 +263,23 @@ def test_flag_rate_is_split_over_the_checks_down_to_what_the_cohort_can_resolve(
     assert conformal_threshold(np.arange(10.0), 0.05) == np.inf
 
 
+
+def test_too_few_training_samples_warning_names_every_check_it_turns_off():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from leukspark.pipeline import Pipeline
+
+    said = []
+    run = SimpleNamespace(config={"predict": {"flag_rate": 0.05}}, echo=said.append)
+    splits = pd.DataFrame({"set": ["train"] * 10 + ["test"] * 3})
+    Pipeline._per_check_flag_rate(run, splits, True)
+    assert said and said[-1].startswith("WARNING novelty, low_blast and other_disease checks off: 10 training")
+    Pipeline._per_check_flag_rate(run, splits, False)
+    assert said[-1].startswith("WARNING novelty and low_blast checks off")
+
+
 # -- novelty on what the model sees -------------------------------------------------------------
 def test_novelty_threshold_flags_its_rate_out_of_fold_and_moves_with_it():
     from leukspark.input_check import conformal_threshold, fit_training_checks, novelty_scores

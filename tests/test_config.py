@@ -94,6 +94,17 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
     assert (config["training"]["seed"], config["split"]["seed"]) == (1, 2)
 
 
+def test_merge_keys_and_aliases_still_load(tmp_path):
+    # YAML's merge key `<<` is no duplicate: the keys after it override the merged ones on purpose.
+    text = "predict:\n  <<: {flag_rate: 0.2, abstain_rule: conformal}\n  flag_rate: 0.1\ntraining:\n  seed: &s 7\nsplit:\n  seed: *s\n"
+    config = load_config(write(tmp_path, text))
+    assert (config["predict"]["flag_rate"], config["predict"]["abstain_rule"]) == (0.1, "conformal")
+    assert config["split"]["seed"] == 7
+    # A list or mapping as a key is a YAML error of its own, not a crash of the duplicate check.
+    with pytest.raises(ConfigError, match="unhashable key"):
+        load_config(write(tmp_path, "predict:\n  ? [a, b]\n  : 1\n"))
+
+
 def test_unknown_model_parameter_fails_before_training():
     from leukspark.errors import ModelError
     from leukspark.stages.train import plan_tasks
