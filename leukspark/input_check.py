@@ -176,18 +176,28 @@ def fit_blast_check(X_train: np.ndarray, gene_order, flag_rate: float) -> dict:
             "training_flagged": float(np.mean(finite < threshold)) if threshold is not None else None}
 
 
-def blast_message(score: float, threshold: float) -> str:
-    return (f"few blast-cell markers for an acute leukemia (blast index {score:.2f}, below the {threshold:.2f} "
-            "that all but the check's share of predict.flag_rate of the training samples reach): a chronic leukemia (CLL, CML), MDS, "
-            "normal marrow or a sample with few blasts; the model learned acute leukemias only, so its ALL/AML "
-            "call is no diagnosis")
+def _rate_text(rate: float | None) -> str:
+    return "a few" if rate is None else f"{rate:.1%}"
 
 
-def novelty_message(score: float, threshold: float) -> str:
-    return (f"unlike the training samples as the model sees them (novelty {score:.2f} above the "
-            f"{threshold:.2f} that flags the training samples' own out-of-fold scores at the check's share of "
-            "predict.flag_rate): "
-            "another disease, lineage, tissue or lab effect; do not act on this call without review")
+def blast_message(score: float, threshold: float, rate: float | None = None) -> str:
+    return (f"few blast-cell markers for an acute leukemia (blast index {score:.2f}; at most {_rate_text(rate)} of the "
+            f"training samples score below {threshold:.2f}): a chronic leukemia (CLL, CML), MDS, normal marrow or a "
+            "sample with few blasts; the model learned acute leukemias only, so its ALL/AML call is no diagnosis")
+
+
+def novelty_message(score: float, threshold: float, rate: float | None = None) -> str:
+    return (f"unlike the training samples as the model sees them (novelty {score:.2f}; at most {_rate_text(rate)} of "
+            f"the training samples, scored out of fold, lie beyond {threshold:.2f}): another disease, lineage, tissue "
+            "or lab effect; do not act on this call without review")
+
+
+def conflict_message(call: str, conflict: str, program_scores) -> str:
+    from .reference import LINEAGE_PROGRAMS
+
+    scores = ", ".join(f"{p} {v:.2f}" for p, v in zip(LINEAGE_PROGRAMS, program_scores))
+    return (f"called {call} but its own markers are {conflict} (lineage scores {scores}): the call contradicts "
+            "the sample's lineage; confirm by immunophenotype")
 
 
 def fit_training_checks(X_train: np.ndarray, y_train: np.ndarray, folds: np.ndarray, final_preprocessor,
@@ -274,7 +284,8 @@ def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict |
         flags, messages = checks.flags[i], checks.messages[i]
         if novelty is not None and threshold is not None and novelty[i] > threshold:
             flags.append("novelty")
-            messages.append(novelty_message(float(novelty[i]), float(threshold)))
+            messages.append(novelty_message(float(novelty[i]), float(threshold),
+                                            (inputs.get("novelty") or {}).get("flag_rate")))
         elif novelty is None and range_check is not None:
             text = range_check(i)
             if text:
@@ -286,13 +297,13 @@ def check_rows(rows: np.ndarray, gene_order, preprocessor, novelty_model: dict |
                             "that no training class did: the model never learned this lineage, so its ALL/AML call is no diagnosis")
         if blast_threshold is not None and np.isfinite(blast[i]) and blast[i] < blast_threshold:
             flags.append("low_blast")
-            messages.append(blast_message(float(blast[i]), float(blast_threshold)))
+            messages.append(blast_message(float(blast[i]), float(blast_threshold),
+                                          (inputs.get("blast_check") or {}).get("flag_rate")))
         if calls is not None and (conflict := lineage_conflict(programs[i], calls[i])) is not None:
             flags.append(f"lineage_conflict:{conflict}")
-            messages.append(f"called {calls[i]} but its own markers are {conflict} (lineage scores "
-                            + ", ".join(f"{p} {v:.2f}" for p, v in zip(LINEAGE_PROGRAMS, programs[i]))
-                            + "): the call contradicts the sample's lineage; confirm by immunophenotype")
+            messages.append(conflict_message(calls[i], conflict, programs[i]))
         if other is not None and other_threshold is not None and other[i] > other_threshold:
             flags.append(OTHER_DISEASE_FLAG)
-            messages.append(other_disease_message(float(other[i]), float(other_threshold), closest[i]))
+            messages.append(other_disease_message(float(other[i]), float(other_threshold), closest[i],
+                                                  other_check.get("flag_rate")))
     return checks

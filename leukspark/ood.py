@@ -61,7 +61,7 @@ def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str],
     scored = score_matrix(bundle, samples, matrix, policy, platforms=platforms, scales=scales)
     check = bundle.training_inputs.get("other_disease")
     if check is not None and other_scores:
-        _cross_fitted(scored, other_scores, check.get("threshold"))
+        _cross_fitted(scored, other_scores, check.get("threshold"), check.get("flag_rate"))
     subtype = excluded.set_index("sample")["subtype"].fillna("(no subtype)").to_dict()
     predictions = pd.DataFrame({
         "run": run_id, "model": bundle.model_name, "fold": OOD_FOLD, "sample": [s.sample for s in scored],
@@ -79,7 +79,7 @@ def score_excluded(bundle_dir: Path, excluded: pd.DataFrame, samples: list[str],
     return predictions, pd.DataFrame(rows, columns=["model", "fold", "metric", "value"])
 
 
-def _cross_fitted(scored: list, other_scores: dict, threshold: float | None) -> None:
+def _cross_fitted(scored: list, other_scores: dict, threshold: float | None, check_rate: float | None = None) -> None:
     """Replace the in-sample P(other) and `other_disease` flag of the check's own training samples by
     their out-of-fold values, in place."""
     from .other_disease import FLAG, message, without_message
@@ -92,7 +92,7 @@ def _cross_fitted(scored: list, other_scores: dict, threshold: float | None) -> 
         result.warning = without_message(result.warning)
         if threshold is not None and result.probability_other > threshold:
             result.flags.append(FLAG)
-            text = message(result.probability_other, threshold, None)
+            text = message(result.probability_other, threshold, None, check_rate)
             result.warning = f"{result.warning}; {text}" if result.warning else text
 
 

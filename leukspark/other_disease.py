@@ -172,13 +172,14 @@ def _deal_folds(classes: np.ndarray, fold_ids: np.ndarray, seed: int) -> np.ndar
 
 
 MESSAGE_START = "looks like a disease the model does not call"
-_MESSAGE_TAIL = "the model learned acute leukemias only, so its ALL/AML call is no diagnosis"
+_MESSAGE_TAIL = "review the blast count, immunophenotype and clinical picture before reading the ALL/AML call"
 
 
-def message(probability: float, threshold: float, closest: str | None) -> str:
-    nearest = f", closest {closest}" if closest else ""
-    return (f"{MESSAGE_START} (P(other) {probability:.2f} above the {threshold:.2f} that the check's share of "
-            f"predict.flag_rate of the training ALL/AML samples exceed{nearest}): {_MESSAGE_TAIL}")
+def message(probability: float, threshold: float, closest: str | None, rate: float | None = None) -> str:
+    nearest = f"; closest class: {closest}" if closest else ""
+    share = "a few" if rate is None else f"{rate:.1%}"
+    return (f"{MESSAGE_START} (P(other disease) {probability:.2f}; at most {share} of the training ALL/AML samples, "
+            f"scored out of fold, exceed {threshold:.2f}{nearest}): {_MESSAGE_TAIL}")
 
 
 def without_message(warning: str | None) -> str | None:
