@@ -578,10 +578,20 @@ class Pipeline:
         neither wants them or the lake has none."""
         from .ood import excluded_matrix
 
-        wanted = (self.config["training"]["ood_check"] or self.config["predict"]["other_disease_check"] != "none")
-        if not wanted or not self.lake.exists("excluded_samples"):
+        from .other_disease import MIN_OTHER_SAMPLES, other_classes
+
+        ood, check = self.config["training"]["ood_check"], self.config["predict"]["other_disease_check"] != "none"
+        if not (ood or check) or not self.lake.exists("excluded_samples"):
             return None
         excluded = self.lake.read("excluded_samples").toPandas()
+        if not ood:   # only the check wants them: its other-disease samples, and none when too few to fit it
+            kinds = other_classes(excluded["subtype"], self.config["labels"]["lineage_rules"])
+            excluded = excluded[[k is not None for k in kinds]]
+            if len(excluded) < MIN_OTHER_SAMPLES:
+                if len(excluded):
+                    self.echo(f"other-disease check: not fitted, {len(excluded)} other-disease sample(s) in the "
+                              f"lake (fewer than {MIN_OTHER_SAMPLES})")
+                return None
         if excluded.empty:
             return None
         samples, matrix, platforms, scales = excluded_matrix(self.lake, excluded, genes, self.config["features"])

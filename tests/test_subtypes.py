@@ -216,6 +216,9 @@ def test_a_lineage_run_stores_class_probabilities_and_predict_calls_lineages(spa
         results.loc["test"].index)
     bundle = load_bundle(Path(outcome["train"].bundle_dir) / "logistic_regression")
     assert set(bundle.manifest["extra"]["class_thresholds"]) == {"AML", "B-ALL", "T-ALL"}
+    # Without training.ood_check the series' other diseases are read for the other-disease check alone.
+    assert sum(bundle.training_inputs["other_disease"]["n_other"].values()) == len(
+        lake.read_small("excluded_samples"))
     matrix, samples = _lake_matrix(lake, bundle.gene_order)
     scored = score_matrix(bundle, samples, matrix)
     test = wide.loc["test"]
