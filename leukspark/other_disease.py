@@ -40,19 +40,6 @@ REGULARISATION_C = 0.1
 MIN_OTHER_SAMPLES = 10
 
 
-def other_classes(subtypes, lineage_rules: list) -> list:
-    """The other-disease class of each excluded sample (its subtype text, e.g. 'CLL'), or None when its
-    lineage (labels.lineage_rules on the subtype; first match wins, as in the labels step) is not
-    `other`: unlabelled or unmeasured samples are no evidence of another disease."""
-    def lineage(text):
-        for rule in lineage_rules:
-            if text is not None and re.search(rule["pattern"], text):
-                return rule["lineage"]
-        return None
-
-    return [text if lineage(text) == OTHER_LINEAGE else None for text in subtypes]
-
-
 def rank_rows(matrix: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Within-sample ranks scaled to 0..1 (float32: the driver holds every training row at once, 4
     bytes a value); unmeasured genes at the middle rank, where they move nothing."""

@@ -577,20 +577,21 @@ class Pipeline:
         other-disease check and the OOD scoring: {table, samples, matrix, platforms, scales}; None when
         neither wants them or the lake has none."""
         from .ood import excluded_matrix
-
-        from .other_disease import MIN_OTHER_SAMPLES, other_classes
+        from .other_disease import OTHER_LINEAGE
 
         ood, check = self.config["training"]["ood_check"], self.config["predict"]["other_disease_check"] != "none"
         if not (ood or check) or not self.lake.exists("excluded_samples"):
             return None
-        excluded = self.lake.read("excluded_samples").toPandas()
+        # The class the check learns: the subtype of a sample whose lineage (the labels step's own rules,
+        # labels.lineage_rules) is `other`; unlabelled or unmeasured samples are no other disease.
+        excluded = (self.lake.read("excluded_samples")
+                    .withColumn("lineage", label_stage.lineage_column(F.col("subtype"),
+                                                                      self.config["labels"]["lineage_rules"]))
+                    .withColumn("other", F.when(F.col("lineage") == OTHER_LINEAGE, F.col("subtype")))
+                    .toPandas())
         if not ood:   # only the check wants them: its other-disease samples, and none when too few to fit it
-            kinds = other_classes(excluded["subtype"], self.config["labels"]["lineage_rules"])
-            excluded = excluded[[k is not None for k in kinds]]
-            if len(excluded) < MIN_OTHER_SAMPLES:
-                if len(excluded):
-                    self.echo(f"other-disease check: not fitted, {len(excluded)} other-disease sample(s) in the "
-                              f"lake (fewer than {MIN_OTHER_SAMPLES})")
+            excluded = excluded[excluded["other"].notna()]
+            if self._too_few_other_diseases(len(excluded)):
                 return None
         if excluded.empty:
             return None
@@ -642,14 +643,9 @@ class Pipeline:
 
         if self.config["predict"]["other_disease_check"] == "none" or excluded is None:
             return None, {}
-        kind = pd.Series(other_disease.other_classes(excluded["table"]["subtype"],
-                                                     self.config["labels"]["lineage_rules"]),
-                         index=excluded["table"]["sample"].to_numpy()).reindex(excluded["samples"])
+        kind = excluded["table"].set_index("sample")["other"].reindex(excluded["samples"])
         rows = kind.notna().to_numpy()
-        if rows.sum() < other_disease.MIN_OTHER_SAMPLES:
-            if rows.any():
-                self.echo(f"other-disease check: not fitted, {int(rows.sum())} other-disease sample(s) in the lake "
-                          f"(fewer than {other_disease.MIN_OTHER_SAMPLES})")
+        if self._too_few_other_diseases(int(rows.sum())):
             return None, {}
         samples, matrix = train_stage.load_feature_matrix(feature_files, len(genes), cache=False)
         train = splits[splits["set"] == "train"].set_index("sample")
@@ -660,6 +656,15 @@ class Pipeline:
             per_check_rate(self.config["predict"]["flag_rate"], True, int(acute.sum())), self.config["training"]["seed"])
         self.echo(other_disease.summary(check))
         return check, dict(zip(np.asarray(excluded["samples"])[rows], other_scores))
+
+    def _too_few_other_diseases(self, n: int) -> bool:
+        """Whether n other-disease samples are too few to fit the check (said when there are some)."""
+        from .other_disease import MIN_OTHER_SAMPLES
+
+        if 0 < n < MIN_OTHER_SAMPLES:
+            self.echo(f"other-disease check: not fitted, {n} other-disease sample(s) in the lake "
+                      f"(fewer than {MIN_OTHER_SAMPLES})")
+        return n < MIN_OTHER_SAMPLES
 
     def _training_inputs(self, splits: pd.DataFrame) -> dict:
         """Platforms and model-scale values of the training samples, for checks at prediction."""

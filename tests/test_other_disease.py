@@ -91,12 +91,21 @@ def test_the_threshold_is_the_conformal_rank_and_keeps_its_rate_on_new_samples(f
     assert check["out_of_fold_acute_flagged"] <= 0.1 + 1e-9
 
 
-def test_other_disease_classes_follow_the_lineage_rules():
+def test_other_disease_classes_follow_the_lineage_rules(spark):
+    """The check's classes are the subtypes the labels step's own rules (labels.lineage_column, the
+    same Spark expression) give lineage `other`; the pipeline reads them that way."""
+    from pyspark.sql import functions as F
+
+    from leukspark.stages.labels import lineage_column
+
     rules = load_config()["labels"]["lineage_rules"]
     subtypes = ["CLL", "MDS", "CML", "Non-leukemia and healthy bone marrow", "AML with t(8;21)",
                 "T-ALL", "mature B-ALL with t(8;14)", None, "something else"]
-    assert other_disease.other_classes(subtypes, rules) == [
-        "CLL", "MDS", "CML", "Non-leukemia and healthy bone marrow", None, None, None, None, None]
+    frame = spark.createDataFrame([(i, s) for i, s in enumerate(subtypes)], "i int, subtype string")
+    lineages = [r["lineage"] for r in frame.select("i", lineage_column(F.col("subtype"), rules).alias("lineage"))
+                .orderBy("i").collect()]
+    others = [s if lineage == other_disease.OTHER_LINEAGE else None for s, lineage in zip(subtypes, lineages)]
+    assert others == ["CLL", "MDS", "CML", "Non-leukemia and healthy bone marrow", None, None, None, None, None]
 
 
 def test_the_message_can_be_taken_out_of_a_warning_and_nothing_else():
