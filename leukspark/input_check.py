@@ -147,6 +147,11 @@ def novelty_scores(model: dict[str, np.ndarray], Z: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(np.min(distances, axis=0), 0.0))
 
 
+def rate_controlled_checks(has_other_disease_check: bool) -> int:
+    """How many checks share predict.flag_rate: novelty and low_blast, and other_disease where fitted."""
+    return 3 if has_other_disease_check else 2
+
+
 def per_check_rate(flag_rate: float, has_other_disease_check: bool, n_train: int) -> float:
     """The false-flag rate each rate-controlled check (novelty, low_blast and, where fitted,
     other_disease) gets. `predict.flag_rate` is what a sample like the training ones risks from all of
@@ -156,7 +161,7 @@ def per_check_rate(flag_rate: float, has_other_disease_check: bool, n_train: int
     n training samples cannot set a threshold rarer than 1 / (n + 1) (the most extreme of them): a
     share below that is raised to it, so that a small cohort keeps its checks (GSEA Leukemia's 38
     training samples: 1/39 for each); below n + 1 = 1 / flag_rate the checks are off, as before."""
-    share = flag_rate / (3 if has_other_disease_check else 2)
+    share = flag_rate / rate_controlled_checks(has_other_disease_check)
     return max(share, min(flag_rate, 1.0 / (n_train + 1)))
 
 

@@ -618,12 +618,12 @@ class Pipeline:
     def _per_check_flag_rate(self, splits: pd.DataFrame, has_other_disease_check: bool) -> float:
         """predict.flag_rate split over the rate-controlled checks (input_check.per_check_rate); says so
         when the training set is too small for the split rate, or for any rate."""
-        from .input_check import per_check_rate
+        from .input_check import per_check_rate, rate_controlled_checks
 
         total = self.config["predict"]["flag_rate"]
         n_train = int((splits["set"] == "train").sum())
         rate = per_check_rate(total, has_other_disease_check, n_train)
-        n_checks = 3 if has_other_disease_check else 2
+        n_checks = rate_controlled_checks(has_other_disease_check)
         if (n_train + 1) * total < 1:
             checks = "novelty, low_blast and other_disease" if has_other_disease_check else "novelty and low_blast"
             self.echo(f"WARNING {checks} checks off: {n_train} training samples are too few for "
