@@ -43,7 +43,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "psutil>=5.9", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.6", "psutil>=5.9", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         # MLflow tracking, pyfunc models and the registry (leukspark/tracking.py; tracking.mlflow, off by
         # default). The full `mlflow`, not the lighter `mlflow-skinny`: skinny has no SQL store (no sqlalchemy
         # or alembic), so no store inside the lake without a server (its one local store, the file store, is
