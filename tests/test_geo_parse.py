@@ -503,7 +503,7 @@ def test_missing_path_raises_input_error(tmp_path):
     [
         ("empty.soft", b"", "empty"),
         ("blank.soft", b"\n\n  \n", "empty"),
-        ("empty.soft.gz", gzip.compress(b""), "empty"),
+        ("empty.soft.gz", gzip.compress(b"", mtime=0), "empty"),
         ("garbage.bin", bytes(range(256)) * 8, "not a"),
         ("prose.txt", b"hello world\nthis is not GEO\n", "not a GEO"),
     ],
