@@ -33,6 +33,7 @@ setup(
         "pyarrow>=15",
         "pandas>=2.2,<3",
         "numpy>=1.26",
+        "numba>=0.60",  # the k-TSP pair kernel (leukspark/pairs.py): compiled loops, no temporary tensors
         "scikit-learn>=1.4",
         "xgboost>=2.0",
         "torch==2.13.0",

@@ -1,21 +1,23 @@
 """k-TSP pair search at full GSE13159 shape: Spark tasks over blocks of gene pairs against the same
-search in one numpy process, in this one script.
+search in one process, and against the numpy kernel the search had before (the baseline), in this one script.
 
 Data: a synthetic float32 matrix of 1,033 training samples x 21,000 genes (numpy, seed 0) with a
 planted signal: 40 gene pairs that swap order between AML and ALL, 200 genes shifted in AML.
 For each candidate-set size (the default prefilter, 1,000 genes, and a larger one) the script
 times, from the same within-sample ranks and candidates (computed once on the driver, timed apart):
 
-1. numpy, whole score matrix: `pairs.scores_from_ranks` + `pairs.top_disjoint_pairs` (the form a
+0. the baseline: the numpy tensor kernel that `pairs.score_block` replaced, per-row best pairs, in this
+   process (`tensor_kernel_top_pairs` below; up to --baseline-max candidates);
+1. whole score matrix: `pairs.scores_from_ranks` + `pairs.top_disjoint_pairs` (the form a
    `ktsp` fit uses at the default prefilter; skipped where the matrix would pass 4 GB);
-2. numpy, per-row best pairs: `pairs.numpy_top_pairs` in this process (one core);
+2. per-row best pairs: `pairs.numpy_top_pairs` in this process (one core);
 3. Spark: `pairs.spark_top_pairs` (blocks of genes as tasks, ranks broadcast, each task returning its
    rows' best pairs) on the configured local master, after a warm-up job;
 
 checks that all forms choose the same pairs, and times one whole default `ktsp` fit (5 inner folds
 + final search) on the same matrix. Writes benchmarks/results/ktsp.md.
 
-    .venv/bin/python benchmarks/bench_ktsp.py [--large 2000] [--full]
+    .venv/bin/python benchmarks/bench_ktsp.py [--large 2000] [--full] [--baseline-max 21000]
 """
 
 from __future__ import annotations
@@ -48,6 +50,40 @@ def synthetic_matrix(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+def tensor_kernel_top_pairs(ranks: np.ndarray, y: np.ndarray, candidates: np.ndarray, max_pairs: int):
+    """The baseline: the numpy kernel that `pairs.score_block` replaced, in one process.
+
+    Per block of rows it built the (samples x block rows x genes) int8 tensor of signs and summed it
+    over the samples, blocks bounded to 1 M tensor elements (so one row per block from ~1,000
+    candidates on). Written out here, as it was (complete data only: the matrix has no NaN), and
+    given the same per-row best pairs and greedy choice as the other forms.
+    """
+    from leukspark import pairs
+
+    subset = ranks[:, candidates]
+    values = np.concatenate([subset[y == 1], subset[y == 0]]).astype(np.float32)
+    n_aml = int((y == 1).sum())
+
+    def tensor_block(_rows, start, stop):
+        frequencies = []
+        for part in (slice(0, n_aml), slice(n_aml, None)):
+            left, right = values[part, start:stop, None], values[part, None, start:]
+            sign = (left > right).view(np.int8) - (left < right).view(np.int8)
+            frequencies.append(sign.sum(axis=0, dtype=np.int32).astype(np.float64) / left.shape[0])
+        return (frequencies[0] - frequencies[1]) / 2.0
+
+    rows_per_block = max(1, (1 << 20) // (values.shape[0] * values.shape[1]))
+    bounds = [(a, min(a + rows_per_block, values.shape[1])) for a in range(0, values.shape[1], rows_per_block)]
+    difference = pairs.rank_difference(subset, y)
+    kernel = pairs.score_block
+    pairs.score_block = tensor_block  # block_top_entries calls the module's kernel: this process only
+    try:
+        parts = [pairs.block_top_entries(None, difference, a, b, 2 * max_pairs) for a, b in bounds]
+    finally:
+        pairs.score_block = kernel
+    return pairs.greedy_disjoint_pairs(pairs.TopEntries.concatenate(parts), candidates, max_pairs)
+
+
 def timed(function, *args, **kwargs):
     started = time.perf_counter()
     result = function(*args, **kwargs)
@@ -58,6 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--large", type=int, default=2000, help="the larger candidate set")
     parser.add_argument("--full", action="store_true", help=f"also every one of the {N_GENES:,} genes (no prefilter)")
+    parser.add_argument("--baseline-max", type=int, default=N_GENES,
+                        help="run the numpy tensor baseline up to this many candidates (it takes minutes at full size)")
     args = parser.parse_args()
 
     from leukspark.config import load_config
@@ -66,8 +104,10 @@ def main() -> None:
                                  top_disjoint_pairs, within_sample_ranks)
     from leukspark.spark import build_session
 
-    lines = [header("k-TSP pair search: Spark tasks over blocks vs one numpy process",
-                    f"python benchmarks/bench_ktsp.py --large {args.large}" + (" --full" if args.full else ""))]
+    command = f"python benchmarks/bench_ktsp.py --large {args.large}" + (" --full" if args.full else "")
+    if args.baseline_max != N_GENES:
+        command += f" --baseline-max {args.baseline_max}"
+    lines = [header("k-TSP pair search: Spark tasks over blocks vs one process, and vs the numpy kernel before", command)]
     X, y = synthetic_matrix()
     config = load_config()
     (spark, start_seconds) = timed(build_session, config, app_name="bench-ktsp")
@@ -78,11 +118,16 @@ def main() -> None:
               f"{warm_seconds:.1f} s, not counted below. Within-sample ranks of the whole matrix, computed once on "
               f"the driver for every form: {rank_seconds:.1f} s. The search: the greedy {MAX_PAIRS} disjoint pairs "
               "(the default max_k).", "",
-              "| candidate genes | prefilter (s) | pairs | numpy, whole score matrix (s) | numpy, per-row best pairs (s) "
-              "| Spark tasks, per-row best pairs (s) | whole matrix / Spark | numpy / Spark (same algorithm) "
+              "| candidate genes | prefilter (s) | pairs | baseline: numpy tensor kernel, one process (s) "
+              "| whole score matrix, one process (s) | per-row best pairs, one process (s) "
+              "| Spark tasks, per-row best pairs (s) | baseline / Spark | one process / Spark (same kernel) "
               "| identical pairs |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     counts = [1000, args.large] + ([N_GENES] if args.full else [])
+    # Compile the kernel in this process and warm every Spark worker's copy, outside the timings.
+    warm = prefilter_genes(ranks, y, 200)
+    numpy_top_pairs(ranks, y, warm, MAX_PAIRS)
+    spark_top_pairs(spark, ranks, y, warm, MAX_PAIRS, partitions=2 * spark.sparkContext.defaultParallelism)
     for count in counts:
         candidates, prefilter_seconds = timed(prefilter_genes, ranks, y, count)
         whole, whole_seconds = None, None
@@ -90,13 +135,17 @@ def main() -> None:
             whole, whole_seconds = timed(lambda: top_disjoint_pairs(scores_from_ranks(ranks, y, candidates), MAX_PAIRS))
         local, numpy_seconds = timed(numpy_top_pairs, ranks, y, candidates, MAX_PAIRS)
         distributed, spark_seconds = timed(spark_top_pairs, spark, ranks, y, candidates, MAX_PAIRS)
-        same = all(np.array_equal(a, b) for a, b in zip(local, distributed)) and (
-            whole is None or all(np.array_equal(a, b) for a, b in zip(whole, local)))
+        baseline, baseline_seconds = None, None
+        if count <= args.baseline_max:
+            baseline, baseline_seconds = timed(tensor_kernel_top_pairs, ranks, y, candidates, MAX_PAIRS)
+        same = all(np.array_equal(a, b) for a, b in zip(local, distributed)) and all(
+            other is None or all(np.array_equal(a, b) for a, b in zip(other, local)) for other in (whole, baseline))
         pairs = count * (count - 1) // 2
         whole_text = f"{whole_seconds:.1f}" if whole is not None else "not run (score matrix over 4 GB)"
-        ratio = f"{whole_seconds / spark_seconds:.2f}x" if whole is not None else "-"
-        lines.append(f"| {count:,} | {prefilter_seconds:.1f} | {pairs:,} | {whole_text} | {numpy_seconds:.1f} | "
-                     f"{spark_seconds:.1f} | {ratio} | {numpy_seconds / spark_seconds:.2f}x | {same} |")
+        baseline_text = f"{baseline_seconds:.1f}" if baseline is not None else "not run (--baseline-max)"
+        ratio = f"{baseline_seconds / spark_seconds:.1f}x" if baseline is not None else "-"
+        lines.append(f"| {count:,} | {prefilter_seconds:.1f} | {pairs:,} | {baseline_text} | {whole_text} | "
+                     f"{numpy_seconds:.1f} | {spark_seconds:.1f} | {ratio} | {numpy_seconds / spark_seconds:.2f}x | {same} |")
         print(lines[-1], flush=True)
     spark.stop()
     result, fit_seconds = timed(fit_and_predict, "ktsp", {}, X, y, X[:0], seed=42)
@@ -104,7 +153,9 @@ def main() -> None:
     found = sum(1 for i, j in result.model.pairs if i in planted and j in planted and abs(int(i) - int(j)) == 1)
     lines += ["", f"One default `ktsp` fit (prefilter 1,000, 5 inner folds + final search, k chosen "
               f"{len(result.model.pairs)}): {fit_seconds:.1f} s in one process; {found} of its pairs are planted pairs.",
-              "", "Every form runs the same kernel (`leukspark.pairs.score_block`) on the same blocks. The per-row forms "
+              "", "The baseline is the numpy kernel `pairs.score_block` had until 2026-12-07 (one samples x block x genes "
+              "int8 tensor per block; written out in this script); every other form runs today's compiled kernel "
+              "(`leukspark.pairs.score_block`, numba) on the same blocks, compiled before the timings. The per-row forms "
               f"keep each gene's best {2 * MAX_PAIRS} partners per block (`pairs.block_top_entries`; why that is "
               "enough for the greedy choice is in its docstring) and choose the same pairs (column 'identical pairs'); "
               "the Spark column includes broadcasting the ranks and collecting the kept entries. Read the load "

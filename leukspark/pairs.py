@@ -1,4 +1,4 @@
-"""Gene-pair scores for k top-scoring pairs (Tan et al. 2005): one blocked numpy kernel, run in one
+"""Gene-pair scores for k top-scoring pairs (Tan et al. 2005): one blocked, compiled kernel, run in one
 process (:func:`numpy_pair_scores`) or as Spark tasks over blocks of gene pairs (:func:`spark_pair_scores`).
 
 Everything here reads only the order of genes within each sample: the input is turned into
@@ -20,7 +20,9 @@ every model's library (torch, xgboost) through the registry.
 
 Cost: ``O(genes^2 x samples)`` comparisons, hence the per-gene prefilter (:func:`prefilter_genes`)
 and blocks of genes ``i`` against all later genes ``j`` whose memory is bounded
-(``max_block_elements``).
+(``max_block_elements``). The kernel (:func:`score_block`) walks tiles of genes that stay in a
+core's cache; at full GSE13159 shape (1,033 samples, every one of 21,000 genes) the search runs in
+the training fan-out's time (benchmarks/results/ktsp.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import numba
 import numpy as np
 
 from leukspark.errors import ModelError
@@ -35,8 +38,16 @@ from leukspark.errors import ModelError
 #: A gene measured in fewer than this share of one class's training rows is not a candidate:
 #: its pair probabilities would rest on a handful of samples.
 MIN_MEASURED_SHARE = 0.5
-#: Elements of the (samples x block genes x genes) comparison tensor held at once (int8: 1 MB; smaller blocks measured faster, they stay in cache).
-MAX_BLOCK_ELEMENTS = 1 << 20
+#: Scores of one block (block rows x genes, float64) held at once: 8 M elements, 64 MB.
+MAX_BLOCK_ELEMENTS = 1 << 23
+#: Rows of one block at most: more rows make the tasks fewer, not the kernel faster.
+BLOCK_ROWS = 256
+#: Genes j compared with one gene i before the kernel moves to the next i: their ranks (64 x samples
+#: float32, 150 KB for 570 samples of a class) stay in one core's L2 cache while the block's rows pass.
+#: A kernel that compared a block of genes with all genes for all samples at once (one samples x block
+#: x genes numpy tensor) streamed the whole rank matrix from memory for every block: memory-bound, so
+#: two Spark tasks ran no faster than one process (benchmarks/results/ktsp.md).
+TILE_GENES = 64
 
 
 @dataclass(frozen=True)
@@ -107,60 +118,91 @@ def rank_difference(ranks: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def block_bounds(n_samples: int, n_genes: int, max_block_elements: int = MAX_BLOCK_ELEMENTS) -> list[tuple[int, int]]:
-    """[start, stop) gene blocks; block ``i`` is scored against genes ``start..n_genes``."""
-    rows = max(1, max_block_elements // max(1, n_samples * n_genes))
+    """[start, stop) gene blocks; block ``i`` is scored against genes ``start..n_genes``.
+
+    A block holds at most ``max_block_elements`` scores (rows x genes) and at most BLOCK_ROWS rows.
+    ``n_samples`` does not bound it: the kernel holds no samples x genes tensor (:func:`score_block`).
+    """
+    rows = max(1, min(BLOCK_ROWS, max_block_elements // max(1, n_genes)))
     return [(start, min(start + rows, n_genes)) for start in range(0, n_genes, rows)]
 
 
 @dataclass(frozen=True)
 class RankedRows:
-    """The kernel's input: within-sample ranks of the candidate genes, AML rows first.
+    """The kernel's input: within-sample ranks of the candidate genes, gene-major and split by class
+    (one gene's ranks over one class's rows are contiguous, as the kernel reads them), NaN where missing."""
 
-    Missing ranks are stored as 0 with ``measured`` False there (``measured`` is None when
-    nothing is missing): comparing NaN measured ~9x slower than comparing numbers, so the
-    kernel compares filled values and masks the pairs instead.
-    """
-
-    values: np.ndarray            # (samples, genes) float32, AML rows then ALL rows
-    measured: np.ndarray | None   # (samples, genes) bool, or None when complete
-    n_aml: int
+    aml: np.ndarray   # (genes, AML rows) float32
+    all_: np.ndarray  # (genes, ALL rows) float32
+    complete: bool    # no NaN: the kernel need not count the rows where both genes are measured
 
 
 def ranked_rows(ranks: np.ndarray, labels: np.ndarray) -> RankedRows:
-    """Reorder ``ranks`` (samples x candidate genes) by class and fill its NaN for the kernel."""
+    """Transpose ``ranks`` (samples x candidate genes) into the kernel's gene-major form, by class."""
     labels = np.asarray(labels)
-    ordered = np.concatenate([ranks[labels == 1], ranks[labels == 0]]).astype(np.float32)
-    missing = np.isnan(ordered)
-    if not missing.any():
-        return RankedRows(ordered, None, int((labels == 1).sum()))
-    return RankedRows(np.where(missing, np.float32(0), ordered), ~missing, int((labels == 1).sum()))
+    aml = np.ascontiguousarray(ranks[labels == 1].T, dtype=np.float32)
+    all_ = np.ascontiguousarray(ranks[labels == 0].T, dtype=np.float32)
+    return RankedRows(aml, all_, not (np.isnan(aml).any() or np.isnan(all_).any()))
 
 
 def score_block(rows: RankedRows, start: int, stop: int) -> np.ndarray:
     """``delta`` of pairs (i, j), i in [start, stop), j in [start, genes): shape (stop - start, genes - start).
 
-    A missing gene compares as neither greater nor smaller and the pair's class frequencies
-    are taken over the rows where both genes are measured. Entries with j <= i are computed
-    too (the block's own square) but are not used. Only numpy reductions, no BLAS: a Spark
-    task or a loaded machine then gets no oversubscribed BLAS threads.
+    Entries with j <= i are 0 (each unordered pair is scored once, in the row of its smaller
+    gene). A missing gene compares as neither greater nor smaller and the pair's class
+    frequencies are taken over the rows where both genes are measured.
     """
     frequencies = []
-    for part in (slice(0, rows.n_aml), slice(rows.n_aml, None)):
-        values = rows.values[part]
-        left, right = values[:, start:stop, None], values[:, None, start:]
-        # int8 signs summed into int32 along the samples: measured ~10x faster than a float32
-        # matrix product with the class indicator rows.
-        sign = (left > right).view(np.int8) - (left < right).view(np.int8)
-        if rows.measured is None:
-            both = np.float64(values.shape[0])
+    for genes in (rows.aml, rows.all_):
+        n_genes, n_rows = genes.shape
+        sums = np.zeros((stop - start, n_genes - start), dtype=np.int32)
+        if rows.complete:
+            _sign_sums(genes, start, stop, TILE_GENES, sums)
+            both = np.float64(n_rows)
         else:
-            measured = rows.measured[part]
-            pair_measured = measured[:, start:stop, None] & measured[:, None, start:]
-            sign *= pair_measured.view(np.int8)
-            both = pair_measured.sum(axis=0, dtype=np.int32).astype(np.float64)
-        total = sign.sum(axis=0, dtype=np.int32).astype(np.float64)
+            counts = np.zeros_like(sums)
+            _sign_sums_measured(genes, start, stop, TILE_GENES, sums, counts)
+            both = counts.astype(np.float64)
+        total = sums.astype(np.float64)
         frequencies.append(np.divide(total, both, out=np.zeros_like(total), where=np.asarray(both) > 0))
     return (frequencies[0] - frequencies[1]) / 2.0
+
+
+# The kernel is compiled (numba), not numpy: it needs no temporary tensor, so it runs from cache at
+# about 10 G comparisons per second per core, 15x the best numpy form measured (which was also
+# memory-bound, see TILE_GENES). One thread (no `parallel`): the Spark tasks are the parallelism.
+# Not cached on disk: a cluster runs this module from a zip, where numba has nowhere to cache.
+@numba.njit(nogil=True)
+def _sign_sums(genes, start, stop, tile, sums):
+    n_genes, n_rows = genes.shape
+    for column in range(start, n_genes, tile):
+        end = min(column + tile, n_genes)
+        for i in range(start, stop):
+            left = genes[i]
+            for j in range(max(column, i + 1), end):
+                right = genes[j]
+                total = 0
+                for s in range(n_rows):  # NaN compares as neither: a sign of 0
+                    total += (left[s] > right[s]) - (left[s] < right[s])
+                sums[i - start, j - start] = total
+
+
+@numba.njit(nogil=True)
+def _sign_sums_measured(genes, start, stop, tile, sums, counts):
+    n_genes, n_rows = genes.shape
+    for column in range(start, n_genes, tile):
+        end = min(column + tile, n_genes)
+        for i in range(start, stop):
+            left = genes[i]
+            for j in range(max(column, i + 1), end):
+                right = genes[j]
+                total = 0
+                both = 0
+                for s in range(n_rows):
+                    total += (left[s] > right[s]) - (left[s] < right[s])
+                    both += (left[s] == left[s]) & (right[s] == right[s])  # x == x: not NaN
+                sums[i - start, j - start] = total
+                counts[i - start, j - start] = both
 
 
 def _assemble(n_genes: int, blocks: Iterator[tuple[int, int, np.ndarray]]) -> np.ndarray:
@@ -217,7 +259,7 @@ def spark_scores_from_ranks(spark, ranks: np.ndarray, labels: np.ndarray, candid
     bounds = block_bounds(*subset.shape, max_block_elements)
     context = spark.sparkContext
     shared = context.broadcast(ranked_rows(subset, labels))
-    slices = partitions or min(len(bounds), 4 * context.defaultParallelism)
+    slices = partitions or len(bounds)  # one task per block: the widest blocks (the first) start first
 
     def score_partition(block_ids):
         rows = shared.value
@@ -322,7 +364,7 @@ def spark_top_pairs(spark, ranks: np.ndarray, labels: np.ndarray, candidates: np
     bounds = block_bounds(*subset.shape, max_block_elements)
     context = spark.sparkContext
     shared = context.broadcast((ranked_rows(subset, labels), rank_difference(subset, labels)))
-    slices = partitions or min(len(bounds), 4 * context.defaultParallelism)
+    slices = partitions or len(bounds)  # one task per block: the widest blocks (the first) start first
     keep = 2 * max_pairs
 
     def top_of_partition(block_ids):

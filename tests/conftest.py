@@ -50,31 +50,20 @@ def geo_data_dir() -> Path:
     return DATA_DIR / "geo"
 
 
-# -- running the suite on several workers (pytest-xdist, `--dist loadgroup`; scripts/test.sh) ---------
-#: Modules whose tests each start their own processes (writers, pipelines killed mid-run) and share no
-#: costly module fixture: their tests go to whichever worker is free, one at a time. Every other
-#: module keeps its tests on one worker, so that its module fixtures (a pipeline run, an ingested
-#: cohort) are built once.
-ONE_TEST_AT_A_TIME = {"test_writers.py", "test_rerun.py"}
-#: Started first, longest first: a worker that picks up a 4-minute test near the end of the queue
-#: leaves the other worker idle until it finishes (measured in a fresh clone, 2 cores; README).
+# -- running the suite on several workers (pytest-xdist, `--dist loadfile`; scripts/test.sh) ----------
+#: Modules started first, longest first. Each module runs whole on one worker (its module fixtures
+#: are built once); a worker that picked up a 4-minute module near the end of the queue left the
+#: other worker idle until it finished (measured in a fresh clone, 2 cores; README).
 LONGEST_FIRST = ("test_cluster.py", "test_writers.py", "test_rerun.py", "test_notebook.py",
                  "test_pipeline.py", "test_cohorts.py", "test_mlflow.py", "test_real_cohorts.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     if not hasattr(config, "workerinput"):  # one process (TEST_WORKERS=0, or a single test file)
         return
 
-    def module(item) -> str:
-        return Path(str(item.fspath)).name
-
     def rank(item) -> int:
-        name = module(item)
+        name = Path(str(item.fspath)).name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
-    for item in items:
-        if module(item) not in ONE_TEST_AT_A_TIME:
-            item.add_marker(pytest.mark.xdist_group(module(item)))

@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import ttest_ind
 from sklearn.model_selection import StratifiedKFold
 
+import leukspark.pairs as pairs_module
 from leukspark.errors import ModelError
 from leukspark.models import fit_and_predict, get_model
 from leukspark.models.base import Preprocessor
@@ -88,13 +89,15 @@ def oracle_greedy(delta, gamma, k):
     return chosen
 
 
-def test_pair_scores_and_choice_match_a_brute_force_oracle():
+@pytest.mark.parametrize("tile", [3, 256])  # tiles of 3 x 3 genes (many, ragged) and one tile for all
+def test_pair_scores_and_choice_match_a_brute_force_oracle(tile, monkeypatch):
+    monkeypatch.setattr(pairs_module, "TILE_GENES", tile)
     rng = np.random.default_rng(5)
     X = rng.integers(0, 6, size=(14, 7)).astype(np.float64)  # small integers: many ties
     X[[0, 3, 9], [1, 4, 6]] = np.nan
     y = np.array([1] * 6 + [0] * 8, dtype=np.int8)
     delta, gamma = oracle_scores(X.tolist(), y.tolist())
-    scores = numpy_pair_scores(X, y, max_block_elements=30)  # blocks of 2 genes
+    scores = numpy_pair_scores(X, y, max_block_elements=30)  # blocks of 4 genes (30 // 7), or 3
     np.testing.assert_array_equal(scores.candidates, np.arange(7))
     np.testing.assert_array_equal(scores.delta, np.array(delta))
     np.testing.assert_allclose(scores.gamma, np.array(gamma), atol=1e-6)
@@ -122,11 +125,12 @@ def test_spark_tasks_give_the_numpy_scores(spark):
     assert np.abs(local.delta).max() > 0.3  # the planted pairs are among the candidates
 
 
-def test_blockwise_top_pairs_choose_what_the_full_score_matrix_chooses(spark):
+def test_blockwise_top_pairs_choose_what_the_full_score_matrix_chooses(spark, monkeypatch):
     """Keeping only each row's best 2k pairs per block (numpy, and as Spark tasks) gives the greedy
     choice over the whole score matrix, pair for pair, ties included (small integers, NaN)."""
     rng = np.random.default_rng(11)
     for trial in range(12):
+        monkeypatch.setattr(pairs_module, "TILE_GENES", int(rng.integers(2, 100)))  # this process only
         n, m = int(rng.integers(8, 40)), int(rng.integers(6, 90))
         X = rng.integers(0, 5, size=(n, m)).astype(np.float64) if trial % 2 else rng.standard_normal((n, m))
         X[rng.random((n, m)) < 0.05 * (trial % 3)] = np.nan
