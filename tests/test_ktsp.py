@@ -313,3 +313,16 @@ def test_the_input_check_of_an_order_model_reads_ranks_so_another_labs_scale_is_
     np.testing.assert_array_equal(novelty_inputs(order, X), novelty_inputs(order, transformed))
     assert novelty_inputs(order, X)[3, 5] == 0.5 and not np.isnan(novelty_inputs(order, X)).any()
     assert not np.allclose(novelty_inputs(standard, X), novelty_inputs(standard, transformed))
+
+
+def test_task_groups_cover_every_block_once_with_about_equal_work():
+    from leukspark.pairs import block_bounds, task_groups
+
+    n_genes = 8000
+    bounds = block_bounds(1033, n_genes)
+    groups = task_groups(bounds, n_genes, 4)
+    assert sorted(b for group in groups for b in group) == list(range(len(bounds)))
+    work = [sum((bounds[b][1] - bounds[b][0]) * (n_genes - bounds[b][0]) for b in group) for group in groups]
+    largest_block = max((stop - start) * (n_genes - start) for start, stop in bounds)
+    assert max(work) - min(work) <= largest_block  # LPT: groups differ by at most one block's work
+    assert task_groups(bounds[:3], n_genes, 8) == [[0], [1], [2]]  # never an empty task
