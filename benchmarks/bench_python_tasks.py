@@ -76,7 +76,7 @@ def pipeline_seconds(mode: str, work: Path) -> float:
     from leukspark.synth import demo_series_dir
 
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "leukspark.cli", "run", "--input", str(demo_series_dir()),
+    subprocess.run([sys.executable, "-m", "leukspark.cli", "run", "--input", str(demo_series_dir() / "GSE13159_family.soft.gz"),
                     "--lake", str(work / f"lake-{mode}"), "--config", str(config), "--no-report"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
