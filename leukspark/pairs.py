@@ -157,11 +157,11 @@ def score_block(rows: RankedRows, start: int, stop: int) -> np.ndarray:
         n_genes, n_rows = genes.shape
         sums = np.zeros((stop - start, n_genes - start), dtype=np.int32)
         if rows.complete:
-            _sign_sums(genes, start, stop, TILE_GENES, sums)
+            _sign_sums(genes, start, stop, TILE_GENES, sums, None)
             both = np.float64(n_rows)
         else:
             counts = np.zeros_like(sums)
-            _sign_sums_measured(genes, start, stop, TILE_GENES, sums, counts)
+            _sign_sums(genes, start, stop, TILE_GENES, sums, counts)
             both = counts.astype(np.float64)
         total = sums.astype(np.float64)
         frequencies.append(np.divide(total, both, out=np.zeros_like(total), where=np.asarray(both) > 0))
@@ -173,22 +173,10 @@ def score_block(rows: RankedRows, start: int, stop: int) -> np.ndarray:
 # memory-bound, see TILE_GENES). One thread (no `parallel`): the Spark tasks are the parallelism.
 # Not cached on disk: a cluster runs this module from a zip, where numba has nowhere to cache.
 @numba.njit(nogil=True)
-def _sign_sums(genes, start, stop, tile, sums):
-    n_genes, n_rows = genes.shape
-    for column in range(start, n_genes, tile):
-        end = min(column + tile, n_genes)
-        for i in range(start, stop):
-            left = genes[i]
-            for j in range(max(column, i + 1), end):
-                right = genes[j]
-                total = 0
-                for s in range(n_rows):  # NaN compares as neither: a sign of 0
-                    total += (left[s] > right[s]) - (left[s] < right[s])
-                sums[i - start, j - start] = total
-
-
-@numba.njit(nogil=True)
-def _sign_sums_measured(genes, start, stop, tile, sums, counts):
+def _sign_sums(genes, start, stop, tile, sums, counts):
+    """sums[i - start, j - start] = sum over rows of sign(genes[i] - genes[j]) for j > i, tile by tile;
+    with ``counts`` (not None) also the rows where both are measured. Numba compiles the two forms
+    apart and drops the ``counts is None`` branches from each, so the complete data's loop stays bare."""
     n_genes, n_rows = genes.shape
     for column in range(start, n_genes, tile):
         end = min(column + tile, n_genes)
@@ -198,11 +186,13 @@ def _sign_sums_measured(genes, start, stop, tile, sums, counts):
                 right = genes[j]
                 total = 0
                 both = 0
-                for s in range(n_rows):
+                for s in range(n_rows):  # NaN compares as neither: a sign of 0
                     total += (left[s] > right[s]) - (left[s] < right[s])
-                    both += (left[s] == left[s]) & (right[s] == right[s])  # x == x: not NaN
+                    if counts is not None:
+                        both += (left[s] == left[s]) & (right[s] == right[s])  # x == x: not NaN
                 sums[i - start, j - start] = total
-                counts[i - start, j - start] = both
+                if counts is not None:
+                    counts[i - start, j - start] = both
 
 
 def _assemble(n_genes: int, blocks: Iterator[tuple[int, int, np.ndarray]]) -> np.ndarray:
