@@ -24,3 +24,8 @@ def lower_conformal_threshold(scores: np.ndarray, rate: float) -> float | None:
     values = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
     k = int(np.floor((values.size + 1) * rate + 1e-9))
     return float(values[k - 1]) if 1 <= k <= values.size else None
+
+
+def rate_text(rate: float | None) -> str:
+    """How a flag message states its check's false-flag rate ("a few" where the bundle did not store it)."""
+    return "a few" if rate is None else f"{rate:.1%}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .conformal import conformal_threshold, lower_conformal_threshold
+from .conformal import conformal_threshold, lower_conformal_threshold, rate_text
 
 ARRAY_KEYS = ("gene_mean", "gene_std")
 
@@ -181,18 +181,14 @@ def fit_blast_check(X_train: np.ndarray, gene_order, flag_rate: float) -> dict:
             "training_flagged": float(np.mean(finite < threshold)) if threshold is not None else None}
 
 
-def _rate_text(rate: float | None) -> str:
-    return "a few" if rate is None else f"{rate:.1%}"
-
-
 def blast_message(score: float, threshold: float, rate: float | None = None) -> str:
-    return (f"few blast-cell markers for an acute leukemia (blast index {score:.2f}; at most {_rate_text(rate)} of the "
+    return (f"few blast-cell markers for an acute leukemia (blast index {score:.2f}; at most {rate_text(rate)} of the "
             f"training samples score below {threshold:.2f}): a chronic leukemia (CLL, CML), MDS, normal marrow or a "
             "sample with few blasts; the model learned acute leukemias only, so its ALL/AML call is no diagnosis")
 
 
 def novelty_message(score: float, threshold: float, rate: float | None = None) -> str:
-    return (f"unlike the training samples as the model sees them (novelty {score:.2f}; at most {_rate_text(rate)} of "
+    return (f"unlike the training samples as the model sees them (novelty {score:.2f}; at most {rate_text(rate)} of "
             f"the training samples, scored out of fold, lie beyond {threshold:.2f}): another disease, lineage, tissue "
             "or lab effect; do not act on this call without review")
 

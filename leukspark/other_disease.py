@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from .conformal import conformal_threshold
+from .conformal import conformal_threshold, rate_text
 
 OTHER_LINEAGE = "other"
 ACUTE_CLASSES = ("ALL", "AML")
@@ -164,8 +164,7 @@ _MESSAGE_TAIL = "review the blast count, immunophenotype and clinical picture be
 
 def message(probability: float, threshold: float, closest: str | None, rate: float | None = None) -> str:
     nearest = f"; closest class: {closest}" if closest else ""
-    share = "a few" if rate is None else f"{rate:.1%}"
-    return (f"{MESSAGE_START} (P(other disease) {probability:.2f}; at most {share} of the training ALL/AML samples, "
+    return (f"{MESSAGE_START} (P(other disease) {probability:.2f}; at most {rate_text(rate)} of the training ALL/AML samples, "
             f"scored out of fold, exceed {threshold:.2f}{nearest}): {_MESSAGE_TAIL}")
 
 
