@@ -198,8 +198,7 @@ def _sign_sums(genes, start, stop, tile, sums, counts):
 def _assemble(n_genes: int, blocks: Iterator[tuple[int, int, np.ndarray]]) -> np.ndarray:
     delta = np.zeros((n_genes, n_genes))
     for start, stop, values in blocks:
-        for offset, row in enumerate(range(start, stop)):
-            delta[row, row + 1:] = values[offset, row + 1 - start:]
+        delta[start:stop, start:] = values  # j <= i is 0 in a block (score_block): the upper triangle only
     return delta - delta.T  # the lower triangle from antisymmetry
 
 
